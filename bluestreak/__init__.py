@@ -1,0 +1,67 @@
+"""bluestreak: durable execution for Python asyncio services, on MongoDB.
+
+>>> from bluestreak import Bluestreak, WorkflowContext
+>>> engine = Bluestreak()  # in memory; Bluestreak("mongodb://...", "shop") for MongoDB
+"""
+
+from .clock import Clock, SystemClock
+from .context import WorkflowContext
+from .durations import Duration, parse_duration
+from .engine import Bluestreak, StartResult
+from .errors import (
+    BluestreakError,
+    DocumentTooLarge,
+    EventTimeoutError,
+    HandlerNotFound,
+    InvalidArgument,
+    InvalidDuration,
+    InvalidTransition,
+    NonRetryableError,
+    StepError,
+    StepIdReused,
+    StepRetriesExceededError,
+    StepTimeoutError,
+    UnencodableValue,
+    WaitTimeout,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowUsageError,
+)
+from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, Workflow
+from .retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bluestreak",
+    "BluestreakError",
+    "Clock",
+    "DocumentTooLarge",
+    "Duration",
+    "ErrorInfo",
+    "EventRecord",
+    "EventTimeoutError",
+    "HandlerNotFound",
+    "InvalidArgument",
+    "InvalidDuration",
+    "InvalidTransition",
+    "NapRecord",
+    "NonRetryableError",
+    "RetryPolicy",
+    "StartResult",
+    "Status",
+    "StepError",
+    "StepIdReused",
+    "StepRecord",
+    "StepRetriesExceededError",
+    "StepTimeoutError",
+    "SystemClock",
+    "UnencodableValue",
+    "WaitTimeout",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowUsageError",
+    "parse_duration",
+]

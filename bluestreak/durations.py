@@ -1,0 +1,90 @@
+"""Durations: seconds, ``timedelta`` or strings like ``"2 seconds"`` and ``"1h30m"``."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from typing import TypeAlias
+
+from .errors import InvalidDuration
+
+Duration: TypeAlias = "int | float | timedelta | str"
+"""Anything bluestreak accepts as a duration."""
+
+_UNITS: dict[str, float] = {}
+for _names, _seconds in (
+    (("ms", "msec", "msecs", "millisecond", "milliseconds"), 0.001),
+    (("s", "sec", "secs", "second", "seconds"), 1.0),
+    (("m", "min", "mins", "minute", "minutes"), 60.0),
+    (("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    (("d", "day", "days"), 86400.0),
+    (("w", "week", "weeks"), 604800.0),
+):
+    for _name in _names:
+        _UNITS[_name] = _seconds
+
+_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]+)\s*,?")
+
+
+def parse_duration(value: object, *, name: str = "duration") -> timedelta:
+    """Return ``value`` as a non-negative ``timedelta``.
+
+    Accepts a number of seconds, a ``timedelta``, or a string such as
+    ``"500ms"``, ``"2 seconds"``, ``"30 minutes"``, ``"1 day"`` or ``"1h30m"``.
+    ``name`` appears in the error message, to say which argument was wrong.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidDuration(f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', not a bool")
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_string(value, name)
+    else:
+        raise InvalidDuration(
+            f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', "
+            f"not {type(value).__name__}"
+        )
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise InvalidDuration(f"{name} must be finite, got {value!r}")
+    if seconds < 0:
+        raise InvalidDuration(f"{name} must not be negative, got {value!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise InvalidDuration(f"{name} is too large: {value!r}") from None
+
+
+def _parse_string(text: str, name: str) -> float:
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidDuration(f"{name} is an empty string; write e.g. '2 seconds' or '1h30m'")
+    try:
+        return float(stripped)  # "30" means 30 seconds
+    except ValueError:
+        pass
+    total = 0.0
+    pos = 0
+    while pos < len(stripped):
+        match = _PART.match(stripped, pos)
+        if match is None:
+            raise InvalidDuration(
+                f"cannot parse {name} {text!r}: write a number and a unit, e.g. '500ms', "
+                f"'2 seconds', '30 minutes', '1 day' or '1h30m'"
+            )
+        unit = match.group(2).lower()
+        if unit not in _UNITS:
+            raise InvalidDuration(
+                f"cannot parse {name} {text!r}: unknown unit {match.group(2)!r} "
+                f"(use ms, s, m, h, d or w, or their full names)"
+            )
+        total += float(match.group(1)) * _UNITS[unit]
+        pos = match.end()
+    return total
+
+
+def to_seconds(value: object, *, name: str = "duration") -> float:
+    """Like :func:`parse_duration`, as a float number of seconds."""
+    return parse_duration(value, name=name).total_seconds()

@@ -1,0 +1,542 @@
+"""The public facade: ``Bluestreak`` — register handlers, start, wait, poll, inspect, control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .codec import prepare, restore
+from .config import ErrorCallback, Settings
+from .durations import parse_duration, to_seconds
+from .errors import (
+    HandlerNotFound,
+    InvalidArgument,
+    InvalidTransition,
+    WaitTimeout,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from .handlers import HandlerFn, HandlerSpec, check_id, make_spec
+from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, Workflow
+from .store import FINAL, Doc, Store
+from .worker import Worker
+
+log = logging.getLogger("bluestreak")
+F = TypeVar("F", bound=HandlerFn)
+StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
+
+_PAUSABLE = [Status.IDLE.value, Status.FAILED.value, Status.SLEEPING.value, Status.WAITING.value]
+
+
+class StartResult:
+    """What ``start_many`` did: the ids it created and the ids that already existed."""
+
+    def __init__(self, created: list[str], existing: list[str]) -> None:
+        self.created = created
+        self.existing = existing
+
+    def __repr__(self) -> str:
+        return f"StartResult(created={len(self.created)}, existing={len(self.existing)})"
+
+
+class Bluestreak:
+    """A durable-execution engine bound to one MongoDB database.
+
+    Give it ``db_url`` (``"mongodb://..."``, or ``"memory://"`` for the
+    in-memory backend) and ``db_name``, or an existing PyMongo
+    ``AsyncDatabase`` as ``database``. Without either it uses
+    ``$BLUESTREAK_DB_URL``, else the in-memory backend.
+
+    Durations accept seconds, ``timedelta`` or strings like ``"30 seconds"``.
+
+    :param lease_duration: how long a claim lasts without renewal (renewed every third of it).
+    :param poll_interval: the longest an idle worker waits before looking for due workflows.
+    :param retry_interval: delay before the first retry of a failed workflow; doubles per failure.
+    :param max_retry_interval: cap of that backoff.
+    :param max_failures: failures retried before a workflow is ``aborted`` (``None``: retry forever).
+    :param max_concurrency: handlers one ``poll()`` runs at once.
+    :param sleep_threshold: sleeps, retry delays and waits longer than this release the workflow.
+    :param shutdown_grace: how long ``stop()`` lets running handlers finish before releasing them.
+    :param error_callback: ``(workflow_id, exception)``, sync or async, called on each handler failure.
+    :param should_stop: polled by ``poll()``; return True to stop.
+    :param worker_id: names this process in workflow documents (default ``host:pid:random``).
+    :param clock: an injectable clock (see :mod:`bluestreak.testing`).
+    """
+
+    def __init__(
+        self,
+        db_url: str | None = None,
+        db_name: str = "bluestreak",
+        *,
+        database: Any = None,
+        collection_prefix: str = "",
+        lease_duration: object = 30,
+        poll_interval: object = 1,
+        retry_interval: object = 1,
+        max_retry_interval: object = "5 minutes",
+        max_failures: int | None = 5,
+        max_concurrency: int = 100,
+        sleep_threshold: object = 2,
+        shutdown_grace: object = 10,
+        error_callback: ErrorCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        worker_id: str | None = None,
+        clock: Any = None,
+    ) -> None:
+        if database is not None and db_url is not None:
+            raise InvalidArgument("pass either db_url (with db_name) or database, not both")
+        if database is None:
+            db_url = db_url or os.environ.get("BLUESTREAK_DB_URL") or "memory://"
+            if not isinstance(db_url, str) or not db_url.startswith(("mongodb://", "mongodb+srv://", "memory://")):
+                raise InvalidArgument(f"db_url must start with mongodb://, mongodb+srv:// or memory://, got {db_url!r}")
+            check_id(db_name, "db_name")
+        self.settings = Settings.build(
+            lease_duration=lease_duration, poll_interval=poll_interval, retry_interval=retry_interval,
+            max_retry_interval=max_retry_interval, max_failures=max_failures, max_concurrency=max_concurrency,
+            sleep_threshold=sleep_threshold, shutdown_grace=shutdown_grace, error_callback=error_callback,
+            should_stop=should_stop, worker_id=worker_id, clock=clock,
+        )
+        self.db_url = db_url
+        self.db_name = db_name
+        self._database = database
+        self._prefix = collection_prefix
+        self._client: Any = None
+        self._store: Store | None = None
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._worker: Worker | None = None
+        self._settled: dict[str, asyncio.Event] = {}
+
+    # -- handlers --------------------------------------------------------------------
+
+    def register_handler(self, handler_id: str, fn: HandlerFn) -> None:
+        """Register ``fn`` (``async def fn(ctx, input)``) under ``handler_id``.
+
+        If ``input`` is annotated (a pydantic model, ``dict[str, int]``, ...),
+        ``start`` validates input against it and the handler receives the
+        validated value.
+        """
+        spec = make_spec(handler_id, fn)
+        if handler_id in self._handlers and self._handlers[handler_id].fn is not fn:
+            raise InvalidArgument(f"handler id {handler_id!r} is already registered to another function")
+        self._handlers[handler_id] = spec
+
+    def handler(self, handler_id: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`register_handler`."""
+
+        def decorate(fn: F) -> F:
+            self.register_handler(handler_id, fn)
+            return fn
+
+        return decorate
+
+    @property
+    def handler_ids(self) -> list[str]:
+        """The registered handler ids."""
+        return sorted(self._handlers)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def init(self) -> None:
+        """Connect and create indexes. Called by ``async with engine``; safe to call twice."""
+        if self._store is not None:
+            return
+        database = self._database
+        if database is None:
+            assert self.db_url is not None
+            if self.db_url.startswith("memory://"):
+                from .memory import memory_database
+
+                database = memory_database(self.db_url, self.db_name)
+            else:
+                from pymongo import AsyncMongoClient
+
+                self._client = AsyncMongoClient(self.db_url, tz_aware=True, tzinfo=UTC)
+                database = self._client[self.db_name]
+        store = Store(database, self._prefix)
+        await store.create_indexes()
+        self._store = store
+
+    async def close(self) -> None:
+        """Stop a running ``poll()`` and close the connection this engine opened."""
+        if self._worker is not None:
+            self._worker.stop()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        self._store = None
+
+    async def __aenter__(self) -> Bluestreak:
+        await self.init()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        """The store (after ``init``)."""
+        if self._store is None:
+            raise InvalidArgument("the engine is not initialised: use 'async with engine:' or await engine.init()")
+        return self._store
+
+    # -- starting --------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow_id: str,
+        handler_id: str,
+        input: Any = None,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: object | None = None,
+    ) -> bool:
+        """Create a workflow; ``False`` (and nothing created) if ``workflow_id`` exists.
+
+        ``priority``: higher runs first among due workflows. ``run_at`` (an
+        aware datetime) or ``delay`` (a duration) postpone its first run.
+        """
+        doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)
+        created = await self.store.insert_workflow(doc)
+        if created:
+            self._wake_local(handler_id)
+        return created
+
+    async def start_many(self, workflows: Iterable[StartSpec]) -> StartResult:
+        """Create many workflows with one unordered bulk insert per 1,000.
+
+        Each item is ``(workflow_id, handler_id[, input])`` or a mapping with
+        the keys of :meth:`start`. All are validated before anything is written.
+        """
+        docs: list[Doc] = []
+        seen: set[str] = set()
+        for item in workflows:
+            if isinstance(item, Mapping):
+                kwargs = dict(item)
+                doc = self._new_doc(kwargs.pop("workflow_id", None), kwargs.pop("handler_id", None),
+                                    kwargs.pop("input", None), kwargs.pop("priority", 0), kwargs.pop("run_at", None),
+                                    kwargs.pop("delay", None))
+                if kwargs:
+                    raise InvalidArgument(f"start_many: unknown keys {sorted(kwargs)} for workflow {doc['_id']!r}")
+            elif isinstance(item, tuple) and len(item) in (2, 3):
+                doc = self._new_doc(item[0], item[1], item[2] if len(item) == 3 else None, 0, None, None)
+            else:
+                raise InvalidArgument(
+                    "start_many takes (workflow_id, handler_id[, input]) tuples or mappings, got " f"{item!r:.80}"
+                )
+            if doc["_id"] in seen:
+                raise InvalidArgument(f"start_many: workflow id {doc['_id']!r} appears twice")
+            seen.add(doc["_id"])
+            docs.append(doc)
+        created: list[str] = []
+        existing: list[str] = []
+        for i in range(0, len(docs), 1000):
+            chunk = docs[i : i + 1000]
+            for doc, ok in zip(chunk, await self.store.insert_workflows(chunk), strict=True):
+                (created if ok else existing).append(doc["_id"])
+        for handler_id in {d["handler"] for d in docs}:
+            self._wake_local(handler_id)
+        return StartResult(created, existing)
+
+    def _new_doc(
+        self, workflow_id: Any, handler_id: Any, input: Any, priority: Any, run_at: Any, delay: Any
+    ) -> Doc:
+        check_id(workflow_id, "workflow id")
+        check_id(handler_id, "handler id")
+        if self._handlers and handler_id not in self._handlers:
+            raise HandlerNotFound(
+                f"no handler {handler_id!r} is registered (known: {', '.join(self.handler_ids)}); "
+                "register it before starting workflows, or start from an engine with no handlers (a client)"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
+            raise InvalidArgument(f"priority of workflow {workflow_id!r} must be an int, got {priority!r}")
+        now = self.settings.clock.now()
+        due = now
+        if run_at is not None and delay is not None:
+            raise InvalidArgument("pass run_at or delay, not both")
+        if run_at is not None:
+            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+                raise InvalidArgument(f"run_at must be an aware datetime (e.g. with tzinfo=UTC), got {run_at!r}")
+            due = max(now, run_at.astimezone(UTC))
+        elif delay is not None:
+            due = now + parse_duration(delay, name="delay")
+        spec = self._handlers.get(handler_id)
+        where = f"input of workflow {workflow_id!r}"
+        if spec is not None and spec.input_adapter is not None:
+            stored, tag, _ = prepare(spec.dump_input(spec.validate_input(input, workflow_id)), where)
+        else:
+            stored, tag, _ = prepare(input, where)
+        return {
+            "_id": workflow_id, "handler": handler_id, "input": stored, "input_type": tag,
+            "status": Status.IDLE.value, "priority": priority, "due_at": due, "lease": None, "worker": None,
+            "control": None, "failures": 0, "run": 0, "attempt": 0, "inbox": 0, "result": None, "result_type": None,
+            "error": None, "created_at": now, "updated_at": now, "finished_at": None,
+        }
+
+    def _wake_local(self, handler_id: str) -> None:
+        if self._worker is not None and handler_id in self._handlers:
+            self._worker.wake()
+
+    # -- waiting ---------------------------------------------------------------------
+
+    async def wait(self, workflow_id: str, timeout: object | None = None) -> Any:
+        """Wait until the workflow ends and return its result.
+
+        Raises :class:`WorkflowFailed` if it was aborted or terminated,
+        :class:`WorkflowNotFound`, and :class:`WaitTimeout` after ``timeout``
+        (default: wait forever). A workflow run by this process is seen at
+        once; otherwise the database is read with backoff, at most every
+        ``poll_interval``.
+        """
+        check_id(workflow_id, "workflow id")
+        limit = None if timeout is None else to_seconds(timeout, name="timeout")
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        pause = 0.02
+        event = self._settled.setdefault(workflow_id, asyncio.Event())
+        try:
+            while True:
+                event.clear()
+                doc = await self.store.get_workflow(workflow_id)
+                if doc is None:
+                    raise WorkflowNotFound(workflow_id)
+                status = doc["status"]
+                if status == Status.FINISHED.value:
+                    return restore(doc.get("result"), doc.get("result_type"))
+                if status in (Status.ABORTED.value, Status.TERMINATED.value):
+                    raise WorkflowFailed(workflow_id, status, ErrorInfo.from_doc(doc.get("error")))
+                remaining = math.inf if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    raise WaitTimeout(workflow_id, status, limit or 0.0)
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=min(pause, remaining))
+                except TimeoutError:
+                    pass
+                pause = min(pause * 2, self.settings.poll_interval)
+        finally:
+            self._settled.pop(workflow_id, None)
+
+    def _on_settled(self, workflow_id: str) -> None:
+        event = self._settled.get(workflow_id)
+        if event is not None:
+            event.set()
+
+    # -- running ---------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """Claim and run workflows of the registered handlers until :meth:`stop`.
+
+        Runs at most ``max_concurrency`` handlers at once. A bad workflow or a
+        passing database outage is logged and retried; it never ends the loop.
+        """
+        if self._worker is not None:
+            raise InvalidArgument("poll() is already running on this engine")
+        worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled)
+        self._worker = worker
+        try:
+            await worker.run()
+        finally:
+            self._worker = None
+
+    def stop(self) -> None:
+        """Ask ``poll()`` to return: claim nothing more, let running handlers finish (up to ``shutdown_grace``)."""
+        if self._worker is not None:
+            self._worker.stop()
+
+    # -- inspecting ------------------------------------------------------------------
+
+    async def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow as stored; raises :class:`WorkflowNotFound`."""
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"))
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        return _workflow(doc)
+
+    async def list_workflows(
+        self, *, status: str | Status | None = None, handler_id: str | None = None, limit: int = 100, skip: int = 0
+    ) -> list[Workflow]:
+        """Workflows, newest first, optionally filtered by status and handler."""
+        query: Doc = {}
+        if status is not None:
+            query["status"] = Status(status).value
+        if handler_id is not None:
+            query["handler"] = check_id(handler_id, "handler id")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
+        return [_workflow(d) for d in await self.store.find_workflows(query, limit=limit, skip=skip)]
+
+    async def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """The recorded steps of the workflow's current run, in order."""
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), {"run": 1})
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        return [
+            StepRecord(
+                workflow_id=d["workflow_id"], step_id=d["step_id"], status=d.get("status", "done"),
+                output=restore(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
+                error=ErrorInfo.from_doc(d.get("error")), attempts=int(d.get("attempts", 0)),
+                started_at=d.get("started_at"), recorded_at=d.get("recorded_at"),
+            )
+            for d in await self.store.list_steps(workflow_id, doc.get("run", 0))
+        ]
+
+    async def list_naps(self, workflow_id: str) -> list[NapRecord]:
+        """The recorded sleeps of the workflow's current run."""
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), {"run": 1})
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        return [
+            NapRecord(workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"])
+            for d in await self.store.list_naps(workflow_id, doc.get("run", 0))
+        ]
+
+    async def list_events(self, workflow_id: str) -> list[EventRecord]:
+        """Events sent to the workflow, buffered and consumed, in the order sent."""
+        return [
+            EventRecord(workflow_id=d["workflow_id"], type=d["type"],
+                        payload=restore(d.get("payload"), d.get("payload_type")), sent_at=d["sent_at"],
+                        consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None)
+            for d in await self.store.list_events(check_id(workflow_id, "workflow id"))
+        ]
+
+    # -- events ----------------------------------------------------------------------
+
+    async def send_event(self, workflow_id: str, event_type: str, payload: Any = None) -> None:
+        """Deliver an event to a workflow's ``ctx.wait_for_event``.
+
+        Buffered if the workflow is not waiting yet; wakes it if it is.
+        Raises :class:`WorkflowNotFound`, or :class:`InvalidTransition` if the
+        workflow has ended.
+        """
+        check_id(workflow_id, "workflow id")
+        check_id(event_type, "event type")
+        stored, tag, _ = prepare(payload, f"payload of event {event_type!r} for workflow {workflow_id!r}")
+        now = self.settings.clock.now()
+        event = {"workflow_id": workflow_id, "type": event_type, "payload": stored, "payload_type": tag,
+                 "sent_at": now, "consumed_by": None}
+        await self.store.insert_event(event)
+        doc = await self.store.notify_event(workflow_id, now)
+        if doc is None:
+            await self.store.delete_event(event["_id"])
+            current = await self.store.get_workflow(workflow_id, {"status": 1})
+            if current is None:
+                raise WorkflowNotFound(workflow_id)
+            raise InvalidTransition(workflow_id, f"send event {event_type!r} to", current["status"])
+        self._wake_local(doc["handler"])
+
+    # -- operator controls -----------------------------------------------------------
+
+    async def pause(self, workflow_id: str) -> Status:
+        """Pause a workflow. A running one stops at its next ``ctx`` call (the step in flight is recorded).
+
+        Returns the status now stored (``paused``, or ``running`` while a pause
+        is pending). Idempotent; raises :class:`InvalidTransition` on an ended workflow.
+        """
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        for _ in range(5):
+            doc = await self.store.control(workflow_id, {"status": {"$in": _PAUSABLE}}, {
+                "$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None}, "$unset": {"due_at": ""}})
+            if doc is not None:
+                return Status.PAUSED
+            doc = await self.store.control(workflow_id, {"status": Status.RUNNING.value},
+                                           {"$set": {"control": "pause", "updated_at": now}})
+            if doc is not None:
+                if self._worker is not None:
+                    self._worker.pause_requested(workflow_id)
+                return Status.RUNNING
+            status = await self._status(workflow_id)
+            if status == Status.PAUSED:
+                return Status.PAUSED
+            if status in FINAL:
+                raise InvalidTransition(workflow_id, "pause", status)
+        raise InvalidTransition(workflow_id, "pause", await self._status(workflow_id))
+
+    async def resume(self, workflow_id: str) -> Status:
+        """Resume a paused workflow (or withdraw a pending pause). Idempotent."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        doc = await self.store.control(workflow_id, {"status": Status.PAUSED.value}, {
+            "$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now, "control": None}})
+        if doc is not None:
+            self._wake_local(doc["handler"])
+            return Status.IDLE
+        doc = await self.store.control(workflow_id, {"status": Status.RUNNING.value, "control": "pause"},
+                                       {"$set": {"control": None, "updated_at": now}})
+        if doc is not None:
+            return Status.RUNNING
+        status = await self._status(workflow_id)
+        if status in FINAL:
+            raise InvalidTransition(workflow_id, "resume", status)
+        return Status(status)
+
+    async def terminate(self, workflow_id: str) -> None:
+        """Stop a workflow for good (status ``terminated``), cancelling a running handler. Idempotent."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        doc = await self.store.control(workflow_id, {"status": {"$nin": FINAL}}, {
+            "$set": {"status": Status.TERMINATED.value, "lease": None, "control": None, "updated_at": now,
+                     "finished_at": now}, "$unset": {"due_at": ""}})
+        if doc is None:
+            status = await self._status(workflow_id)
+            if status != Status.TERMINATED.value:
+                raise InvalidTransition(workflow_id, "terminate", status)
+        if self._worker is not None:
+            self._worker.lost(workflow_id)
+        self._on_settled(workflow_id)
+
+    async def restart(self, workflow_id: str) -> None:
+        """Run the workflow again from the beginning with the same input, forgetting its steps, naps and events."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        doc = await self.store.control(workflow_id, {}, {
+            "$set": {"status": Status.IDLE.value, "due_at": now, "lease": None, "control": None, "attempt": 0,
+                     "failures": 0, "result": None, "result_type": None, "error": None, "finished_at": None,
+                     "updated_at": now},
+            "$inc": {"run": 1}})
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        if self._worker is not None:
+            self._worker.lost(workflow_id)
+        await self.store.delete_history(workflow_id)
+        self._wake_local(doc["handler"])
+
+    async def retry(self, workflow_id: str) -> None:
+        """Give an aborted (or failed) workflow another run now, keeping its recorded steps."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        doc = await self.store.control(
+            workflow_id, {"status": {"$in": [Status.ABORTED.value, Status.FAILED.value]}},
+            {"$set": {"status": Status.IDLE.value, "due_at": now, "failures": 0, "finished_at": None,
+                      "updated_at": now}})
+        if doc is None:
+            raise InvalidTransition(workflow_id, "retry", await self._status(workflow_id))
+        self._wake_local(doc["handler"])
+
+    async def _status(self, workflow_id: str) -> str:
+        doc = await self.store.get_workflow(workflow_id, {"status": 1})
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        return str(doc["status"])
+
+
+def _workflow(doc: Doc) -> Workflow:
+    status = Status(doc["status"])
+    return Workflow(
+        id=doc["_id"], handler=doc["handler"], status=status,
+        input=restore(doc.get("input"), doc.get("input_type")),
+        result=restore(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
+        error=ErrorInfo.from_doc(doc.get("error")), failures=int(doc.get("failures", 0)),
+        priority=int(doc.get("priority", 0)), run=int(doc.get("run", 0)), attempt=int(doc.get("attempt", 0)),
+        created_at=doc["created_at"], updated_at=doc["updated_at"], due_at=doc.get("due_at"),
+        finished_at=doc.get("finished_at"), worker=doc.get("worker"),
+    )
+

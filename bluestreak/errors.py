@@ -1,0 +1,138 @@
+"""The exception hierarchy.
+
+Everything bluestreak raises on purpose derives from :class:`BluestreakError`.
+Errors about the caller's input also derive from the matching builtin
+(``ValueError``, ``TypeError``, ``LookupError``, ``TimeoutError``) so code that
+already catches those keeps working.
+
+Two signals are *not* exceptions in the ``Exception`` sense: :class:`Interrupt`
+and its subclasses derive from ``BaseException`` so that ``except Exception:``
+in a handler cannot swallow them (DESIGN.md invariant 5). A handler never
+needs to catch them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BluestreakError(Exception):
+    """Base class of every error bluestreak raises on purpose."""
+
+
+class InvalidArgument(BluestreakError, ValueError):
+    """An argument is malformed: a bad id, duration, setting or option."""
+
+
+class InvalidDuration(InvalidArgument):
+    """A duration could not be understood (``"2 seconds"``, ``30``, ``timedelta``)."""
+
+
+class HandlerNotFound(BluestreakError, LookupError):
+    """No handler is registered under this id."""
+
+
+class WorkflowNotFound(BluestreakError, LookupError):
+    """No workflow has this id."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} does not exist")
+        self.workflow_id = workflow_id
+
+
+class WaitTimeout(BluestreakError, TimeoutError):
+    """``Bluestreak.wait`` gave up before the workflow ended."""
+
+    def __init__(self, workflow_id: str, status: str, timeout: float) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} did not end within {timeout:g}s "
+            f"(status is {status!r}); call wait() again or raise its timeout"
+        )
+        self.workflow_id = workflow_id
+        self.status = status
+
+
+class WorkflowFailed(BluestreakError):
+    """The workflow ended without a result: it was aborted or terminated.
+
+    ``error`` is the recorded error (type, message, traceback) of the last
+    failure, or ``None`` for a terminated workflow.
+    """
+
+    def __init__(self, workflow_id: str, status: str, error: Any) -> None:
+        detail = f": {error.type}: {error.message}" if error is not None else ""
+        super().__init__(f"workflow {workflow_id!r} is {status}{detail}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error
+
+
+class InvalidTransition(BluestreakError):
+    """An operator control cannot apply to a workflow in its current status."""
+
+    def __init__(self, workflow_id: str, action: str, status: str) -> None:
+        super().__init__(f"cannot {action} workflow {workflow_id!r}: its status is {status!r}")
+        self.workflow_id = workflow_id
+        self.action = action
+        self.status = status
+
+
+class WorkflowUsageError(BluestreakError):
+    """A handler used the context wrongly (a step id twice, a value BSON cannot store).
+
+    The message names the workflow and the step and says how to fix it.
+    """
+
+
+class StepIdReused(WorkflowUsageError, ValueError):
+    """A step, nap or event-wait id was used twice in one run of a workflow."""
+
+
+class UnencodableValue(WorkflowUsageError, TypeError):
+    """A value (input, step result, workflow result, payload) cannot be stored as BSON."""
+
+
+class DocumentTooLarge(WorkflowUsageError, ValueError):
+    """A value would make a MongoDB document larger than 16 MB."""
+
+
+class StepError(BluestreakError):
+    """An error a step raised into the handler, recorded so replay raises it again."""
+
+
+class StepTimeoutError(StepError, TimeoutError):
+    """One attempt of a step ran longer than the step's ``timeout``."""
+
+
+class StepRetriesExceededError(StepError):
+    """Every attempt a step's retry policy allows has failed."""
+
+    def __init__(self, message: str, *, attempts: int = 0, error_type: str = "", error_message: str = "") -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class NonRetryableError(StepError):
+    """Raise this in a step to fail it at once, skipping its retry policy."""
+
+
+class EventTimeoutError(StepError, TimeoutError):
+    """``ctx.wait_for_event`` timed out before an event of that type arrived."""
+
+
+class Interrupt(BaseException):
+    """Unwinds a handler; never raised to callers and never to be caught."""
+
+
+class Suspended(Interrupt):
+    """The workflow released its lease to sleep, wait or pause; it resumes later."""
+
+
+class LeaseLost(Interrupt):
+    """Another worker owns this workflow now: this execution must stop."""
+
+
+class StoreUnavailable(Interrupt):
+    """The database failed under a ``ctx`` call: the run stops without counting a failure."""

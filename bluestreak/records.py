@@ -1,0 +1,121 @@
+"""Typed records returned by inspection calls, and the workflow status values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Where a workflow is in its life. See ``docs/concepts.md`` for the state machine."""
+
+    IDLE = "idle"
+    """Created (or resumed, restarted), waiting for a worker."""
+    RUNNING = "running"
+    """A worker holds its lease and runs its handler."""
+    SLEEPING = "sleeping"
+    """Released during a durable sleep or a retry delay; runnable when due."""
+    WAITING = "waiting"
+    """Released while waiting for an event; runnable when one arrives or the wait times out."""
+    PAUSED = "paused"
+    """Stopped by an operator at a step boundary until ``resume``."""
+    FAILED = "failed"
+    """The handler raised; it runs again after the retry interval."""
+    ABORTED = "aborted"
+    """Failed more than ``max_failures`` times. Final."""
+    FINISHED = "finished"
+    """Returned a result. Final."""
+    TERMINATED = "terminated"
+    """Stopped for good by an operator. Final."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for ``finished``, ``aborted`` and ``terminated``."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({Status.FINISHED, Status.ABORTED, Status.TERMINATED})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A recorded error: its type (``module.QualName``), message and traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> ErrorInfo | None:
+        """Build from the stored sub-document, or ``None``."""
+        if not doc:
+            return None
+        return cls(type=doc.get("type", ""), message=doc.get("message", ""), traceback=doc.get("traceback", ""))
+
+    def to_doc(self) -> dict[str, str]:
+        """The stored sub-document."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """One workflow run as stored: what ``Bluestreak.get_workflow`` returns."""
+
+    id: str
+    handler: str
+    status: Status
+    input: Any
+    result: Any
+    error: ErrorInfo | None
+    failures: int
+    priority: int
+    run: int
+    """How many times the workflow was restarted from the beginning (0 at first)."""
+    attempt: int
+    """How many times a worker claimed the current run."""
+    created_at: datetime
+    updated_at: datetime
+    due_at: datetime | None
+    """When it may next run (for ``running``: when its lease expires); ``None`` when it will not."""
+    finished_at: datetime | None
+    worker: str | None
+    """The worker that last claimed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A recorded step: its output, or the error it raised into the handler."""
+
+    workflow_id: str
+    step_id: str
+    status: str
+    """``done``, ``failed`` or ``pending`` (a retrying step or an event wait in progress)."""
+    output: Any
+    error: ErrorInfo | None
+    attempts: int
+    started_at: datetime | None
+    recorded_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NapRecord:
+    """A recorded durable sleep."""
+
+    workflow_id: str
+    nap_id: str
+    wake_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event sent to a workflow."""
+
+    workflow_id: str
+    type: str
+    payload: Any
+    sent_at: datetime
+    consumed_by: str | None
+    """The ``wait_for_event`` step id that consumed it, or ``None`` while buffered."""

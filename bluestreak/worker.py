@@ -1,0 +1,361 @@
+"""The worker loop: claim due workflows, run their handlers, renew leases, write outcomes.
+
+One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
+
+1. claim as many due workflows as there are free slots (``max_concurrency``);
+2. run each handler in its own task, with a :class:`WorkflowContext`;
+3. write the outcome — finished, failed/aborted, or suspended — fenced by the
+   lease token the claim set;
+4. when nothing is due, sleep until the earliest due workflow, at most
+   ``poll_interval``, or until :meth:`wake` (a start in this process).
+
+Meanwhile one task renews every held lease in one bulk write per
+``lease_duration / 3``; a lease found lost cancels its handler at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from .codec import error_info, prepare, restore
+from .config import Settings
+from .context import Suspension, WorkflowContext
+from .errors import InvalidArgument, LeaseLost, StoreUnavailable, Suspended
+from .handlers import HandlerSpec
+from .records import Status
+from .retry import backoff_delay
+from .store import Doc, Store
+
+log = logging.getLogger("bluestreak.worker")
+
+
+@dataclass(slots=True)
+class _Execution:
+    workflow_id: str
+    token: str
+    lease_until: datetime
+    task: asyncio.Task[None] | None = None
+    ctx: WorkflowContext | None = None
+    lost: bool = False
+    releasing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs the workflows of the registered handlers. Created by ``Bluestreak.poll``."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        handlers: dict[str, HandlerSpec],
+        on_settled: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._on_settled = on_settled or (lambda _id: None)
+        self.settings = settings
+        self.handlers = handlers
+        self.clock = settings.clock
+        self._running: dict[str, _Execution] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._lease = timedelta(seconds=settings.lease_duration)
+
+    # -- control from the engine -----------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for due workflows now (a workflow was started or woken in this process)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; ``run()`` then lets in-flight handlers finish (up to the grace period)."""
+        self._stopping = True
+        self._wake.set()
+
+    def lost(self, workflow_id: str) -> None:
+        """An operator took this workflow away (terminate, restart): cancel its handler now."""
+        execution = self._running.get(workflow_id)
+        if execution is not None and execution.task is not None:
+            execution.lost = True
+            execution.task.cancel()
+
+    def pause_requested(self, workflow_id: str) -> None:
+        """An operator asked to pause: stop at the next step boundary."""
+        execution = self._running.get(workflow_id)
+        if execution is not None and execution.ctx is not None:
+            execution.ctx.pause_requested = True
+
+    @property
+    def in_flight(self) -> int:
+        """How many handlers run now."""
+        return len(self._running)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and run workflows until :meth:`stop` or ``should_stop()``."""
+        if not self.handlers:
+            raise InvalidArgument("poll() needs at least one registered handler: use @engine.handler('id')")
+        handlers = sorted(self.handlers)
+        renewer = asyncio.create_task(self._renew_loop(), name="bluestreak-renew")
+        failures = 0
+        try:
+            while not self._should_stop():
+                free = self.settings.max_concurrency - len(self._running)
+                self._wake.clear()
+                if free <= 0:
+                    await self._idle(self.settings.poll_interval)
+                    continue
+                try:
+                    now = self.clock.now()
+                    token = uuid.uuid4().hex
+                    claimed = await self.store.claim(
+                        handlers, now, now + self._lease, token, self.settings.worker_id, free
+                    )
+                    failures = 0
+                except PyMongoError as exc:
+                    failures += 1
+                    pause = backoff_delay(timedelta(seconds=0.5), failures, cap=timedelta(seconds=30)).total_seconds()
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, pause)
+                    await self._idle(pause)
+                    continue
+                for doc in claimed:
+                    self._spawn(doc)
+                if len(claimed) < free:
+                    await self._idle(await self._idle_time(handlers))
+        finally:
+            await self._shutdown()
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    def _should_stop(self) -> bool:
+        if self._stopping:
+            return True
+        check = self.settings.should_stop
+        if check is not None and check():
+            self._stopping = True
+        return self._stopping
+
+    async def _idle_time(self, handlers: list[str]) -> float:
+        """Until the earliest due workflow, at most ``poll_interval``."""
+        try:
+            due = await self.store.next_due(handlers)
+        except PyMongoError:
+            return self.settings.poll_interval
+        if due is None:
+            return self.settings.poll_interval
+        wait = (due - self.clock.now()).total_seconds()
+        return min(self.settings.poll_interval, max(0.005, wait))
+
+    async def _idle(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _shutdown(self) -> None:
+        if not self._running:
+            return
+        tasks = [e.task for e in self._running.values() if e.task is not None]
+        log.info("stopping: waiting up to %.1fs for %d running workflows", self.settings.shutdown_grace, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        for execution in list(self._running.values()):
+            if execution.task in pending:
+                execution.releasing = True
+                execution.task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    # -- one workflow ----------------------------------------------------------------
+
+    def _spawn(self, doc: Doc) -> None:
+        execution = _Execution(doc["_id"], doc["lease"], doc["due_at"])
+        self._running[execution.workflow_id] = execution
+        execution.task = asyncio.create_task(self._execute(doc, execution), name=f"bluestreak:{doc['_id']}")
+
+    async def _execute(self, doc: Doc, execution: _Execution) -> None:
+        workflow_id = doc["_id"]
+        spec = self.handlers[doc["handler"]]
+        ctx: WorkflowContext | None = None
+        try:
+            try:
+                if doc.get("control") == "pause":
+                    await self._suspend(doc, execution, Suspension(Status.PAUSED, None))
+                    return
+                if doc.get("attempt", 1) > 1:
+                    steps, naps = await self.store.load_history(workflow_id, doc.get("run", 0))
+                else:
+                    steps, naps = [], []
+            except PyMongoError as exc:
+                log.warning("workflow %r: could not load its history (%s); it runs again after its lease",
+                            workflow_id, exc)
+                return
+            ctx = WorkflowContext(
+                store=self.store, clock=self.clock, workflow_id=workflow_id, handler_id=spec.handler_id,
+                run=doc.get("run", 0), attempt=doc.get("attempt", 1), worker_id=self.settings.worker_id,
+                inbox=doc.get("inbox", 0), steps=steps, naps=naps, sleep_threshold=self.settings.sleep_threshold,
+            )
+            execution.ctx = ctx
+            try:
+                value = spec.validate_input(restore(doc.get("input"), doc.get("input_type")), workflow_id)
+                result = await spec.fn(ctx, value)
+                if ctx.suspension is not None:  # a suspension was swallowed by the handler
+                    raise Suspended(ctx.suspension.status.value)
+            except Suspended:
+                assert ctx.suspension is not None
+                ctx.cancel_stragglers()
+                await self._suspend(doc, execution, ctx.suspension)
+                return
+            except (LeaseLost, StoreUnavailable) as exc:
+                log.info("workflow %r stopped: %s", workflow_id, type(exc).__name__)
+                return
+            except asyncio.CancelledError:
+                if execution.lost:
+                    log.info("workflow %r: lease lost, execution cancelled", workflow_id)
+                    return
+                if execution.releasing:
+                    await self._release(doc, execution)
+                    return
+                raise
+            except Exception as exc:
+                await self._fail(doc, execution, exc)
+                return
+            await self._finish(doc, execution, result)
+        except PyMongoError as exc:
+            log.warning("workflow %r: could not record its outcome (%s); it runs again after its lease",
+                        workflow_id, exc)
+        finally:
+            if ctx is not None:
+                ctx.cancel_stragglers()
+            self._running.pop(workflow_id, None)
+            self._wake.set()
+
+    async def _finish(self, doc: Doc, execution: _Execution, result: Any) -> None:
+        workflow_id = doc["_id"]
+        try:
+            stored, tag, _ = prepare(result, f"handler {doc['handler']!r} of workflow {workflow_id!r}")
+        except Exception as exc:
+            await self._fail(doc, execution, exc)
+            return
+        now = self.clock.now()
+        ok = await self.store.fenced_update(workflow_id, execution.token, {
+            "$set": {"status": Status.FINISHED.value, "result": stored, "result_type": tag, "finished_at": now,
+                     "updated_at": now, "error": None},
+            "$unset": {"due_at": ""},
+        })
+        if not ok:
+            log.warning("workflow %r finished but its lease was lost; another execution owns it", workflow_id)
+        else:
+            log.debug("workflow %r finished", workflow_id)
+            self._on_settled(workflow_id)
+
+    async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException) -> None:
+        workflow_id = doc["_id"]
+        failures = int(doc.get("failures", 0)) + 1
+        limit = self.settings.max_failures
+        now = self.clock.now()
+        info = error_info(exc).to_doc()
+        update: Doc
+        if limit is not None and failures > limit:
+            status = Status.ABORTED
+            update = {"$set": {"status": status.value, "error": info, "failures": failures, "updated_at": now,
+                               "finished_at": now}, "$unset": {"due_at": ""}}
+        else:
+            status = Status.FAILED
+            delay = backoff_delay(timedelta(seconds=self.settings.retry_interval), failures,
+                                  cap=timedelta(seconds=self.settings.max_retry_interval))
+            update = {"$set": {"status": status.value, "error": info, "failures": failures, "updated_at": now,
+                               "due_at": now + delay}}
+        ok = await self.store.fenced_update(workflow_id, execution.token, update)
+        if not ok:
+            log.warning("workflow %r failed but its lease was lost; nothing recorded", workflow_id)
+            return
+        log.warning("workflow %r %s (failure %d): %s: %s", workflow_id, status.value, failures, info["type"],
+                    info["message"], extra={"workflow_id": workflow_id, "handler": doc["handler"]})
+        if status is Status.ABORTED:
+            self._on_settled(workflow_id)
+        await self._callback(workflow_id, exc)
+
+    async def _callback(self, workflow_id: str, exc: BaseException) -> None:
+        callback = self.settings.error_callback
+        if callback is None:
+            return
+        try:
+            outcome = callback(workflow_id, exc)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("error_callback raised for workflow %r; ignored", workflow_id)
+
+    async def _suspend(self, doc: Doc, execution: _Execution, suspension: Suspension) -> None:
+        workflow_id = doc["_id"]
+        now = self.clock.now()
+        if suspension.status is Status.PAUSED:
+            update: Doc = {"$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None},
+                           "$unset": {"due_at": ""}}
+        else:
+            update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
+        extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
+        if await self.store.fenced_update(workflow_id, execution.token, update, **extra):
+            return
+        if extra:  # an event arrived while deciding to wait: run again now instead
+            retry = {"$set": {"status": Status.SLEEPING.value, "due_at": now, "updated_at": now}}
+            if await self.store.fenced_update(workflow_id, execution.token, retry):
+                self.wake()
+                return
+        log.warning("workflow %r: lease lost before it could %s", workflow_id, suspension.status.value)
+
+    async def _release(self, doc: Doc, execution: _Execution) -> None:
+        now = self.clock.now()
+        try:
+            await self.store.fenced_update(doc["_id"], execution.token, {
+                "$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now}})
+            log.info("workflow %r released for another worker (shutdown)", doc["_id"])
+        except PyMongoError as exc:
+            log.warning("workflow %r: release failed (%s); its lease will expire", doc["_id"], exc)
+
+    # -- leases --------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.lease_duration / 3
+        while True:
+            await self.clock.sleep(interval)
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """Renew every held lease in one bulk write; cancel executions whose lease is gone."""
+        leases = {wid: e.token for wid, e in self._running.items() if not e.lost}
+        if not leases:
+            return
+        now = self.clock.now()
+        until = now + self._lease
+        try:
+            lost, controls = await self.store.renew(leases, until, now)
+        except PyMongoError as exc:
+            log.warning("lease renewal failed (%s)", exc)
+            for execution in list(self._running.values()):
+                if now >= execution.lease_until:  # our lease may belong to someone else now: stop
+                    self.lost(execution.workflow_id)
+            return
+        for wid in leases:
+            execution = self._running.get(wid)
+            if execution is None:
+                continue
+            if wid in lost:
+                log.warning("workflow %r: lease lost; cancelling its execution", wid)
+                self.lost(wid)
+            else:
+                execution.lease_until = until
+                if controls.get(wid) == "pause":
+                    self.pause_requested(wid)

@@ -42,16 +42,23 @@ class Settings:
     def build(cls, **given: Any) -> Settings:
         """Validate user-facing values (durations as seconds, timedelta or strings)."""
         values: dict[str, Any] = {}
-        for name in ("lease_duration", "poll_interval", "retry_interval", "max_retry_interval", "sleep_threshold",
-                     "shutdown_grace"):
+        for name in (
+            "lease_duration",
+            "poll_interval",
+            "retry_interval",
+            "max_retry_interval",
+            "sleep_threshold",
+            "shutdown_grace",
+        ):
             if given.get(name) is not None:
                 values[name] = to_seconds(given[name], name=name)
         for name in ("lease_duration", "poll_interval"):
             if name in values and values[name] <= 0:
                 raise InvalidArgument(f"{name} must be greater than zero, got {given[name]!r}")
         max_failures = given.get("max_failures", 5)
-        if max_failures is not None and (isinstance(max_failures, bool) or not isinstance(max_failures, int)
-                                         or max_failures < 0):
+        if max_failures is not None and (
+            isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0
+        ):
             raise InvalidArgument(f"max_failures must be an int >= 0 or None (retry forever), got {max_failures!r}")
         values["max_failures"] = max_failures
         concurrency = given.get("max_concurrency", 100)

@@ -151,7 +151,9 @@ class WorkflowContext:
         elif isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
             target = datetime.fromtimestamp(when, UTC)
         else:
-            raise InvalidArgument(f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}")
+            raise InvalidArgument(
+                f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}"
+            )
         with self._tracked():
             await self._nap(nap_id, lambda _now: target)
 
@@ -219,13 +221,24 @@ class WorkflowContext:
                 if attempt > policy.limit:
                     return await self._fail_step(step_id, self._exhausted(step_id, attempt, last_error), record)
                 delay = policy.delay_before(attempt)
-                log.info("step %r of workflow %r failed (attempt %d), retrying in %.3gs: %r",
-                         step_id, self.workflow_id, attempt, delay.total_seconds(), exc)
+                log.info(
+                    "step %r of workflow %r failed (attempt %d), retrying in %.3gs: %r",
+                    step_id,
+                    self.workflow_id,
+                    attempt,
+                    delay.total_seconds(),
+                    exc,
+                )
                 if delay.total_seconds() > self._threshold:
                     retry_at = self._clock.now() + delay
                     await self._store.mark_pending(
                         self._key(step_id),
-                        {"attempts": attempt, "retry_at": retry_at, "error": last_error, "updated_at": self._clock.now()},
+                        {
+                            "attempts": attempt,
+                            "retry_at": retry_at,
+                            "error": last_error,
+                            "updated_at": self._clock.now(),
+                        },
                     )
                     record = record or {"status": "pending"}
                 else:
@@ -255,8 +268,9 @@ class WorkflowContext:
         else:
             existing = await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
         if existing is not None:
-            log.info("step %r of workflow %r was recorded by another execution; using its record",
-                     step_id, self.workflow_id)
+            log.info(
+                "step %r of workflow %r was recorded by another execution; using its record", step_id, self.workflow_id
+            )
             return self._replay(existing)
         return seen
 
@@ -267,7 +281,12 @@ class WorkflowContext:
             if hasattr(exc, attr):
                 info[attr] = getattr(exc, attr)
         now = self._clock.now()
-        fields: Doc = {"status": "failed", "error": info, "attempts": int(info.get("attempts") or 1), "recorded_at": now}
+        fields: Doc = {
+            "status": "failed",
+            "error": info,
+            "attempts": int(info.get("attempts") or 1),
+            "recorded_at": now,
+        }
         if record is not None:
             existing = await self._store.finalize_step(self._key(step_id), fields)
         else:
@@ -280,7 +299,9 @@ class WorkflowContext:
         emsg = last.get("message", "the worker running the last attempt was lost" if lost else "")
         return StepRetriesExceededError(
             f"{self._where(step_id)} failed after {attempts} attempts; last error {etype}: {emsg}",
-            attempts=attempts, error_type=etype, error_message=emsg,
+            attempts=attempts,
+            error_type=etype,
+            error_message=emsg,
         )
 
     def _replay(self, record: Doc) -> Any:
@@ -295,8 +316,13 @@ class WorkflowContext:
         if record is None:
             now = self._clock.now()
             wake_at = wake(now)
-            doc = {"workflow_id": self.workflow_id, "run": self.run, "nap_id": nap_id, "wake_at": wake_at,
-                   "created_at": now}
+            doc: Doc = {
+                "workflow_id": self.workflow_id,
+                "run": self.run,
+                "nap_id": nap_id,
+                "wake_at": wake_at,
+                "created_at": now,
+            }
             existing = await self._store.insert_record("naps", doc)
             record = existing if existing is not None else doc
             self._naps[nap_id] = record
@@ -311,7 +337,9 @@ class WorkflowContext:
             return
         self._suspend(Suspension(status, when))
 
-    async def _wait_event(self, step_id: str, types: list[str], record: Doc | None, limit: timedelta) -> tuple[str, Any]:
+    async def _wait_event(
+        self, step_id: str, types: list[str], record: Doc | None, limit: timedelta
+    ) -> tuple[str, Any]:
         inbox = self._inbox
         event = await self._store.consume_event(self.workflow_id, types, self._consumer(step_id), self._clock.now())
         if event is not None:

@@ -37,15 +37,16 @@ def parse_duration(value: object, *, name: str = "duration") -> timedelta:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
-        raise InvalidDuration(f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', not a bool")
+        raise InvalidDuration(
+            f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', not a bool"
+        )
     elif isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_string(value, name)
     else:
         raise InvalidDuration(
-            f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', "
-            f"not {type(value).__name__}"
+            f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', not {type(value).__name__}"
         )
     if math.isnan(seconds) or math.isinf(seconds):
         raise InvalidDuration(f"{name} must be finite, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -97,10 +98,18 @@ class Bluestreak:
                 raise InvalidArgument(f"db_url must start with mongodb://, mongodb+srv:// or memory://, got {db_url!r}")
             check_id(db_name, "db_name")
         self.settings = Settings.build(
-            lease_duration=lease_duration, poll_interval=poll_interval, retry_interval=retry_interval,
-            max_retry_interval=max_retry_interval, max_failures=max_failures, max_concurrency=max_concurrency,
-            sleep_threshold=sleep_threshold, shutdown_grace=shutdown_grace, error_callback=error_callback,
-            should_stop=should_stop, worker_id=worker_id, clock=clock,
+            lease_duration=lease_duration,
+            poll_interval=poll_interval,
+            retry_interval=retry_interval,
+            max_retry_interval=max_retry_interval,
+            max_failures=max_failures,
+            max_concurrency=max_concurrency,
+            sleep_threshold=sleep_threshold,
+            shutdown_grace=shutdown_grace,
+            error_callback=error_callback,
+            should_stop=should_stop,
+            worker_id=worker_id,
+            clock=clock,
         )
         self.db_url = db_url
         self.db_name = db_name
@@ -221,16 +230,21 @@ class Bluestreak:
         for item in workflows:
             if isinstance(item, Mapping):
                 kwargs = dict(item)
-                doc = self._new_doc(kwargs.pop("workflow_id", None), kwargs.pop("handler_id", None),
-                                    kwargs.pop("input", None), kwargs.pop("priority", 0), kwargs.pop("run_at", None),
-                                    kwargs.pop("delay", None))
+                doc = self._new_doc(
+                    kwargs.pop("workflow_id", None),
+                    kwargs.pop("handler_id", None),
+                    kwargs.pop("input", None),
+                    kwargs.pop("priority", 0),
+                    kwargs.pop("run_at", None),
+                    kwargs.pop("delay", None),
+                )
                 if kwargs:
                     raise InvalidArgument(f"start_many: unknown keys {sorted(kwargs)} for workflow {doc['_id']!r}")
             elif isinstance(item, tuple) and len(item) in (2, 3):
                 doc = self._new_doc(item[0], item[1], item[2] if len(item) == 3 else None, 0, None, None)
             else:
                 raise InvalidArgument(
-                    "start_many takes (workflow_id, handler_id[, input]) tuples or mappings, got " f"{item!r:.80}"
+                    f"start_many takes (workflow_id, handler_id[, input]) tuples or mappings, got {item!r:.80}"
                 )
             if doc["_id"] in seen:
                 raise InvalidArgument(f"start_many: workflow id {doc['_id']!r} appears twice")
@@ -246,9 +260,7 @@ class Bluestreak:
             self._wake_local(handler_id)
         return StartResult(created, existing)
 
-    def _new_doc(
-        self, workflow_id: Any, handler_id: Any, input: Any, priority: Any, run_at: Any, delay: Any
-    ) -> Doc:
+    def _new_doc(self, workflow_id: Any, handler_id: Any, input: Any, priority: Any, run_at: Any, delay: Any) -> Doc:
         check_id(workflow_id, "workflow id")
         check_id(handler_id, "handler id")
         if self._handlers and handler_id not in self._handlers:
@@ -275,10 +287,26 @@ class Bluestreak:
         else:
             stored, tag, _ = prepare(input, where)
         return {
-            "_id": workflow_id, "handler": handler_id, "input": stored, "input_type": tag,
-            "status": Status.IDLE.value, "priority": priority, "due_at": due, "lease": None, "worker": None,
-            "control": None, "failures": 0, "run": 0, "attempt": 0, "inbox": 0, "result": None, "result_type": None,
-            "error": None, "created_at": now, "updated_at": now, "finished_at": None,
+            "_id": workflow_id,
+            "handler": handler_id,
+            "input": stored,
+            "input_type": tag,
+            "status": Status.IDLE.value,
+            "priority": priority,
+            "due_at": due,
+            "lease": None,
+            "worker": None,
+            "control": None,
+            "failures": 0,
+            "run": 0,
+            "attempt": 0,
+            "inbox": 0,
+            "result": None,
+            "result_type": None,
+            "error": None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
         }
 
     def _wake_local(self, handler_id: str) -> None:
@@ -316,10 +344,8 @@ class Bluestreak:
                 remaining = math.inf if deadline is None else deadline - loop.time()
                 if remaining <= 0:
                     raise WaitTimeout(workflow_id, status, limit or 0.0)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=min(pause, remaining))
-                except TimeoutError:
-                    pass
                 pause = min(pause * 2, self.settings.poll_interval)
         finally:
             self._settled.pop(workflow_id, None)
@@ -380,10 +406,14 @@ class Bluestreak:
             raise WorkflowNotFound(workflow_id)
         return [
             StepRecord(
-                workflow_id=d["workflow_id"], step_id=d["step_id"], status=d.get("status", "done"),
+                workflow_id=d["workflow_id"],
+                step_id=d["step_id"],
+                status=d.get("status", "done"),
                 output=restore(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
-                error=ErrorInfo.from_doc(d.get("error")), attempts=int(d.get("attempts", 0)),
-                started_at=d.get("started_at"), recorded_at=d.get("recorded_at"),
+                error=ErrorInfo.from_doc(d.get("error")),
+                attempts=int(d.get("attempts", 0)),
+                started_at=d.get("started_at"),
+                recorded_at=d.get("recorded_at"),
             )
             for d in await self.store.list_steps(workflow_id, doc.get("run", 0))
         ]
@@ -394,16 +424,22 @@ class Bluestreak:
         if doc is None:
             raise WorkflowNotFound(workflow_id)
         return [
-            NapRecord(workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"])
+            NapRecord(
+                workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"]
+            )
             for d in await self.store.list_naps(workflow_id, doc.get("run", 0))
         ]
 
     async def list_events(self, workflow_id: str) -> list[EventRecord]:
         """Events sent to the workflow, buffered and consumed, in the order sent."""
         return [
-            EventRecord(workflow_id=d["workflow_id"], type=d["type"],
-                        payload=restore(d.get("payload"), d.get("payload_type")), sent_at=d["sent_at"],
-                        consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None)
+            EventRecord(
+                workflow_id=d["workflow_id"],
+                type=d["type"],
+                payload=restore(d.get("payload"), d.get("payload_type")),
+                sent_at=d["sent_at"],
+                consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None,
+            )
             for d in await self.store.list_events(check_id(workflow_id, "workflow id"))
         ]
 
@@ -420,8 +456,14 @@ class Bluestreak:
         check_id(event_type, "event type")
         stored, tag, _ = prepare(payload, f"payload of event {event_type!r} for workflow {workflow_id!r}")
         now = self.settings.clock.now()
-        event = {"workflow_id": workflow_id, "type": event_type, "payload": stored, "payload_type": tag,
-                 "sent_at": now, "consumed_by": None}
+        event = {
+            "workflow_id": workflow_id,
+            "type": event_type,
+            "payload": stored,
+            "payload_type": tag,
+            "sent_at": now,
+            "consumed_by": None,
+        }
         await self.store.insert_event(event)
         doc = await self.store.notify_event(workflow_id, now)
         if doc is None:
@@ -443,12 +485,16 @@ class Bluestreak:
         check_id(workflow_id, "workflow id")
         now = self.settings.clock.now()
         for _ in range(5):
-            doc = await self.store.control(workflow_id, {"status": {"$in": _PAUSABLE}}, {
-                "$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None}, "$unset": {"due_at": ""}})
+            doc = await self.store.control(
+                workflow_id,
+                {"status": {"$in": _PAUSABLE}},
+                {"$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None}, "$unset": {"due_at": ""}},
+            )
             if doc is not None:
                 return Status.PAUSED
-            doc = await self.store.control(workflow_id, {"status": Status.RUNNING.value},
-                                           {"$set": {"control": "pause", "updated_at": now}})
+            doc = await self.store.control(
+                workflow_id, {"status": Status.RUNNING.value}, {"$set": {"control": "pause", "updated_at": now}}
+            )
             if doc is not None:
                 if self._worker is not None:
                     self._worker.pause_requested(workflow_id)
@@ -464,13 +510,19 @@ class Bluestreak:
         """Resume a paused workflow (or withdraw a pending pause). Idempotent."""
         check_id(workflow_id, "workflow id")
         now = self.settings.clock.now()
-        doc = await self.store.control(workflow_id, {"status": Status.PAUSED.value}, {
-            "$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now, "control": None}})
+        doc = await self.store.control(
+            workflow_id,
+            {"status": Status.PAUSED.value},
+            {"$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now, "control": None}},
+        )
         if doc is not None:
             self._wake_local(doc["handler"])
             return Status.IDLE
-        doc = await self.store.control(workflow_id, {"status": Status.RUNNING.value, "control": "pause"},
-                                       {"$set": {"control": None, "updated_at": now}})
+        doc = await self.store.control(
+            workflow_id,
+            {"status": Status.RUNNING.value, "control": "pause"},
+            {"$set": {"control": None, "updated_at": now}},
+        )
         if doc is not None:
             return Status.RUNNING
         status = await self._status(workflow_id)
@@ -482,9 +534,20 @@ class Bluestreak:
         """Stop a workflow for good (status ``terminated``), cancelling a running handler. Idempotent."""
         check_id(workflow_id, "workflow id")
         now = self.settings.clock.now()
-        doc = await self.store.control(workflow_id, {"status": {"$nin": FINAL}}, {
-            "$set": {"status": Status.TERMINATED.value, "lease": None, "control": None, "updated_at": now,
-                     "finished_at": now}, "$unset": {"due_at": ""}})
+        doc = await self.store.control(
+            workflow_id,
+            {"status": {"$nin": FINAL}},
+            {
+                "$set": {
+                    "status": Status.TERMINATED.value,
+                    "lease": None,
+                    "control": None,
+                    "updated_at": now,
+                    "finished_at": now,
+                },
+                "$unset": {"due_at": ""},
+            },
+        )
         if doc is None:
             status = await self._status(workflow_id)
             if status != Status.TERMINATED.value:
@@ -497,11 +560,26 @@ class Bluestreak:
         """Run the workflow again from the beginning with the same input, forgetting its steps, naps and events."""
         check_id(workflow_id, "workflow id")
         now = self.settings.clock.now()
-        doc = await self.store.control(workflow_id, {}, {
-            "$set": {"status": Status.IDLE.value, "due_at": now, "lease": None, "control": None, "attempt": 0,
-                     "failures": 0, "result": None, "result_type": None, "error": None, "finished_at": None,
-                     "updated_at": now},
-            "$inc": {"run": 1}})
+        doc = await self.store.control(
+            workflow_id,
+            {},
+            {
+                "$set": {
+                    "status": Status.IDLE.value,
+                    "due_at": now,
+                    "lease": None,
+                    "control": None,
+                    "attempt": 0,
+                    "failures": 0,
+                    "result": None,
+                    "result_type": None,
+                    "error": None,
+                    "finished_at": None,
+                    "updated_at": now,
+                },
+                "$inc": {"run": 1},
+            },
+        )
         if doc is None:
             raise WorkflowNotFound(workflow_id)
         if self._worker is not None:
@@ -514,9 +592,18 @@ class Bluestreak:
         check_id(workflow_id, "workflow id")
         now = self.settings.clock.now()
         doc = await self.store.control(
-            workflow_id, {"status": {"$in": [Status.ABORTED.value, Status.FAILED.value]}},
-            {"$set": {"status": Status.IDLE.value, "due_at": now, "failures": 0, "finished_at": None,
-                      "updated_at": now}})
+            workflow_id,
+            {"status": {"$in": [Status.ABORTED.value, Status.FAILED.value]}},
+            {
+                "$set": {
+                    "status": Status.IDLE.value,
+                    "due_at": now,
+                    "failures": 0,
+                    "finished_at": None,
+                    "updated_at": now,
+                }
+            },
+        )
         if doc is None:
             raise InvalidTransition(workflow_id, "retry", await self._status(workflow_id))
         self._wake_local(doc["handler"])
@@ -531,12 +618,19 @@ class Bluestreak:
 def _workflow(doc: Doc) -> Workflow:
     status = Status(doc["status"])
     return Workflow(
-        id=doc["_id"], handler=doc["handler"], status=status,
+        id=doc["_id"],
+        handler=doc["handler"],
+        status=status,
         input=restore(doc.get("input"), doc.get("input_type")),
         result=restore(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
-        error=ErrorInfo.from_doc(doc.get("error")), failures=int(doc.get("failures", 0)),
-        priority=int(doc.get("priority", 0)), run=int(doc.get("run", 0)), attempt=int(doc.get("attempt", 0)),
-        created_at=doc["created_at"], updated_at=doc["updated_at"], due_at=doc.get("due_at"),
-        finished_at=doc.get("finished_at"), worker=doc.get("worker"),
+        error=ErrorInfo.from_doc(doc.get("error")),
+        failures=int(doc.get("failures", 0)),
+        priority=int(doc.get("priority", 0)),
+        run=int(doc.get("run", 0)),
+        attempt=int(doc.get("attempt", 0)),
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        due_at=doc.get("due_at"),
+        finished_at=doc.get("finished_at"),
+        worker=doc.get("worker"),
     )
-

@@ -64,26 +64,33 @@ def make_spec(handler_id: str, fn: Any) -> HandlerSpec:
     check_id(handler_id, "handler id")
     if not callable(fn):
         raise InvalidArgument(f"handler {handler_id!r} must be an async function, got {type(fn).__name__}")
-    target = getattr(fn, "__call__", fn) if not inspect.isfunction(fn) and not inspect.ismethod(fn) else fn
-    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(target)):
+    call = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)):
         raise InvalidArgument(
             f"handler {handler_id!r} must be an async function (async def {getattr(fn, '__name__', 'handler')}"
             "(ctx, input): ...); a plain function cannot await ctx.step"
         )
-    return HandlerSpec(handler_id, fn, _input_adapter(fn))
+    return HandlerSpec(handler_id, fn, _input_adapter(handler_id, fn))
 
 
-def _input_adapter(fn: Any) -> TypeAdapter[Any] | None:
+def _input_adapter(handler_id: str, fn: Any) -> TypeAdapter[Any] | None:
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     if len(params) < 2:
         return None
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
+    if params[1].annotation is inspect.Parameter.empty:
         return None
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__call__
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:
+        raise InvalidArgument(
+            f"handler {handler_id!r}: cannot resolve the annotation of its input parameter "
+            f"{params[1].name!r} ({exc}). Define the input type at module level (not inside a function), "
+            "or remove the annotation to skip input validation."
+        ) from None
     annotation = hints.get(params[1].name)
     if annotation is None or annotation is Any:
         return None

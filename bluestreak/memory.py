@@ -114,13 +114,13 @@ class MemoryCollection:
         result = _BulkResult()
         for op in requests:
             if isinstance(op, UpdateOne):
-                doc = op._doc  # noqa: SLF001 - pymongo keeps the update here
-                res = await self._coll.update_one(op._filter, doc, upsert=bool(op._upsert))  # noqa: SLF001
+                doc = op._doc
+                res = await self._coll.update_one(op._filter, doc, upsert=bool(op._upsert))
                 result.matched_count += res.matched_count
                 result.modified_count += res.modified_count
                 result.upserted_count += 1 if res.upserted_id is not None else 0
             elif isinstance(op, InsertOne):
-                await self._coll.insert_one(op._doc)  # noqa: SLF001
+                await self._coll.insert_one(op._doc)
                 result.inserted_count += 1
             else:  # pragma: no cover - the store issues no other kinds
                 raise NotImplementedError(f"memory backend: bulk op {type(op).__name__}")

@@ -43,7 +43,9 @@ class RetryPolicy:
         jitter: float = 0.0,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise InvalidArgument(f"RetryPolicy limit must be an int >= 0 (retries after the first attempt), got {limit!r}")
+            raise InvalidArgument(
+                f"RetryPolicy limit must be an int >= 0 (retries after the first attempt), got {limit!r}"
+            )
         if backoff not in ("constant", "linear", "exponential"):
             raise InvalidArgument(f"RetryPolicy backoff must be 'constant', 'linear' or 'exponential', got {backoff!r}")
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0.0 <= jitter <= 1.0:

@@ -245,16 +245,20 @@ class Store:
 
     async def list_steps(self, workflow_id: str, run: int) -> list[Doc]:
         """Steps of one run in the order they were first written."""
-        docs: list[Doc] = await self.steps.find({"workflow_id": workflow_id, "run": run}).sort(
-            [("started_at", ASCENDING), ("_id", ASCENDING)]
-        ).to_list(None)
+        docs: list[Doc] = (
+            await self.steps.find({"workflow_id": workflow_id, "run": run})
+            .sort([("started_at", ASCENDING), ("_id", ASCENDING)])
+            .to_list(None)
+        )
         return docs
 
     async def list_naps(self, workflow_id: str, run: int) -> list[Doc]:
         """Naps of one run, in order of creation."""
-        docs: list[Doc] = await self.naps.find({"workflow_id": workflow_id, "run": run}).sort(
-            [("created_at", ASCENDING), ("_id", ASCENDING)]
-        ).to_list(None)
+        docs: list[Doc] = (
+            await self.naps.find({"workflow_id": workflow_id, "run": run})
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .to_list(None)
+        )
         return docs
 
     async def insert_record(self, collection: str, doc: Doc) -> Doc | None:
@@ -291,7 +295,8 @@ class Store:
         """
         try:
             await self.steps.update_one(
-                {**key, "status": "pending"}, {"$set": fields, "$setOnInsert": {"started_at": fields.get("updated_at")}},
+                {**key, "status": "pending"},
+                {"$set": fields, "$setOnInsert": {"started_at": fields.get("updated_at")}},
                 upsert=True,
             )
         except DuplicateKeyError:
@@ -356,9 +361,11 @@ class Store:
 
     async def list_events(self, workflow_id: str) -> list[Doc]:
         """Events of a workflow in the order sent."""
-        docs: list[Doc] = await self.events.find({"workflow_id": workflow_id}).sort(
-            [("sent_at", ASCENDING), ("_id", ASCENDING)]
-        ).to_list(None)
+        docs: list[Doc] = (
+            await self.events.find({"workflow_id": workflow_id})
+            .sort([("sent_at", ASCENDING), ("_id", ASCENDING)])
+            .to_list(None)
+        )
         return docs
 
 

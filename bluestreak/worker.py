@@ -16,6 +16,7 @@ Meanwhile one task renews every held lease in one bulk write per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import uuid
@@ -159,10 +160,8 @@ class Worker:
     async def _idle(self, seconds: float) -> None:
         if self._stopping:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _shutdown(self) -> None:
         if not self._running:
@@ -198,13 +197,22 @@ class Worker:
                 else:
                     steps, naps = [], []
             except PyMongoError as exc:
-                log.warning("workflow %r: could not load its history (%s); it runs again after its lease",
-                            workflow_id, exc)
+                log.warning(
+                    "workflow %r: could not load its history (%s); it runs again after its lease", workflow_id, exc
+                )
                 return
             ctx = WorkflowContext(
-                store=self.store, clock=self.clock, workflow_id=workflow_id, handler_id=spec.handler_id,
-                run=doc.get("run", 0), attempt=doc.get("attempt", 1), worker_id=self.settings.worker_id,
-                inbox=doc.get("inbox", 0), steps=steps, naps=naps, sleep_threshold=self.settings.sleep_threshold,
+                store=self.store,
+                clock=self.clock,
+                workflow_id=workflow_id,
+                handler_id=spec.handler_id,
+                run=doc.get("run", 0),
+                attempt=doc.get("attempt", 1),
+                worker_id=self.settings.worker_id,
+                inbox=doc.get("inbox", 0),
+                steps=steps,
+                naps=naps,
+                sleep_threshold=self.settings.sleep_threshold,
             )
             execution.ctx = ctx
             try:
@@ -233,8 +241,9 @@ class Worker:
                 return
             await self._finish(doc, execution, result)
         except PyMongoError as exc:
-            log.warning("workflow %r: could not record its outcome (%s); it runs again after its lease",
-                        workflow_id, exc)
+            log.warning(
+                "workflow %r: could not record its outcome (%s); it runs again after its lease", workflow_id, exc
+            )
         finally:
             if ctx is not None:
                 ctx.cancel_stragglers()
@@ -249,11 +258,21 @@ class Worker:
             await self._fail(doc, execution, exc)
             return
         now = self.clock.now()
-        ok = await self.store.fenced_update(workflow_id, execution.token, {
-            "$set": {"status": Status.FINISHED.value, "result": stored, "result_type": tag, "finished_at": now,
-                     "updated_at": now, "error": None},
-            "$unset": {"due_at": ""},
-        })
+        ok = await self.store.fenced_update(
+            workflow_id,
+            execution.token,
+            {
+                "$set": {
+                    "status": Status.FINISHED.value,
+                    "result": stored,
+                    "result_type": tag,
+                    "finished_at": now,
+                    "updated_at": now,
+                    "error": None,
+                },
+                "$unset": {"due_at": ""},
+            },
+        )
         if not ok:
             log.warning("workflow %r finished but its lease was lost; another execution owns it", workflow_id)
         else:
@@ -269,20 +288,45 @@ class Worker:
         update: Doc
         if limit is not None and failures > limit:
             status = Status.ABORTED
-            update = {"$set": {"status": status.value, "error": info, "failures": failures, "updated_at": now,
-                               "finished_at": now}, "$unset": {"due_at": ""}}
+            update = {
+                "$set": {
+                    "status": status.value,
+                    "error": info,
+                    "failures": failures,
+                    "updated_at": now,
+                    "finished_at": now,
+                },
+                "$unset": {"due_at": ""},
+            }
         else:
             status = Status.FAILED
-            delay = backoff_delay(timedelta(seconds=self.settings.retry_interval), failures,
-                                  cap=timedelta(seconds=self.settings.max_retry_interval))
-            update = {"$set": {"status": status.value, "error": info, "failures": failures, "updated_at": now,
-                               "due_at": now + delay}}
+            delay = backoff_delay(
+                timedelta(seconds=self.settings.retry_interval),
+                failures,
+                cap=timedelta(seconds=self.settings.max_retry_interval),
+            )
+            update = {
+                "$set": {
+                    "status": status.value,
+                    "error": info,
+                    "failures": failures,
+                    "updated_at": now,
+                    "due_at": now + delay,
+                }
+            }
         ok = await self.store.fenced_update(workflow_id, execution.token, update)
         if not ok:
             log.warning("workflow %r failed but its lease was lost; nothing recorded", workflow_id)
             return
-        log.warning("workflow %r %s (failure %d): %s: %s", workflow_id, status.value, failures, info["type"],
-                    info["message"], extra={"workflow_id": workflow_id, "handler": doc["handler"]})
+        log.warning(
+            "workflow %r %s (failure %d): %s: %s",
+            workflow_id,
+            status.value,
+            failures,
+            info["type"],
+            info["message"],
+            extra={"workflow_id": workflow_id, "handler": doc["handler"]},
+        )
         if status is Status.ABORTED:
             self._on_settled(workflow_id)
         await self._callback(workflow_id, exc)
@@ -302,8 +346,10 @@ class Worker:
         workflow_id = doc["_id"]
         now = self.clock.now()
         if suspension.status is Status.PAUSED:
-            update: Doc = {"$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None},
-                           "$unset": {"due_at": ""}}
+            update: Doc = {
+                "$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None},
+                "$unset": {"due_at": ""},
+            }
         else:
             update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
         extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
@@ -319,8 +365,9 @@ class Worker:
     async def _release(self, doc: Doc, execution: _Execution) -> None:
         now = self.clock.now()
         try:
-            await self.store.fenced_update(doc["_id"], execution.token, {
-                "$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now}})
+            await self.store.fenced_update(
+                doc["_id"], execution.token, {"$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now}}
+            )
             log.info("workflow %r released for another worker (shutdown)", doc["_id"])
         except PyMongoError as exc:
             log.warning("workflow %r: release failed (%s); its lease will expire", doc["_id"], exc)
@@ -349,13 +396,13 @@ class Worker:
                     self.lost(execution.workflow_id)
             return
         for wid in leases:
-            execution = self._running.get(wid)
-            if execution is None:
+            current = self._running.get(wid)
+            if current is None:
                 continue
             if wid in lost:
                 log.warning("workflow %r: lease lost; cancelling its execution", wid)
                 self.lost(wid)
             else:
-                execution.lease_until = until
+                current.lease_until = until
                 if controls.get(wid) == "pause":
                     self.pause_requested(wid)

@@ -22,7 +22,7 @@ from bluestreak import (
     WorkflowNotFound,
 )
 
-from .conftest import EngineFactory, eventually, running
+from .conftest import EngineFactory, running
 
 
 class Receipt(BaseModel):

@@ -77,7 +77,8 @@ async def test_2_a_zombie_that_lost_its_lease_writes_nothing_and_is_cancelled(ma
 async def test_2_every_outcome_write_is_fenced(engine: Bluestreak) -> None:
     await engine.start("f", "h")
     now = engine.settings.clock.now()
-    [doc] = await engine.store.claim(["h"], now, now + timedelta(seconds=30), "mine", "w", 1)
+    [claimed] = await engine.store.claim(["h"], now, now + timedelta(seconds=30), "mine", "w", 1)
+    assert claimed["lease"] == "mine"
     assert await engine.store.fenced_update("f", "stale", {"$set": {"status": "finished"}}) is False
     assert await engine.store.fenced_update("f", "mine", {"$set": {"updated_at": now}}) is True
     assert (await engine.store.get_workflow("f"))["status"] == "running"  # type: ignore[index]

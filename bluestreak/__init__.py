@@ -27,7 +27,8 @@ from .errors import (
     WorkflowNotFound,
     WorkflowUsageError,
 )
-from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, Workflow
+from .handlers import Workflow
+from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -62,6 +63,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowNotFound",
+    "WorkflowRecord",
     "WorkflowUsageError",
     "parse_duration",
 ]

@@ -33,6 +33,9 @@ class Settings:
     max_concurrency: int = 100
     sleep_threshold: float = 2.0
     shutdown_grace: float = 10.0
+    retention_finished: float | None = None
+    retention_failed: float | None = None
+    purge_interval: float = 60.0
     error_callback: ErrorCallback | None = None
     should_stop: Callable[[], bool] | None = None
     worker_id: str = field(default_factory=default_worker_id)
@@ -52,7 +55,10 @@ class Settings:
         ):
             if given.get(name) is not None:
                 values[name] = to_seconds(given[name], name=name)
-        for name in ("lease_duration", "poll_interval"):
+        for name in ("retention_finished", "retention_failed", "purge_interval"):
+            if given.get(name) is not None:
+                values[name] = to_seconds(given[name], name=name)
+        for name in ("lease_duration", "poll_interval", "purge_interval"):
             if name in values and values[name] <= 0:
                 raise InvalidArgument(f"{name} must be greater than zero, got {given[name]!r}")
         max_failures = given.get("max_failures", 5)

@@ -341,7 +341,9 @@ class WorkflowContext:
         self, step_id: str, types: list[str], record: Doc | None, limit: timedelta
     ) -> tuple[str, Any]:
         inbox = self._inbox
-        event = await self._store.consume_event(self.workflow_id, types, self._consumer(step_id), self._clock.now())
+        event = await self._store.consume_event(
+            self.workflow_id, types, self._consumer(step_id), self.run, self._clock.now()
+        )
         if event is not None:
             payload = restore(event.get("payload"), event.get("payload_type"))
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}

@@ -23,9 +23,9 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from .handlers import HandlerFn, HandlerSpec, check_id, make_spec
-from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, Workflow
-from .store import FINAL, Doc, Store
+from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
+from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, WorkflowRecord
+from .store import FINAL, Doc, Store, expiry
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
@@ -68,6 +68,10 @@ class Bluestreak:
     :param should_stop: polled by ``poll()``; return True to stop.
     :param worker_id: names this process in workflow documents (default ``host:pid:random``).
     :param clock: an injectable clock (see :mod:`bluestreak.testing`).
+    :param retention_finished: delete finished workflows (with their steps, naps and events) this long
+        after they finish; ``None`` keeps them.
+    :param retention_failed: the same for aborted and terminated workflows.
+    :param env: shared dependencies handed to class-based workflows as ``self.env``.
     """
 
     def __init__(
@@ -89,6 +93,9 @@ class Bluestreak:
         should_stop: Callable[[], bool] | None = None,
         worker_id: str | None = None,
         clock: Any = None,
+        retention_finished: object | None = None,
+        retention_failed: object | None = None,
+        env: Any = None,
     ) -> None:
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
@@ -110,7 +117,10 @@ class Bluestreak:
             should_stop=should_stop,
             worker_id=worker_id,
             clock=clock,
+            retention_finished=retention_finished,
+            retention_failed=retention_failed,
         )
+        self.env = env
         self.db_url = db_url
         self.db_name = db_name
         self._database = database
@@ -134,6 +144,22 @@ class Bluestreak:
         if handler_id in self._handlers and self._handlers[handler_id].fn is not fn:
             raise InvalidArgument(f"handler id {handler_id!r} is already registered to another function")
         self._handlers[handler_id] = spec
+
+    def register(self, workflow: type[Workflow]) -> type[Workflow]:
+        """Register a class-based workflow (a :class:`Workflow` subclass); usable as a class decorator.
+
+        One instance is created per engine, with ``env`` set to this engine's ``env``.
+        """
+        if not (isinstance(workflow, type) and issubclass(workflow, Workflow)):
+            raise InvalidArgument(
+                f"register() takes a Workflow subclass, got {workflow!r}; use register_handler for plain functions"
+            )
+        if workflow.run is Workflow.run:
+            raise InvalidArgument(f"{workflow.__qualname__} must define async def run(self, ctx, input)")
+        instance = workflow()
+        instance.env = self.env
+        self.register_handler(workflow.handler_id or workflow.__name__, instance.run)
+        return workflow
 
     def handler(self, handler_id: str) -> Callable[[F], F]:
         """Decorator form of :meth:`register_handler`."""
@@ -379,7 +405,7 @@ class Bluestreak:
 
     # -- inspecting ------------------------------------------------------------------
 
-    async def get_workflow(self, workflow_id: str) -> Workflow:
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
         """The workflow as stored; raises :class:`WorkflowNotFound`."""
         doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"))
         if doc is None:
@@ -388,7 +414,7 @@ class Bluestreak:
 
     async def list_workflows(
         self, *, status: str | Status | None = None, handler_id: str | None = None, limit: int = 100, skip: int = 0
-    ) -> list[Workflow]:
+    ) -> list[WorkflowRecord]:
         """Workflows, newest first, optionally filtered by status and handler."""
         query: Doc = {}
         if status is not None:
@@ -544,6 +570,7 @@ class Bluestreak:
                     "control": None,
                     "updated_at": now,
                     "finished_at": now,
+                    **expiry(now, self.settings.retention_failed),
                 },
                 "$unset": {"due_at": ""},
             },
@@ -577,6 +604,7 @@ class Bluestreak:
                     "finished_at": None,
                     "updated_at": now,
                 },
+                "$unset": {"expire_at": ""},
                 "$inc": {"run": 1},
             },
         )
@@ -584,7 +612,7 @@ class Bluestreak:
             raise WorkflowNotFound(workflow_id)
         if self._worker is not None:
             self._worker.lost(workflow_id)
-        await self.store.delete_history(workflow_id)
+        await self.store.delete_history(workflow_id, before_run=doc["run"])
         self._wake_local(doc["handler"])
 
     async def retry(self, workflow_id: str) -> None:
@@ -601,12 +629,24 @@ class Bluestreak:
                     "failures": 0,
                     "finished_at": None,
                     "updated_at": now,
-                }
+                },
+                "$unset": {"expire_at": ""},
             },
         )
         if doc is None:
             raise InvalidTransition(workflow_id, "retry", await self._status(workflow_id))
         self._wake_local(doc["handler"])
+
+    async def purge_expired(self) -> int:
+        """Delete ended workflows past their retention now; returns how many.
+
+        ``poll()`` does this every minute by itself when a retention is set;
+        call it from a scheduled job if no worker runs.
+        """
+        total = 0
+        while (count := await self.store.purge_expired(self.settings.clock.now())) > 0:
+            total += count
+        return total
 
     async def _status(self, workflow_id: str) -> str:
         doc = await self.store.get_workflow(workflow_id, {"status": 1})
@@ -615,9 +655,9 @@ class Bluestreak:
         return str(doc["status"])
 
 
-def _workflow(doc: Doc) -> Workflow:
+def _workflow(doc: Doc) -> WorkflowRecord:
     status = Status(doc["status"])
-    return Workflow(
+    return WorkflowRecord(
         id=doc["_id"],
         handler=doc["handler"],
         status=status,

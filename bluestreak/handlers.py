@@ -95,3 +95,24 @@ def _input_adapter(handler_id: str, fn: Any) -> TypeAdapter[Any] | None:
     if annotation is None or annotation is Any:
         return None
     return TypeAdapter(annotation)
+
+
+class Workflow:
+    """Base class for the class-based form of a handler.
+
+    >>> class Checkout(Workflow):
+    ...     handler_id = "checkout"
+    ...     async def run(self, ctx, input):
+    ...         return await ctx.step("charge", lambda: self.env["payments"].charge(input))
+
+    ``engine.register(Checkout)`` creates one instance per engine and sets its
+    ``env`` to the engine's ``env`` (shared dependencies: clients, settings).
+    ``handler_id`` defaults to the class name.
+    """
+
+    handler_id: str | None = None
+    env: Any = None
+
+    async def run(self, ctx: Any, input: Any) -> Any:
+        """The handler body: override it (``async def run(self, ctx, input)``)."""
+        raise NotImplementedError(f"{type(self).__qualname__} must define async def run(self, ctx, input)")

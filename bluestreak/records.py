@@ -60,7 +60,7 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Workflow:
+class WorkflowRecord:
     """One workflow run as stored: what ``Bluestreak.get_workflow`` returns."""
 
     id: str

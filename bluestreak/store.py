@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .records import FINAL_STATUSES, Status
 
@@ -54,7 +54,7 @@ class Store:
         self.naps = database[f"{collection_prefix}naps"]
         self.events = database[f"{collection_prefix}events"]
 
-    async def create_indexes(self, *, retention: Mapping[str, timedelta | None] | None = None) -> None:
+    async def create_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
         await self.workflows.create_index(
             [("priority", DESCENDING), ("due_at", ASCENDING), ("handler", ASCENDING)],
@@ -62,6 +62,9 @@ class Store:
             partialFilterExpression={"due_at": {"$exists": True}},
         )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
+        await self.workflows.create_index(
+            [("expire_at", ASCENDING)], name="retention", partialFilterExpression={"expire_at": {"$exists": True}}
+        )
         await self.steps.create_index(
             [("workflow_id", ASCENDING), ("run", ASCENDING), ("step_id", ASCENDING)], name="step_key", unique=True
         )
@@ -72,23 +75,21 @@ class Store:
             [("workflow_id", ASCENDING), ("type", ASCENDING), ("consumed_by", ASCENDING), ("sent_at", ASCENDING)],
             name="inbox",
         )
-        for field, ttl in (retention or {}).items():
-            if ttl is None:
-                continue
-            for coll in (self.workflows, self.steps, self.naps, self.events):
-                await self._ensure_ttl(coll, field, ttl)
 
-    async def _ensure_ttl(self, coll: Any, field: str, ttl: timedelta) -> None:
-        name = f"ttl_{field}"
-        seconds = int(ttl.total_seconds())
-        try:
-            await coll.create_index([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)
-        except OperationFailure as exc:
-            # 85 IndexOptionsConflict / 86 IndexKeySpecsConflict: the TTL changed; replace it.
-            if exc.code not in (85, 86):
-                raise
-            await coll.drop_index(name)
-            await coll.create_index([(field, ASCENDING)], name=name, expireAfterSeconds=seconds)
+    async def purge_expired(self, now: datetime, limit: int = 500) -> int:
+        """Delete up to ``limit`` ended workflows whose ``expire_at`` has passed, with their history.
+
+        Four commands per batch, whatever its size. The history goes first, so
+        an interrupted purge leaves a workflow to purge again, never orphans.
+        """
+        docs = await self.workflows.find({"expire_at": {"$lte": now}}, {"_id": 1}).limit(limit).to_list(None)
+        ids = [d["_id"] for d in docs]
+        if not ids:
+            return 0
+        for coll in (self.steps, self.naps, self.events):
+            await coll.delete_many({"workflow_id": {"$in": ids}})
+        result = await self.workflows.delete_many({"_id": {"$in": ids}, "expire_at": {"$lte": now}})
+        return int(result.deleted_count)
 
     # -- workflows: create and read ------------------------------------------------
 
@@ -225,14 +226,15 @@ class Store:
         )
         return doc
 
-    async def delete_history(self, workflow_id: str, run: int | None = None) -> None:
-        """Remove the steps, naps and consumed events of a workflow (all runs, or one)."""
-        key: Doc = {"workflow_id": workflow_id}
-        if run is not None:
-            key["run"] = run
+    async def delete_history(self, workflow_id: str, before_run: int) -> None:
+        """Remove the steps, naps and consumed events of a workflow's runs before ``before_run``.
+
+        Records of the new run (a fast worker may already have written some) stay.
+        """
+        key: Doc = {"workflow_id": workflow_id, "run": {"$lt": before_run}}
         await self.steps.delete_many(key)
         await self.naps.delete_many(key)
-        await self.events.delete_many({"workflow_id": workflow_id, "consumed_by": {"$ne": None}})
+        await self.events.delete_many({"workflow_id": workflow_id, "consumed_run": {"$lt": before_run}})
 
     # -- steps and naps ------------------------------------------------------------
 
@@ -316,7 +318,9 @@ class Store:
         """Remove an event that could not be delivered."""
         await self.events.delete_one({"_id": event_id})
 
-    async def consume_event(self, workflow_id: str, types: Sequence[str], consumer: str, now: datetime) -> Doc | None:
+    async def consume_event(
+        self, workflow_id: str, types: Sequence[str], consumer: str, run: int, now: datetime
+    ) -> Doc | None:
         """Take the oldest buffered event of one of ``types`` for ``consumer``.
 
         An event this consumer already took (before a crash) is returned again,
@@ -327,7 +331,7 @@ class Store:
             return mine
         doc: Doc | None = await self.events.find_one_and_update(
             {"workflow_id": workflow_id, "type": {"$in": list(types)}, "consumed_by": None},
-            {"$set": {"consumed_by": consumer, "consumed_at": now}},
+            {"$set": {"consumed_by": consumer, "consumed_run": run, "consumed_at": now}},
             sort=[("sent_at", ASCENDING), ("_id", ASCENDING)],
             return_document=ReturnDocument.AFTER,
         )
@@ -367,6 +371,11 @@ class Store:
             .to_list(None)
         )
         return docs
+
+
+def expiry(now: datetime, retention: float | None) -> Doc:
+    """The ``expire_at`` field of an ended workflow, if a retention applies."""
+    return {} if retention is None else {"expire_at": now + timedelta(seconds=retention)}
 
 
 def _record_key(collection: str, doc: Doc) -> Doc:

@@ -34,7 +34,7 @@ from .errors import InvalidArgument, LeaseLost, StoreUnavailable, Suspended
 from .handlers import HandlerSpec
 from .records import Status
 from .retry import backoff_delay
-from .store import Doc, Store
+from .store import Doc, Store, expiry
 
 log = logging.getLogger("bluestreak.worker")
 
@@ -108,6 +108,7 @@ class Worker:
             raise InvalidArgument("poll() needs at least one registered handler: use @engine.handler('id')")
         handlers = sorted(self.handlers)
         renewer = asyncio.create_task(self._renew_loop(), name="bluestreak-renew")
+        janitor = asyncio.create_task(self._purge_loop(), name="bluestreak-purge")
         failures = 0
         try:
             while not self._should_stop():
@@ -136,7 +137,8 @@ class Worker:
         finally:
             await self._shutdown()
             renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
+            janitor.cancel()
+            await asyncio.gather(renewer, janitor, return_exceptions=True)
 
     def _should_stop(self) -> bool:
         if self._stopping:
@@ -269,6 +271,7 @@ class Worker:
                     "finished_at": now,
                     "updated_at": now,
                     "error": None,
+                    **expiry(now, self.settings.retention_finished),
                 },
                 "$unset": {"due_at": ""},
             },
@@ -295,6 +298,7 @@ class Worker:
                     "failures": failures,
                     "updated_at": now,
                     "finished_at": now,
+                    **expiry(now, self.settings.retention_failed),
                 },
                 "$unset": {"due_at": ""},
             }
@@ -371,6 +375,18 @@ class Worker:
             log.info("workflow %r released for another worker (shutdown)", doc["_id"])
         except PyMongoError as exc:
             log.warning("workflow %r: release failed (%s); its lease will expire", doc["_id"], exc)
+
+    async def _purge_loop(self) -> None:
+        """Delete ended workflows past their retention, when retention is configured."""
+        if self.settings.retention_finished is None and self.settings.retention_failed is None:
+            return
+        while True:
+            try:
+                while await self.store.purge_expired(self.clock.now()) > 0:
+                    pass
+            except PyMongoError as exc:
+                log.warning("purging expired workflows failed (%s); will retry", exc)
+            await self.clock.sleep(self.settings.purge_interval)
 
     # -- leases --------------------------------------------------------------------
 

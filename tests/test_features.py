@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,7 +59,7 @@ async def test_backoff_schedules_between_attempts(engine: Bluestreak, backoff: s
     await engine.start("b", "h")
     async with running(engine):
         assert await engine.wait("b", timeout=10) == [4, "ConnectionError", "down"]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert len(stamps) == 4
     for gap, factor in zip(gaps, expected, strict=True):
         assert gap >= unit * factor * 0.95

@@ -55,6 +55,11 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
     tag: str | None = None
     if isinstance(value, BaseModel):
         tag = type_path(type(value))
+        if "<locals>" in tag:
+            raise UnencodableValue(
+                f"{where} returned a {type(value).__qualname__}, a pydantic model defined inside a function; "
+                "replay must import the class by name, so define it at module level"
+            )
         stored = value.model_dump(mode="json")
     else:
         stored = value
@@ -63,7 +68,8 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
     except (InvalidDocument, TypeError, OverflowError) as exc:
         raise UnencodableValue(
             f"{where} returned a value of type {_describe(value)} that MongoDB cannot store ({exc}). "
-            "Return dicts, lists, str, int, float, bool, None, datetime, bytes or a pydantic model; "
+            "Return dicts (with str keys), lists, str, int, float, bool, None, datetime or bytes, or a pydantic "
+            "model as the whole value; "
             "convert other objects (sets, dataclasses, custom classes) first."
         ) from None
     if len(raw) > MAX_DOCUMENT_BYTES - _HEADROOM:

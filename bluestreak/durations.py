@@ -9,6 +9,9 @@ from typing import TypeAlias
 
 from .errors import InvalidDuration
 
+LONGEST = timedelta(days=36500)
+"""The longest duration accepted: about 100 years (a datetime plus more overflows)."""
+
 Duration: TypeAlias = "int | float | timedelta | str"
 """Anything bluestreak accepts as a duration."""
 
@@ -35,13 +38,20 @@ def parse_duration(value: object, *, name: str = "duration") -> timedelta:
     ``name`` appears in the error message, to say which argument was wrong.
     """
     if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
+        if value < timedelta(0):
+            raise InvalidDuration(f"{name} must not be negative, got {value!r}")
+        if value > LONGEST:
+            raise InvalidDuration(f"{name} is too large: {value!r} (at most 100 years)")
+        return value
+    if isinstance(value, bool):
         raise InvalidDuration(
             f"{name} must be a number of seconds, a timedelta or a string like '2 seconds', not a bool"
         )
     elif isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise InvalidDuration(f"{name} is too large: {value!r:.40}") from None
     elif isinstance(value, str):
         seconds = _parse_string(value, name)
     else:
@@ -52,10 +62,9 @@ def parse_duration(value: object, *, name: str = "duration") -> timedelta:
         raise InvalidDuration(f"{name} must be finite, got {value!r}")
     if seconds < 0:
         raise InvalidDuration(f"{name} must not be negative, got {value!r}")
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise InvalidDuration(f"{name} is too large: {value!r}") from None
+    if seconds > LONGEST.total_seconds():
+        raise InvalidDuration(f"{name} is too large: {value!r:.40} (at most 100 years)")
+    return timedelta(seconds=seconds)
 
 
 def _parse_string(text: str, name: str) -> float:

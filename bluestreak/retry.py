@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from .durations import parse_duration
+from .durations import LONGEST, parse_duration
 from .errors import InvalidArgument
 
 Backoff = Literal["constant", "linear", "exponential"]
+_LONGEST = LONGEST.total_seconds()  # delays are capped there: beyond it datetimes overflow
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -90,4 +91,4 @@ def backoff_delay(
         seconds = min(seconds, cap.total_seconds())
     if jitter:
         seconds *= 1.0 - jitter * (rng or random).random()
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=min(seconds, _LONGEST))

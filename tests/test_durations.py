@@ -214,7 +214,8 @@ def test_int_seconds_round_trip(seconds: int) -> None:
 def test_float_seconds_round_trip_to_the_microsecond(seconds: float) -> None:
     result = parse_duration(seconds)
     assert result == timedelta(seconds=seconds)
-    assert abs(result.total_seconds() - seconds) <= 0.5e-6 + 1e-9
+    # timedelta rounds to the microsecond; total_seconds() is a float, exact only to a few ulps at this magnitude
+    assert abs(result.total_seconds() - seconds) <= 0.5e-6 + 4 * math.ulp(seconds)
     # str(number) is a valid duration string meaning that many seconds
     assert parse_duration(str(seconds)) == result
 

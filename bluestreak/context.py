@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from pymongo.errors import PyMongoError
+
 from .clock import Clock
 from .codec import error_info, import_type, prepare, restore
 from .durations import parse_duration
@@ -29,6 +31,7 @@ from .errors import (
     StepIdReused,
     StepRetriesExceededError,
     StepTimeoutError,
+    StoreUnavailable,
     Suspended,
 )
 from .handlers import check_id
@@ -78,7 +81,7 @@ class WorkflowContext:
         self.run = run
         self.attempt = attempt
         self.worker_id = worker_id
-        self._store = store
+        self._store: Any = _Guarded(store)
         self._clock = clock
         self._inbox = inbox
         self._threshold = sleep_threshold
@@ -374,9 +377,12 @@ class WorkflowContext:
     async def _record_raw(self, step_id: str, value: Doc, pending: bool) -> Doc | None:
         now = self._clock.now()
         fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
+        existing: Doc | None
         if pending:
-            return await self._store.finalize_step(self._key(step_id), fields)
-        return await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
+            existing = await self._store.finalize_step(self._key(step_id), fields)
+        else:
+            existing = await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
+        return existing
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -435,6 +441,30 @@ class WorkflowContext:
 
     def _where(self, step_id: str) -> str:
         return f"step {step_id!r} of workflow {self.workflow_id!r}"
+
+
+class _Guarded:
+    """The store as the context sees it: a database error becomes ``StoreUnavailable``.
+
+    That interrupt stops the run without counting a handler failure (a
+    database outage is not the workflow's fault), and a handler's
+    ``except Exception`` cannot mistake it for its own error. Errors of the
+    user's own code inside a step are not touched: they never pass through here.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._store, name)
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(*args, **kwargs)
+            except PyMongoError as exc:
+                raise StoreUnavailable(f"{name}: {exc}") from exc
+
+        return guarded
 
 
 async def _call(fn: Callable[[], Any]) -> Any:

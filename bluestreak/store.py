@@ -28,8 +28,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from .batch import GroupCommit
 from .records import FINAL_STATUSES, Status
 
 log = logging.getLogger("bluestreak.store")
@@ -53,6 +54,11 @@ class Store:
         self.steps = database[f"{collection_prefix}steps"]
         self.naps = database[f"{collection_prefix}naps"]
         self.events = database[f"{collection_prefix}events"]
+        self._records: dict[str, GroupCommit[Doc, Doc | None]] = {
+            "steps": GroupCommit(lambda docs: self._flush_records("steps", docs)),
+            "naps": GroupCommit(lambda docs: self._flush_records("naps", docs)),
+        }
+        self._finishes: GroupCommit[tuple[str, str, Doc], bool] = GroupCommit(self._flush_finishes)
 
     async def create_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
@@ -141,33 +147,42 @@ class Store:
     ) -> list[Doc]:
         """Atomically move up to ``limit`` due workflows to ``running`` under ``token``.
 
-        Each claim is one ``find_one_and_update``: the filter requires
-        ``due_at <= now`` and the update moves ``due_at`` to the lease expiry,
-        so two workers can never both match the same document.
+        Every claim is a write whose filter requires ``due_at <= now`` and
+        whose update moves ``due_at`` to the lease expiry, so two workers can
+        never both match one document. One workflow: one
+        ``find_one_and_update``. More: the due candidates are read in one
+        query and claimed with one ``update_many`` that checks each again; only
+        when another worker took some of them does a third query find out which.
         """
-        claimed: list[Doc] = []
-        query = {"due_at": {"$lte": now}, "handler": {"$in": list(handlers)}}
-        update = {
-            "$set": {
-                "status": Status.RUNNING.value,
-                "lease": token,
-                "worker": worker_id,
-                "due_at": lease_until,
-                "updated_at": now,
-            },
-            "$inc": {"attempt": 1},
+        query: Doc = {"due_at": {"$lte": now}, "handler": {"$in": list(handlers)}}
+        fields: Doc = {
+            "status": Status.RUNNING.value,
+            "lease": token,
+            "worker": worker_id,
+            "due_at": lease_until,
+            "updated_at": now,
         }
-        while len(claimed) < limit:
+        update = {"$set": fields, "$inc": {"attempt": 1}}
+        order = [("priority", DESCENDING), ("due_at", ASCENDING)]
+        if limit == 1:
             doc: Doc | None = await self.workflows.find_one_and_update(
-                query,
-                update,
-                sort=[("priority", DESCENDING), ("due_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
+                query, update, sort=order, return_document=ReturnDocument.AFTER
             )
-            if doc is None:
-                break
-            claimed.append(doc)
-        return claimed
+            return [] if doc is None else [doc]
+        candidates: list[Doc] = await self.workflows.find(query).sort(order).limit(limit).to_list(None)
+        if not candidates:
+            return []
+        ids = [d["_id"] for d in candidates]
+        result = await self.workflows.update_many({**query, "_id": {"$in": ids}}, update)
+        if result.modified_count == len(ids):
+            for doc in candidates:
+                doc.update(fields)
+                doc["attempt"] = doc.get("attempt", 0) + 1
+            return candidates
+        if result.modified_count == 0:
+            return []
+        mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).sort(order).to_list(None)
+        return mine
 
     async def next_due(self, handlers: Sequence[str]) -> datetime | None:
         """The earliest ``due_at`` among workflows these handlers could claim."""
@@ -219,6 +234,28 @@ class Store:
         result = await self.workflows.update_one(query, dict(update))
         return bool(result.matched_count)
 
+    async def finish(self, workflow_id: str, token: str, update: Mapping[str, Any]) -> bool:
+        """A fenced update that ends a workflow, coalesced with other finishes into one bulk write.
+
+        ``update`` must set ``status`` to a final status. ``False`` if the lease was lost.
+        """
+        return await self._finishes.submit((workflow_id, token, dict(update)))
+
+    async def _flush_finishes(self, items: list[tuple[str, str, Doc]]) -> list[bool]:
+        ops = [
+            UpdateOne({"_id": wid, "lease": token, "status": Status.RUNNING.value}, update)
+            for wid, token, update in items
+        ]
+        result = await self.workflows.bulk_write(ops, ordered=False)
+        if result.matched_count == len(ops):
+            return [True] * len(ops)
+        # Some lost their lease: a finish applied iff the document now carries its status and token.
+        docs = await self.workflows.find({"_id": {"$in": [i[0] for i in items]}}, {"lease": 1, "status": 1}).to_list(
+            None
+        )
+        state = {d["_id"]: (d.get("lease"), d.get("status")) for d in docs}
+        return [state.get(wid) == (token, update["$set"]["status"]) for wid, token, update in items]
+
     async def control(self, workflow_id: str, query: Mapping[str, Any], update: Mapping[str, Any]) -> Doc | None:
         """Operator write: apply ``update`` if the workflow matches ``query``; the document after, or ``None``."""
         doc: Doc | None = await self.workflows.find_one_and_update(
@@ -264,16 +301,37 @@ class Store:
         return docs
 
     async def insert_record(self, collection: str, doc: Doc) -> Doc | None:
-        """First-writer-wins insert of a step or nap: ``None`` if ours won, else the record that did."""
+        """First-writer-wins insert of a step or nap: ``None`` if ours won, else the record that did.
+
+        Inserts from all workflows in flight are coalesced into one unordered
+        ``insert_many`` (group commit); the call returns once ours is written.
+        """
+        return await self._records[collection].submit(doc)
+
+    async def _flush_records(self, collection: str, docs: list[Doc]) -> list[Doc | BaseException | None]:
         coll = self.steps if collection == "steps" else self.naps
+        results: list[Doc | BaseException | None] = [None] * len(docs)
         try:
-            await coll.insert_one(doc)
-        except DuplicateKeyError:
-            existing: Doc | None = await coll.find_one(_record_key(collection, doc))
-            if existing is None:  # deleted by a restart in between: ours is void too
-                raise
-            return existing
-        return None
+            await coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            duplicates: list[int] = []
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") == DUPLICATE_KEY:
+                    duplicates.append(err["index"])
+                else:
+                    results[err["index"]] = OperationFailure(err.get("errmsg", "write failed"), err.get("code"))
+            if duplicates:
+                keys = [_record_key(collection, docs[i]) for i in duplicates]
+                found = await coll.find({"$or": keys}).to_list(None)
+                winners = {_key_tuple(collection, d): d for d in found}
+                for i in duplicates:
+                    # Missing: deleted by a restart in between, so ours is void too.
+                    results[i] = winners.get(_key_tuple(collection, docs[i])) or DuplicateKeyError(
+                        f"{collection} record {keys[0]} was removed by a restart", DUPLICATE_KEY
+                    )
+        for doc in docs:
+            doc.pop("_id", None)  # insert_many added it; keep callers' dicts as they were
+        return results
 
     async def finalize_step(self, key: Doc, fields: Doc) -> Doc | None:
         """Turn a pending step into a final one, first writer wins.
@@ -376,6 +434,10 @@ class Store:
 def expiry(now: datetime, retention: float | None) -> Doc:
     """The ``expire_at`` field of an ended workflow, if a retention applies."""
     return {} if retention is None else {"expire_at": now + timedelta(seconds=retention)}
+
+
+def _key_tuple(collection: str, doc: Doc) -> tuple[Any, ...]:
+    return tuple(_record_key(collection, doc).values())
 
 
 def _record_key(collection: str, doc: Doc) -> Doc:

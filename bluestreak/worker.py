@@ -110,6 +110,7 @@ class Worker:
         renewer = asyncio.create_task(self._renew_loop(), name="bluestreak-renew")
         janitor = asyncio.create_task(self._purge_loop(), name="bluestreak-purge")
         failures = 0
+        burst = 1
         try:
             while not self._should_stop():
                 free = self.settings.max_concurrency - len(self._running)
@@ -117,11 +118,14 @@ class Worker:
                 if free <= 0:
                     await self._idle(self.settings.poll_interval)
                     continue
+                # Claim one at a time while work trickles in (one find_one_and_update each),
+                # doubling the batch while every claim fills it (a batch costs two commands).
+                limit = min(free, burst)
                 try:
                     now = self.clock.now()
                     token = uuid.uuid4().hex
                     claimed = await self.store.claim(
-                        handlers, now, now + self._lease, token, self.settings.worker_id, free
+                        handlers, now, now + self._lease, token, self.settings.worker_id, limit
                     )
                     failures = 0
                 except PyMongoError as exc:
@@ -130,9 +134,10 @@ class Worker:
                     log.warning("claim failed (%s); retrying in %.1fs", exc, pause)
                     await self._idle(pause)
                     continue
+                burst = min(self.settings.max_concurrency, limit * 2) if len(claimed) == limit else 1
                 for doc in claimed:
                     self._spawn(doc)
-                if len(claimed) < free:
+                if len(claimed) < limit:
                     await self._idle(await self._idle_time(handlers))
         finally:
             await self._shutdown()
@@ -250,7 +255,8 @@ class Worker:
             if ctx is not None:
                 ctx.cancel_stragglers()
             self._running.pop(workflow_id, None)
-            self._wake.set()
+            if len(self._running) == self.settings.max_concurrency - 1:
+                self._wake.set()  # a slot opened on a full worker: claim again now
 
     async def _finish(self, doc: Doc, execution: _Execution, result: Any) -> None:
         workflow_id = doc["_id"]
@@ -260,7 +266,7 @@ class Worker:
             await self._fail(doc, execution, exc)
             return
         now = self.clock.now()
-        ok = await self.store.fenced_update(
+        ok = await self.store.finish(
             workflow_id,
             execution.token,
             {

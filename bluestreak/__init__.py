@@ -28,7 +28,7 @@ from .errors import (
     WorkflowUsageError,
 )
 from .handlers import Workflow
-from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, WorkflowRecord
+from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "NonRetryableError",
     "RetryPolicy",
     "StartResult",
+    "Stats",
     "Status",
     "StepError",
     "StepIdReused",

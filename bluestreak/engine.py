@@ -24,7 +24,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
-from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, WorkflowRecord
+from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .store import FINAL, Doc, Store, expiry
 from .worker import Worker
 
@@ -413,17 +413,46 @@ class Bluestreak:
         return _workflow(doc)
 
     async def list_workflows(
-        self, *, status: str | Status | None = None, handler_id: str | None = None, limit: int = 100, skip: int = 0
+        self,
+        *,
+        status: str | Status | None = None,
+        handler_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        skip: int = 0,
     ) -> list[WorkflowRecord]:
-        """Workflows, newest first, optionally filtered by status and handler."""
+        """Workflows, newest first, filtered by status, handler and creation time; paginate with ``skip``."""
         query: Doc = {}
         if status is not None:
-            query["status"] = Status(status).value
+            query["status"] = _status_value(status)
         if handler_id is not None:
             query["handler"] = check_id(handler_id, "handler id")
+        window: Doc = {}
+        for op, when in (("$gte", created_after), ("$lt", created_before)):
+            if when is not None:
+                if not isinstance(when, datetime) or when.tzinfo is None:
+                    raise InvalidArgument(f"created_after/created_before must be aware datetimes, got {when!r}")
+                window[op] = when
+        if window:
+            query["created_at"] = window
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
         return [_workflow(d) for d in await self.store.find_workflows(query, limit=limit, skip=skip)]
+
+    async def stats(self) -> Stats:
+        """Counts by handler and status, and how long the oldest due workflow has waited for a worker."""
+        counts: dict[str, dict[str, int]] = {}
+        by_status: dict[str, int] = {}
+        for row in await self.store.count_by_status():
+            handler, status = row["_id"]["handler"], row["_id"]["status"]
+            counts.setdefault(handler, {})[status] = row["count"]
+            by_status[status] = by_status.get(status, 0) + row["count"]
+        now = self.settings.clock.now()
+        oldest = await self.store.oldest_due(now)
+        return Stats(counts, by_status, None if oldest is None else (now - oldest).total_seconds())
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The recorded steps of the workflow's current run, in order."""
@@ -653,6 +682,13 @@ class Bluestreak:
         if doc is None:
             raise WorkflowNotFound(workflow_id)
         return str(doc["status"])
+
+
+def _status_value(status: str) -> str:
+    try:
+        return Status(status).value
+    except ValueError:
+        raise InvalidArgument(f"unknown status {status!r}; use one of {', '.join(s.value for s in Status)}") from None
 
 
 def _workflow(doc: Doc) -> WorkflowRecord:

@@ -8,7 +8,7 @@ mongomock-motor speaks Motor's API, not PyMongo's; the few differences the
 store meets are absorbed here, so :mod:`bluestreak.store` is written to
 PyMongo alone:
 
-- ``aggregate`` and ``list_indexes`` return cursors instead of awaitables;
+- ``aggregate`` and ``list_indexes`` return cursors instead of coroutines that return cursors;
 - ``bulk_write`` with updates fails on PyMongo >= 4.11: emulated op by op;
 - no sessions, no change streams, no TTL expiry (retention is not applied).
 """
@@ -101,12 +101,12 @@ class MemoryCollection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._coll, name)
 
-    def aggregate(self, pipeline: Sequence[dict[str, Any]], **kwargs: Any) -> _ListCursor:
-        """Like ``AsyncCollection.aggregate``: call ``to_list`` on the result."""
+    async def aggregate(self, pipeline: Sequence[dict[str, Any]], **kwargs: Any) -> _ListCursor:
+        """Like ``AsyncCollection.aggregate``: await it, then call ``to_list`` on the cursor."""
         return _ListCursor(self._coll.aggregate(list(pipeline), **kwargs))
 
-    def list_indexes(self) -> _ListCursor:
-        """Like ``AsyncCollection.list_indexes``."""
+    async def list_indexes(self) -> _ListCursor:
+        """Like ``AsyncCollection.list_indexes``: await it, then call ``to_list``."""
         return _ListCursor(self._coll.list_indexes())
 
     async def bulk_write(self, requests: Sequence[Any], ordered: bool = True) -> _BulkResult:

@@ -119,3 +119,15 @@ class EventRecord:
     sent_at: datetime
     consumed_by: str | None
     """The ``wait_for_event`` step id that consumed it, or ``None`` while buffered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What ``Bluestreak.stats`` returns: counts and the age of the queue's oldest due workflow."""
+
+    counts: dict[str, dict[str, int]]
+    """``{handler_id: {status: count}}``."""
+    by_status: dict[str, int]
+    """``{status: count}`` over all handlers."""
+    oldest_due_age: float | None
+    """Seconds since the oldest due, not yet running workflow became due; ``None`` if none is waiting."""

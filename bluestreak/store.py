@@ -137,8 +137,16 @@ class Store:
     async def count_by_status(self) -> list[Doc]:
         """``[{"_id": {"status": ..., "handler": ...}, "count": n}, ...]``."""
         pipeline = [{"$group": {"_id": {"status": "$status", "handler": "$handler"}, "count": {"$sum": 1}}}]
-        docs: list[Doc] = await self.workflows.aggregate(pipeline).to_list(None)
+        cursor = await self.workflows.aggregate(pipeline)
+        docs: list[Doc] = await cursor.to_list(None)
         return docs
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """The earliest ``due_at`` among workflows that are due but not running (the queue's oldest item)."""
+        doc: Doc | None = await self.workflows.find_one(
+            {"due_at": {"$lte": now}, "status": {"$ne": Status.RUNNING.value}}, {"due_at": 1}, sort=[("due_at", 1)]
+        )
+        return None if doc is None else doc["due_at"]
 
     # -- workflows: claim, renew, fenced writes ------------------------------------
 

@@ -333,3 +333,29 @@ async def test_handler_must_be_async(engine: Bluestreak) -> None:
 async def test_poll_without_handlers_is_an_error(engine: Bluestreak) -> None:
     with pytest.raises(InvalidArgument, match="at least one registered handler"):
         await engine.poll()
+
+
+async def test_listing_filters_and_stats(engine: Bluestreak) -> None:
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> Any:
+        return input
+
+    t0 = datetime.now(UTC)
+    await engine.start_many([(f"l{i}", "h", i) for i in range(5)])
+    await engine.start("later", "h", delay="1 hour")
+    stats = await engine.stats()
+    assert stats.counts == {"h": {"idle": 6}} and stats.by_status == {"idle": 6}
+    assert stats.oldest_due_age is not None and stats.oldest_due_age >= 0
+    async with running(engine):
+        for i in range(5):
+            await engine.wait(f"l{i}", timeout=10)
+    stats = await engine.stats()
+    assert stats.by_status == {"finished": 5, "idle": 1} and stats.oldest_due_age is None
+    assert {w.id for w in await engine.list_workflows(status="finished")} == {f"l{i}" for i in range(5)}
+    page1 = await engine.list_workflows(limit=4)
+    page2 = await engine.list_workflows(limit=4, skip=4)
+    assert len(page1) == 4 and len(page2) == 2 and not {w.id for w in page1} & {w.id for w in page2}
+    assert await engine.list_workflows(created_before=t0) == []
+    assert len(await engine.list_workflows(created_after=t0)) == 6
+    with pytest.raises(InvalidArgument, match="unknown status 'done'"):
+        await engine.list_workflows(status="done")

@@ -189,6 +189,37 @@ class WorkflowContext:
                 return value["type"], value["payload"]
             return await self._wait_event(step_id, types, record, limit)
 
+    async def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the code path of a change made while runs were in flight.
+
+        ``True`` for runs that reach this call fresh; ``False`` for runs that had
+        already gone past this point with the old code (their history holds
+        records this run has not reached yet). The answer is recorded, so every
+        replay gets the same one::
+
+            if await ctx.patched("send-sms-too"):
+                await ctx.step("sms", send_sms)
+        """
+        step_id = f"patch:{check_id(patch_id, 'patch id')}"
+        self._claim_id(step_id, "patch id")
+        with self._tracked():
+            record = self._steps.get(step_id)
+            if record is not None:
+                return bool(self._replay(record))
+            old_run = any(sid not in self._used for sid in self._steps) or any(
+                nid not in self._used for nid in self._naps
+            )
+            return bool(await self._record_step(step_id, not old_run, False, 1))
+
+    def unreached_records(self) -> list[str]:
+        """Ids recorded in an earlier execution of this run that this execution did not reach.
+
+        Not empty at the end of a run means the code changed in a way replay
+        cannot follow (a step renamed, removed or moved behind a condition).
+        """
+        recorded = [*self._steps, *self._naps]
+        return [i for i in recorded if i not in self._used]
+
     # -- steps ---------------------------------------------------------------------
 
     async def _run_step(

@@ -246,6 +246,17 @@ class Worker:
             except Exception as exc:
                 await self._fail(doc, execution, exc)
                 return
+            unreached = ctx.unreached_records()
+            if unreached:
+                log.warning(
+                    "workflow %r (handler %r) finished without reaching recorded steps %s: its code no longer "
+                    "replays its history (a step was renamed, removed or moved); use ctx.patched() for changes "
+                    "that must not affect runs in flight",
+                    workflow_id,
+                    spec.handler_id,
+                    unreached,
+                    extra={"workflow_id": workflow_id, "handler": spec.handler_id, "unreached": unreached},
+                )
             await self._finish(doc, execution, result)
         except PyMongoError as exc:
             log.warning(

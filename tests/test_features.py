@@ -526,3 +526,54 @@ async def test_class_based_workflow_with_env(make_engine: EngineFactory) -> None
     )
     with pytest.raises(InvalidArgument):
         engine.register(int)  # type: ignore[arg-type]
+
+
+# -- determinism ---------------------------------------------------------------------
+
+
+async def test_patched_keeps_old_runs_on_the_old_path(engine: Bluestreak, caplog: pytest.LogCaptureFixture) -> None:
+    version = 1
+    paths: list[tuple[str, bool]] = []
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        await ctx.step("one", lambda: 1)
+        if version == 2:
+            new = await ctx.patched("add-two")
+            paths.append((ctx.workflow_id, new))
+            if new:
+                await ctx.step("two", lambda: 2)
+        await ctx.sleep("nap", 0.5)  # long enough to be released
+        await ctx.step("three", lambda: 3)
+        return "ok"
+
+    await engine.start("old", "h")
+    async with running(engine):
+        await eventually(lambda: _is(engine, "old", "sleeping"))
+        version = 2  # deploy new code while "old" sleeps
+        await engine.start("new", "h")
+        assert await engine.wait("old", timeout=10) == "ok"
+        assert await engine.wait("new", timeout=10) == "ok"
+    assert ("old", False) in paths and ("new", True) in paths
+    assert [s.step_id for s in await engine.list_steps("old")] == ["one", "patch:add-two", "three"]
+    assert [s.step_id for s in await engine.list_steps("new")] == ["one", "patch:add-two", "two", "three"]
+
+
+async def test_a_replay_that_no_longer_reaches_its_records_is_reported(
+    engine: Bluestreak, caplog: pytest.LogCaptureFixture
+) -> None:
+    renamed = False
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        await ctx.step("charge-v2" if renamed else "charge", lambda: 1)
+        await ctx.sleep("nap", 0.5)
+        return "ok"
+
+    await engine.start("d", "h")
+    async with running(engine):
+        await eventually(lambda: _is(engine, "d", "sleeping"))
+        renamed = True
+        with caplog.at_level("WARNING", logger="bluestreak.worker"):
+            assert await engine.wait("d", timeout=10) == "ok"
+    assert any("without reaching recorded steps ['charge']" in r.getMessage() for r in caplog.records)

@@ -28,6 +28,7 @@ from .errors import (
     WorkflowUsageError,
 )
 from .handlers import Workflow
+from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidDuration",
     "InvalidTransition",
+    "Metrics",
     "NapRecord",
     "NonRetryableError",
     "RetryPolicy",

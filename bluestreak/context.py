@@ -35,6 +35,7 @@ from .errors import (
     Suspended,
 )
 from .handlers import check_id
+from .metrics import Metrics
 from .records import Status
 from .retry import RetryPolicy
 from .store import Doc, Store
@@ -75,6 +76,7 @@ class WorkflowContext:
         steps: Sequence[Doc] = (),
         naps: Sequence[Doc] = (),
         sleep_threshold: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.handler_id = handler_id
@@ -85,6 +87,7 @@ class WorkflowContext:
         self._clock = clock
         self._inbox = inbox
         self._threshold = sleep_threshold
+        self._metrics = metrics or Metrics()
         self._steps: dict[str, Doc] = {d["step_id"]: d for d in steps}
         self._naps: dict[str, Doc] = {d["nap_id"]: d for d in naps}
         self._used: set[str] = set()
@@ -255,6 +258,7 @@ class WorkflowContext:
                 if attempt > policy.limit:
                     return await self._fail_step(step_id, self._exhausted(step_id, attempt, last_error), record)
                 delay = policy.delay_before(attempt)
+                self._metrics.step_retries += 1
                 log.info(
                     "step %r of workflow %r failed (attempt %d), retrying in %.3gs: %r",
                     step_id,

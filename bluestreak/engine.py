@@ -24,6 +24,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
+from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .store import FINAL, Doc, Store, expiry
 from .worker import Worker
@@ -130,6 +131,8 @@ class Bluestreak:
         self._handlers: dict[str, HandlerSpec] = {}
         self._worker: Worker | None = None
         self._settled: dict[str, asyncio.Event] = {}
+        self.metrics = Metrics()
+        """Counters of this engine and its worker: ``engine.metrics.snapshot()``."""
 
     # -- handlers --------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class Bluestreak:
         doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)
         created = await self.store.insert_workflow(doc)
         if created:
+            self.metrics.started += 1
             self._wake_local(handler_id)
         return created
 
@@ -282,6 +286,7 @@ class Bluestreak:
             chunk = docs[i : i + 1000]
             for doc, ok in zip(chunk, await self.store.insert_workflows(chunk), strict=True):
                 (created if ok else existing).append(doc["_id"])
+        self.metrics.started += len(created)
         for handler_id in {d["handler"] for d in docs}:
             self._wake_local(handler_id)
         return StartResult(created, existing)
@@ -391,7 +396,7 @@ class Bluestreak:
         """
         if self._worker is not None:
             raise InvalidArgument("poll() is already running on this engine")
-        worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled)
+        worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled, metrics=self.metrics)
         self._worker = worker
         try:
             await worker.run()
@@ -527,6 +532,7 @@ class Bluestreak:
             if current is None:
                 raise WorkflowNotFound(workflow_id)
             raise InvalidTransition(workflow_id, f"send event {event_type!r} to", current["status"])
+        self.metrics.events_sent += 1
         self._wake_local(doc["handler"])
 
     # -- operator controls -----------------------------------------------------------

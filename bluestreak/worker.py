@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .config import Settings
 from .context import Suspension, WorkflowContext
 from .errors import InvalidArgument, LeaseLost, StoreUnavailable, Suspended
 from .handlers import HandlerSpec
+from .metrics import Metrics
 from .records import Status
 from .retry import backoff_delay
 from .store import Doc, Store, expiry
@@ -60,7 +62,9 @@ class Worker:
         settings: Settings,
         handlers: dict[str, HandlerSpec],
         on_settled: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self._on_settled = on_settled or (lambda _id: None)
         self.settings = settings
@@ -121,6 +125,7 @@ class Worker:
                 # Claim one at a time while work trickles in (one find_one_and_update each),
                 # doubling the batch while every claim fills it (a batch costs two commands).
                 limit = min(free, burst)
+                started = time.perf_counter()
                 try:
                     now = self.clock.now()
                     token = uuid.uuid4().hex
@@ -134,6 +139,7 @@ class Worker:
                     log.warning("claim failed (%s); retrying in %.1fs", exc, pause)
                     await self._idle(pause)
                     continue
+                self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 burst = min(self.settings.max_concurrency, limit * 2) if len(claimed) == limit else 1
                 for doc in claimed:
                     self._spawn(doc)
@@ -188,6 +194,7 @@ class Worker:
     def _spawn(self, doc: Doc) -> None:
         execution = _Execution(doc["_id"], doc["lease"], doc["due_at"])
         self._running[execution.workflow_id] = execution
+        self.metrics.in_flight = len(self._running)
         execution.task = asyncio.create_task(self._execute(doc, execution), name=f"bluestreak:{doc['_id']}")
 
     async def _execute(self, doc: Doc, execution: _Execution) -> None:
@@ -217,6 +224,7 @@ class Worker:
                 attempt=doc.get("attempt", 1),
                 worker_id=self.settings.worker_id,
                 inbox=doc.get("inbox", 0),
+                metrics=self.metrics,
                 steps=steps,
                 naps=naps,
                 sleep_threshold=self.settings.sleep_threshold,
@@ -266,6 +274,7 @@ class Worker:
             if ctx is not None:
                 ctx.cancel_stragglers()
             self._running.pop(workflow_id, None)
+            self.metrics.in_flight = len(self._running)
             if len(self._running) == self.settings.max_concurrency - 1:
                 self._wake.set()  # a slot opened on a full worker: claim again now
 
@@ -294,9 +303,11 @@ class Worker:
             },
         )
         if not ok:
+            self.metrics.lease_lost += 1
             log.warning("workflow %r finished but its lease was lost; another execution owns it", workflow_id)
         else:
-            log.debug("workflow %r finished", workflow_id)
+            self.metrics.finished += 1
+            log.debug("workflow %r finished", workflow_id, extra={"workflow_id": workflow_id})
             self._on_settled(workflow_id)
 
     async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException) -> None:
@@ -337,8 +348,10 @@ class Worker:
             }
         ok = await self.store.fenced_update(workflow_id, execution.token, update)
         if not ok:
+            self.metrics.lease_lost += 1
             log.warning("workflow %r failed but its lease was lost; nothing recorded", workflow_id)
             return
+        self.metrics.failed += 1
         log.warning(
             "workflow %r %s (failure %d): %s: %s",
             workflow_id,
@@ -349,6 +362,7 @@ class Worker:
             extra={"workflow_id": workflow_id, "handler": doc["handler"]},
         )
         if status is Status.ABORTED:
+            self.metrics.aborted += 1
             self._on_settled(workflow_id)
         await self._callback(workflow_id, exc)
 
@@ -375,6 +389,7 @@ class Worker:
             update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
         extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
         if await self.store.fenced_update(workflow_id, execution.token, update, **extra):
+            self.metrics.suspended += 1
             return
         if extra:  # an event arrived while deciding to wait: run again now instead
             retry = {"$set": {"status": Status.SLEEPING.value, "due_at": now, "updated_at": now}}
@@ -433,7 +448,8 @@ class Worker:
             if current is None:
                 continue
             if wid in lost:
-                log.warning("workflow %r: lease lost; cancelling its execution", wid)
+                self.metrics.lease_lost += 1
+                log.warning("workflow %r: lease lost; cancelling its execution", wid, extra={"workflow_id": wid})
                 self.lost(wid)
             else:
                 current.lease_until = until

@@ -359,3 +359,26 @@ async def test_listing_filters_and_stats(engine: Bluestreak) -> None:
     assert len(await engine.list_workflows(created_after=t0)) == 6
     with pytest.raises(InvalidArgument, match="unknown status 'done'"):
         await engine.list_workflows(status="done")
+
+
+async def test_metrics_count_what_happened(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_failures=1)
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: str) -> str:
+        if input == "fail":
+            raise ValueError("no")
+        if input == "sleep":
+            await ctx.sleep("nap", 0.5)
+        return input
+
+    await engine.start_many([("ok", "h", "ok"), ("fail", "h", "fail"), ("sleep", "h", "sleep")])
+    async with running(engine):
+        await engine.wait("ok", timeout=10)
+        await engine.wait("sleep", timeout=10)
+        with pytest.raises(WorkflowFailed):
+            await engine.wait("fail", timeout=10)
+    m = engine.metrics.snapshot()
+    assert (m["started"], m["finished"], m["failed"], m["aborted"], m["suspended"]) == (3, 2, 2, 1, 1)
+    assert m["claimed"] == 3 + 1 + 1  # three first claims, a retry of "fail", "sleep" resumed
+    assert m["claim_rounds"] >= 1 and m["claim_seconds"] > 0 and m["in_flight"] == 0

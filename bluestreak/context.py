@@ -39,6 +39,7 @@ from .metrics import Metrics
 from .records import Status
 from .retry import RetryPolicy
 from .store import Doc, Store
+from .tracing import step_span
 
 log = logging.getLogger("bluestreak.context")
 T = TypeVar("T")
@@ -285,6 +286,10 @@ class WorkflowContext:
             return await self._record_step(step_id, value, record is not None, attempt)
 
     async def _attempt(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
+        with step_span(self.workflow_id, step_id, attempt):
+            return await self._attempt_once(step_id, fn, timeout, attempt)
+
+    async def _attempt_once(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
         if timeout is None:
             return await _call(fn)
         try:

@@ -27,6 +27,7 @@ from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
 from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .store import FINAL, Doc, Store, expiry
+from .tracing import carrier
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
@@ -335,6 +336,7 @@ class Bluestreak:
             "result": None,
             "result_type": None,
             "error": None,
+            "trace": carrier(),
             "created_at": now,
             "updated_at": now,
             "finished_at": None,

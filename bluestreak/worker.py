@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .records import Status
 from .retry import backoff_delay
 from .store import Doc, Store, expiry
+from .tracing import workflow_span
 
 log = logging.getLogger("bluestreak.worker")
 
@@ -232,7 +233,8 @@ class Worker:
             execution.ctx = ctx
             try:
                 value = spec.validate_input(restore(doc.get("input"), doc.get("input_type")), workflow_id)
-                result = await spec.fn(ctx, value)
+                with workflow_span(doc, self.settings.worker_id):
+                    result = await spec.fn(ctx, value)
                 if ctx.suspension is not None:  # a suspension was swallowed by the handler
                     raise Suspended(ctx.suspension.status.value)
             except Suspended:

@@ -299,6 +299,7 @@ class Worker:
                     "finished_at": now,
                     "updated_at": now,
                     "error": None,
+                    "control": None,
                     **expiry(now, self.settings.retention_finished),
                 },
                 "$unset": {"due_at": ""},
@@ -328,6 +329,7 @@ class Worker:
                     "failures": failures,
                     "updated_at": now,
                     "finished_at": now,
+                    "control": None,
                     **expiry(now, self.settings.retention_failed),
                 },
                 "$unset": {"due_at": ""},
@@ -348,7 +350,11 @@ class Worker:
                     "due_at": now + delay,
                 }
             }
-        ok = await self.store.fenced_update(workflow_id, execution.token, update)
+        if status is Status.ABORTED:
+            ok = await self.store.fenced_update(workflow_id, execution.token, update)
+        else:
+            written = await self._write_runnable(workflow_id, execution.token, update)
+            ok = written is not None
         if not ok:
             self.metrics.lease_lost += 1
             log.warning("workflow %r failed but its lease was lost; nothing recorded", workflow_id)
@@ -390,7 +396,11 @@ class Worker:
         else:
             update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
         extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
-        if await self.store.fenced_update(workflow_id, execution.token, update, **extra):
+        if suspension.status is Status.PAUSED:
+            written = Status.PAUSED if await self.store.fenced_update(workflow_id, execution.token, update) else None
+        else:
+            written = await self._write_runnable(workflow_id, execution.token, update, **extra)
+        if written is not None:
             self.metrics.suspended += 1
             return
         if extra:  # an event arrived while deciding to wait: run again now instead
@@ -399,6 +409,22 @@ class Worker:
                 self.wake()
                 return
         log.warning("workflow %r: lease lost before it could %s", workflow_id, suspension.status.value)
+
+    async def _write_runnable(self, workflow_id: str, token: str, update: Doc, **extra: Any) -> Status | None:
+        """Write an outcome that leaves the workflow due later (failed, sleeping, waiting).
+
+        If an operator asked to pause it meanwhile, it becomes ``paused``
+        instead (its due time is dropped; ``resume`` makes it due at once).
+        Returns the status written, or ``None`` if the lease is gone (or, with
+        ``extra`` filters, they no longer match).
+        """
+        if await self.store.fenced_update(workflow_id, token, update, control=None, **extra):
+            return Status(update["$set"]["status"])
+        fields = {k: v for k, v in update["$set"].items() if k != "due_at"}
+        paused = {"$set": {**fields, "status": Status.PAUSED.value, "control": None}, "$unset": {"due_at": ""}}
+        if await self.store.fenced_update(workflow_id, token, paused, control="pause"):
+            return Status.PAUSED
+        return None
 
     async def _release(self, doc: Doc, execution: _Execution) -> None:
         now = self.clock.now()

@@ -246,6 +246,7 @@ class WorkflowContext:
                 if existing is not None:
                     return self._replay(existing)
                 record = record or {"status": "pending"}
+            started = self._clock.now()
             try:
                 value = await self._attempt(step_id, fn, timeout, attempt)
             except NonRetryableError as exc:
@@ -283,7 +284,7 @@ class WorkflowContext:
                 else:
                     await self._clock.sleep(delay.total_seconds())
                 continue
-            return await self._record_step(step_id, value, record is not None, attempt)
+            return await self._record_step(step_id, value, record is not None, attempt, started)
 
     async def _attempt(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
         with step_span(self.workflow_id, step_id, attempt):
@@ -302,14 +303,18 @@ class WorkflowContext:
                 ) from None
             raise
 
-    async def _record_step(self, step_id: str, value: Any, pending: bool, attempts: int) -> Any:
+    async def _record_step(
+        self, step_id: str, value: Any, pending: bool, attempts: int, started: datetime | None = None
+    ) -> Any:
         stored, tag, seen = prepare(value, self._where(step_id))
         now = self._clock.now()
         fields: Doc = {"status": "done", "output": stored, "output_type": tag, "attempts": attempts, "recorded_at": now}
         if pending:
             existing = await self._store.finalize_step(self._key(step_id), fields)
         else:
-            existing = await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
+            existing = await self._store.insert_record(
+                "steps", {**self._key(step_id), "started_at": started or now, **fields}
+            )
         if existing is not None:
             log.info(
                 "step %r of workflow %r was recorded by another execution; using its record", step_id, self.workflow_id

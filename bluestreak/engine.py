@@ -74,6 +74,8 @@ class Bluestreak:
         after they finish; ``None`` keeps them.
     :param retention_failed: the same for aborted and terminated workflows.
     :param env: shared dependencies handed to class-based workflows as ``self.env``.
+    :param client_options: keyword arguments for the ``AsyncMongoClient`` the engine creates from
+        ``db_url`` (timeouts, TLS, pool size, ``appname``...).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Bluestreak:
         retention_finished: object | None = None,
         retention_failed: object | None = None,
         env: Any = None,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
@@ -123,6 +126,7 @@ class Bluestreak:
             retention_failed=retention_failed,
         )
         self.env = env
+        self._client_options = dict(client_options or {})
         self.db_url = db_url
         self.db_name = db_name
         self._database = database
@@ -195,7 +199,8 @@ class Bluestreak:
             else:
                 from pymongo import AsyncMongoClient
 
-                self._client = AsyncMongoClient(self.db_url, tz_aware=True, tzinfo=UTC)
+                options = {"appname": "bluestreak", **self._client_options, "tz_aware": True, "tzinfo": UTC}
+                self._client = AsyncMongoClient(self.db_url, **options)
                 database = self._client[self.db_name]
         store = Store(database, self._prefix)
         await store.create_indexes()
@@ -471,7 +476,7 @@ class Bluestreak:
                 workflow_id=d["workflow_id"],
                 step_id=d["step_id"],
                 status=d.get("status", "done"),
-                output=restore(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
+                output=_readable(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
                 error=ErrorInfo.from_doc(d.get("error")),
                 attempts=int(d.get("attempts", 0)),
                 started_at=d.get("started_at"),
@@ -494,11 +499,12 @@ class Bluestreak:
 
     async def list_events(self, workflow_id: str) -> list[EventRecord]:
         """Events sent to the workflow, buffered and consumed, in the order sent."""
+        await self._status(check_id(workflow_id, "workflow id"))  # raises WorkflowNotFound
         return [
             EventRecord(
                 workflow_id=d["workflow_id"],
                 type=d["type"],
-                payload=restore(d.get("payload"), d.get("payload_type")),
+                payload=_readable(d.get("payload"), d.get("payload_type")),
                 sent_at=d["sent_at"],
                 consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None,
             )
@@ -692,6 +698,14 @@ class Bluestreak:
         return str(doc["status"])
 
 
+def _readable(stored: Any, tag: str | None) -> Any:
+    """A stored value for inspection: the model if its class imports here, else its stored (JSON) form."""
+    try:
+        return restore(stored, tag)
+    except Exception:
+        return stored
+
+
 def _status_value(status: str) -> str:
     try:
         return Status(status).value
@@ -705,8 +719,8 @@ def _workflow(doc: Doc) -> WorkflowRecord:
         id=doc["_id"],
         handler=doc["handler"],
         status=status,
-        input=restore(doc.get("input"), doc.get("input_type")),
-        result=restore(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
+        input=_readable(doc.get("input"), doc.get("input_type")),
+        result=_readable(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
         error=ErrorInfo.from_doc(doc.get("error")),
         failures=int(doc.get("failures", 0)),
         priority=int(doc.get("priority", 0)),

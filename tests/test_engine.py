@@ -382,3 +382,31 @@ async def test_metrics_count_what_happened(make_engine: EngineFactory) -> None:
     assert (m["started"], m["finished"], m["failed"], m["aborted"], m["suspended"]) == (3, 2, 2, 1, 1)
     assert m["claimed"] == 3 + 1 + 1  # three first claims, a retry of "fail", "sleep" resumed
     assert m["claim_rounds"] >= 1 and m["claim_seconds"] > 0 and m["in_flight"] == 0
+
+
+async def test_inspection_records_step_timing_and_tolerates_unknown_model_classes(engine: Bluestreak) -> None:
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> Any:
+        await ctx.step("slow", lambda: asyncio.sleep(0.2))
+        return Receipt(order_id="o", amount=1.0, at=datetime(2026, 1, 1, tzinfo=UTC))
+
+    await engine.start("i", "h")
+    async with running(engine):
+        await engine.wait("i", timeout=10)
+    [step] = await engine.list_steps("i")
+    assert step.started_at is not None and step.recorded_at is not None
+    assert (step.recorded_at - step.started_at).total_seconds() >= 0.15
+    # A reader without the model class (another service, the CLI) still sees the stored form.
+    await engine.store.workflows.update_one({"_id": "i"}, {"$set": {"result_type": "gone.module:Receipt"}})
+    wf = await engine.get_workflow("i")
+    assert wf.result == {"order_id": "o", "amount": 1.0, "at": "2026-01-01T00:00:00Z"}
+    with pytest.raises(WorkflowNotFound):
+        await engine.list_events("missing")
+
+
+async def test_client_options_reach_the_driver(server_url: str) -> None:
+    engine = Bluestreak(server_url, "opts", client_options={"appname": "my-service", "maxPoolSize": 7})
+    async with engine:
+        assert engine._client is not None
+        assert engine._client.options.pool_options.max_pool_size == 7
+        assert engine._client.options.pool_options.metadata["application"] == {"name": "my-service"}

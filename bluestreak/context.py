@@ -9,6 +9,7 @@ anything. Otherwise it does the work and records it, first writer wins.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -42,6 +43,7 @@ from .store import Doc, Store
 from .tracing import step_span
 
 log = logging.getLogger("bluestreak.context")
+_parent_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("bluestreak_parent_step", default=None)
 T = TypeVar("T")
 DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
 
@@ -92,6 +94,7 @@ class WorkflowContext:
         self._steps: dict[str, Doc] = {d["step_id"]: d for d in steps}
         self._naps: dict[str, Doc] = {d["nap_id"]: d for d in naps}
         self._used: set[str] = set()
+        self._reached: set[str] = set()  # ids reached directly, or inside a parent step that replayed
         self._tasks: set[asyncio.Task[Any]] = set()
         self.suspension: Suspension | None = None
         self.pause_requested = False
@@ -190,7 +193,7 @@ class WorkflowContext:
             record = self._steps.get(step_id)
             if record is not None and record.get("status") != "pending":
                 value = self._replay(record)
-                return value["type"], value["payload"]
+                return value["type"], restore(value["payload"], value.get("payload_type"))
             return await self._wait_event(step_id, types, record, limit)
 
     async def patched(self, patch_id: str) -> bool:
@@ -210,9 +213,7 @@ class WorkflowContext:
             record = self._steps.get(step_id)
             if record is not None:
                 return bool(self._replay(record))
-            old_run = any(sid not in self._used for sid in self._steps) or any(
-                nid not in self._used for nid in self._naps
-            )
+            old_run = bool(self.unreached_records())
             return bool(await self._record_step(step_id, not old_run, False, 1))
 
     def unreached_records(self) -> list[str]:
@@ -222,7 +223,7 @@ class WorkflowContext:
         cannot follow (a step renamed, removed or moved behind a condition).
         """
         recorded = [*self._steps, *self._naps]
-        return [i for i in recorded if i not in self._used]
+        return [i for i in recorded if i not in self._reached]
 
     # -- steps ---------------------------------------------------------------------
 
@@ -241,7 +242,13 @@ class WorkflowContext:
             attempt += 1
             if attempt > 1:
                 existing = await self._store.mark_pending(
-                    self._key(step_id), {"attempts": attempt, "retry_at": None, "updated_at": self._clock.now()}
+                    self._key(step_id),
+                    {
+                        "attempts": attempt,
+                        "retry_at": None,
+                        "updated_at": self._clock.now(),
+                        "parent": _parent_step.get(),
+                    },
                 )
                 if existing is not None:
                     return self._replay(existing)
@@ -274,6 +281,7 @@ class WorkflowContext:
                     await self._store.mark_pending(
                         self._key(step_id),
                         {
+                            "parent": _parent_step.get(),
                             "attempts": attempt,
                             "retry_at": retry_at,
                             "error": last_error,
@@ -287,8 +295,12 @@ class WorkflowContext:
             return await self._record_step(step_id, value, record is not None, attempt, started)
 
     async def _attempt(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
-        with step_span(self.workflow_id, step_id, attempt):
-            return await self._attempt_once(step_id, fn, timeout, attempt)
+        token = _parent_step.set(step_id)  # ctx calls made by fn are nested in this step
+        try:
+            with step_span(self.workflow_id, step_id, attempt):
+                return await self._attempt_once(step_id, fn, timeout, attempt)
+        finally:
+            _parent_step.reset(token)
 
     async def _attempt_once(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
         if timeout is None:
@@ -313,7 +325,7 @@ class WorkflowContext:
             existing = await self._store.finalize_step(self._key(step_id), fields)
         else:
             existing = await self._store.insert_record(
-                "steps", {**self._key(step_id), "started_at": started or now, **fields}
+                "steps", {**self._record_base(step_id), "started_at": started or now, **fields}
             )
         if existing is not None:
             log.info(
@@ -338,7 +350,9 @@ class WorkflowContext:
         if record is not None:
             existing = await self._store.finalize_step(self._key(step_id), fields)
         else:
-            existing = await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
+            existing = await self._store.insert_record(
+                "steps", {**self._record_base(step_id), "started_at": now, **fields}
+            )
         return self._replay(existing if existing is not None else {"status": "failed", "error": info})
 
     def _exhausted(self, step_id: str, attempts: int, last: Doc | None, lost: bool = False) -> StepRetriesExceededError:
@@ -353,6 +367,7 @@ class WorkflowContext:
         )
 
     def _replay(self, record: Doc) -> Any:
+        self._reach_nested(record.get("step_id"))
         if record.get("status") == "failed":
             raise _rebuild_error(record.get("error") or {})
         return restore(record.get("output"), record.get("output_type"))
@@ -368,6 +383,7 @@ class WorkflowContext:
                 "workflow_id": self.workflow_id,
                 "run": self.run,
                 "nap_id": nap_id,
+                "parent": _parent_step.get(),
                 "wake_at": wake_at,
                 "created_at": now,
             }
@@ -398,18 +414,19 @@ class WorkflowContext:
             existing = await self._record_raw(step_id, value, record is not None)
             if existing is not None:
                 replayed = self._replay(existing)
-                return replayed["type"], replayed["payload"]
+                return replayed["type"], restore(replayed["payload"], replayed.get("payload_type"))
             return event["type"], payload
         now = self._clock.now()
         deadline: datetime | None = record.get("deadline") if record else None
         if deadline is None:
             deadline = now + limit
             existing = await self._store.mark_pending(
-                self._key(step_id), {"deadline": deadline, "event_types": types, "updated_at": now}
+                self._key(step_id),
+                {"deadline": deadline, "event_types": types, "updated_at": now, "parent": _parent_step.get()},
             )
             if existing is not None:
                 replayed = self._replay(existing)
-                return replayed["type"], replayed["payload"]
+                return replayed["type"], restore(replayed["payload"], replayed.get("payload_type"))
         if now >= deadline:
             err = EventTimeoutError(
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
@@ -426,7 +443,9 @@ class WorkflowContext:
         if pending:
             existing = await self._store.finalize_step(self._key(step_id), fields)
         else:
-            existing = await self._store.insert_record("steps", {**self._key(step_id), "started_at": now, **fields})
+            existing = await self._store.insert_record(
+                "steps", {**self._record_base(step_id), "started_at": now, **fields}
+            )
         return existing
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -440,6 +459,7 @@ class WorkflowContext:
                 f"(f'{id_}-{{i}}')."
             )
         self._used.add(id_)
+        self._reached.add(id_)
 
     def _suspend(self, suspension: Suspension) -> None:
         current = self.suspension
@@ -478,8 +498,23 @@ class WorkflowContext:
             if task is not current and not task.done():
                 task.cancel()
 
+    def _record_base(self, step_id: str) -> Doc:
+        return {**self._key(step_id), "parent": _parent_step.get()}
+
     def _key(self, step_id: str) -> Doc:
         return {"workflow_id": self.workflow_id, "run": self.run, "step_id": step_id}
+
+    def _reach_nested(self, parent: str | None) -> None:
+        """A step replayed from its record also accounts for the records its function made."""
+        if parent is None:
+            return
+        todo = [parent]
+        while todo:
+            current = todo.pop()
+            for rid, rec in (*self._steps.items(), *self._naps.items()):
+                if rec.get("parent") == current and rid not in self._reached:
+                    self._reached.add(rid)
+                    todo.append(rid)
 
     def _consumer(self, step_id: str) -> str:
         return f"{self.run}:{step_id}"

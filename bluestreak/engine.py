@@ -125,7 +125,8 @@ class Bluestreak:
             retention_finished=retention_finished,
             retention_failed=retention_failed,
         )
-        self.env = env
+        self._env = env
+        self._workflows: list[Workflow] = []
         self._client_options = dict(client_options or {})
         self.db_url = db_url
         self.db_name = db_name
@@ -165,9 +166,21 @@ class Bluestreak:
         if workflow.run is Workflow.run:
             raise InvalidArgument(f"{workflow.__qualname__} must define async def run(self, ctx, input)")
         instance = workflow()
-        instance.env = self.env
+        instance.env = self._env
+        self._workflows.append(instance)
         self.register_handler(workflow.handler_id or workflow.__name__, instance.run)
         return workflow
+
+    @property
+    def env(self) -> Any:
+        """Shared dependencies of class-based workflows (``self.env`` in ``run``); settable at any time."""
+        return self._env
+
+    @env.setter
+    def env(self, value: Any) -> None:
+        self._env = value
+        for instance in self._workflows:
+            instance.env = value
 
     def handler(self, handler_id: str) -> Callable[[F], F]:
         """Decorator form of :meth:`register_handler`."""

@@ -233,6 +233,10 @@ class Worker:
             execution.ctx = ctx
             try:
                 value = spec.validate_input(restore(doc.get("input"), doc.get("input_type")), workflow_id)
+            except InvalidArgument as exc:  # started by a client that could not validate: no retry can help
+                await self._fail(doc, execution, exc, final=True)
+                return
+            try:
                 with workflow_span(doc, self.settings.worker_id):
                     result = await spec.fn(ctx, value)
                 if ctx.suspension is not None:  # a suspension was swallowed by the handler
@@ -313,14 +317,14 @@ class Worker:
             log.debug("workflow %r finished", workflow_id, extra={"workflow_id": workflow_id})
             self._on_settled(workflow_id)
 
-    async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException) -> None:
+    async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException, *, final: bool = False) -> None:
         workflow_id = doc["_id"]
         failures = int(doc.get("failures", 0)) + 1
         limit = self.settings.max_failures
         now = self.clock.now()
         info = error_info(exc).to_doc()
         update: Doc
-        if limit is not None and failures > limit:
+        if final or (limit is not None and failures > limit):
             status = Status.ABORTED
             update = {
                 "$set": {

@@ -6,8 +6,8 @@ Also security: ids and event types are never interpreted as query operators.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest

@@ -36,6 +36,7 @@ class Settings:
     retention_finished: float | None = None
     retention_failed: float | None = None
     purge_interval: float = 60.0
+    change_streams: bool = False
     error_callback: ErrorCallback | None = None
     should_stop: Callable[[], bool] | None = None
     worker_id: str = field(default_factory=default_worker_id)
@@ -80,6 +81,8 @@ class Settings:
             if not isinstance(given["worker_id"], str) or not given["worker_id"]:
                 raise InvalidArgument(f"worker_id must be a non-empty str, got {given['worker_id']!r}")
             values["worker_id"] = given["worker_id"]
+        if given.get("change_streams") is not None:
+            values["change_streams"] = bool(given["change_streams"])
         if given.get("clock") is not None:
             values["clock"] = given["clock"]
         settings = cls(**values)

@@ -74,6 +74,8 @@ class Bluestreak:
         after they finish; ``None`` keeps them.
     :param retention_failed: the same for aborted and terminated workflows.
     :param env: shared dependencies handed to class-based workflows as ``self.env``.
+    :param change_streams: let ``poll()`` watch a change stream and claim a workflow as soon as it
+        becomes due anywhere (needs a replica set or sharded cluster; falls back to polling otherwise).
     :param client_options: keyword arguments for the ``AsyncMongoClient`` the engine creates from
         ``db_url`` (timeouts, TLS, pool size, ``appname``...).
     """
@@ -101,6 +103,7 @@ class Bluestreak:
         retention_failed: object | None = None,
         env: Any = None,
         client_options: dict[str, Any] | None = None,
+        change_streams: bool = False,
     ) -> None:
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
@@ -124,6 +127,7 @@ class Bluestreak:
             clock=clock,
             retention_finished=retention_finished,
             retention_failed=retention_failed,
+            change_streams=change_streams,
         )
         self._env = env
         self._workflows: list[Workflow] = []

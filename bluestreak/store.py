@@ -201,6 +201,28 @@ class Store:
         )
         return None if doc is None else doc["due_at"]
 
+    async def watch_due(self) -> Any:
+        """A change stream of workflows becoming due: inserts, wake-ups, failures, releases.
+
+        Claims (which set ``status: running``) are left out, so workers do not wake
+        each other for nothing. Raises ``OperationFailure`` where change streams
+        are not supported (a standalone server).
+        """
+        pipeline = [
+            {
+                "$match": {
+                    "$or": [
+                        {"operationType": "insert"},
+                        {
+                            "updateDescription.updatedFields.due_at": {"$exists": True},
+                            "updateDescription.updatedFields.status": {"$ne": Status.RUNNING.value},
+                        },
+                    ]
+                }
+            }
+        ]
+        return await self.workflows.watch(pipeline)
+
     async def renew(
         self, leases: Mapping[str, str], lease_until: datetime, now: datetime
     ) -> tuple[set[str], dict[str, str]]:

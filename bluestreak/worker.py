@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from .codec import error_info, prepare, restore
 from .config import Settings
@@ -114,6 +114,7 @@ class Worker:
         handlers = sorted(self.handlers)
         renewer = asyncio.create_task(self._renew_loop(), name="bluestreak-renew")
         janitor = asyncio.create_task(self._purge_loop(), name="bluestreak-purge")
+        watcher = asyncio.create_task(self._watch_loop(), name="bluestreak-watch")
         failures = 0
         burst = 1
         try:
@@ -150,7 +151,8 @@ class Worker:
             await self._shutdown()
             renewer.cancel()
             janitor.cancel()
-            await asyncio.gather(renewer, janitor, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(renewer, janitor, watcher, return_exceptions=True)
 
     def _should_stop(self) -> bool:
         if self._stopping:
@@ -439,6 +441,30 @@ class Worker:
             log.info("workflow %r released for another worker (shutdown)", doc["_id"])
         except PyMongoError as exc:
             log.warning("workflow %r: release failed (%s); its lease will expire", doc["_id"], exc)
+
+    async def _watch_loop(self) -> None:
+        """With ``change_streams=True``: wake the loop as soon as a workflow becomes due anywhere."""
+        if not self.settings.change_streams:
+            return
+        failures = 0
+        while True:
+            try:
+                stream = await self.store.watch_due()
+                async with stream:
+                    failures = 0
+                    async for _change in stream:
+                        self.wake()
+            except OperationFailure as exc:
+                log.warning(
+                    "change streams unavailable (%s); polling every %.3gs instead", exc, self.settings.poll_interval
+                )
+                return
+            except (PyMongoError, NotImplementedError, AttributeError) as exc:
+                if isinstance(exc, (NotImplementedError, AttributeError)):  # the in-memory backend has none
+                    log.info("change streams are not supported by this backend; polling instead")
+                    return
+                failures += 1
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _purge_loop(self) -> None:
         """Delete ended workflows past their retention, when retention is configured."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -410,3 +412,23 @@ async def test_client_options_reach_the_driver(server_url: str) -> None:
         assert engine._client is not None
         assert engine._client.options.pool_options.max_pool_size == 7
         assert engine._client.options.pool_options.metadata["application"] == {"name": "my-service"}
+
+
+async def test_change_streams_wake_a_worker_for_work_started_elsewhere(server_url: str) -> None:
+    """With a 10 s poll interval, only the change stream can explain a pickup within a few seconds."""
+    name = f"cs_{uuid.uuid4().hex[:8]}"
+    worker = Bluestreak(server_url, name, poll_interval=10, change_streams=True)
+    client = Bluestreak(server_url, name)
+
+    @worker.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        return "ok"
+
+    async with worker, client:
+        async with running(worker):
+            await asyncio.sleep(1.0)  # the worker is idle, its stream open
+            started = time.monotonic()
+            await client.start("remote", "h")
+            assert await client.wait("remote", timeout=8) == "ok"
+            assert time.monotonic() - started < 5
+        await worker.store.database.client.drop_database(name)

@@ -18,6 +18,7 @@ SCRIPTS = sorted(EXAMPLES.glob("*.py"))
 # A substring of each example's output that shows the feature worked.
 EXPECTED: dict[str, str] = {
     "quickstart.py": "result: {'user_id': 'user-ada', 'status': 'completed'}",
+    "fastapi_service.py": "fastapi service: OK",
     "retries_and_timeouts.py": "retries and timeouts: OK",
     "events_approval.py": "events and approval: OK",
     "operator_controls.py": "operator controls: OK",

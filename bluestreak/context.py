@@ -275,6 +275,7 @@ class WorkflowContext:
                     attempt,
                     delay.total_seconds(),
                     exc,
+                    extra={**self._fields(step_id), "step_attempt": attempt, "error_type": last_error["type"]},
                 )
                 if delay.total_seconds() > self._threshold:
                     retry_at = self._clock.now() + delay
@@ -329,7 +330,10 @@ class WorkflowContext:
             )
         if existing is not None:
             log.info(
-                "step %r of workflow %r was recorded by another execution; using its record", step_id, self.workflow_id
+                "step %r of workflow %r was recorded by another execution; using its record",
+                step_id,
+                self.workflow_id,
+                extra=self._fields(step_id),
             )
             return self._replay(existing)
         return seen
@@ -497,6 +501,16 @@ class WorkflowContext:
         for task in list(self._tasks):
             if task is not current and not task.done():
                 task.cancel()
+
+    def _fields(self, step_id: str) -> dict[str, Any]:
+        """Structured log fields of a step (``extra=`` of each record)."""
+        return {
+            "workflow_id": self.workflow_id,
+            "handler": self.handler_id,
+            "step_id": step_id,
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+        }
 
     def _record_base(self, step_id: str) -> Doc:
         return {**self._key(step_id), "parent": _parent_step.get()}

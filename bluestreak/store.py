@@ -249,14 +249,17 @@ class Store:
         result = await self.workflows.bulk_write(ops(leases, True), ordered=False)
         if result.matched_count == len(leases):
             return set(), {}
-        held = await self.workflows.find(
-            {"_id": {"$in": list(leases)}, "status": Status.RUNNING.value}, {"lease": 1, "control": 1}
+        docs = await self.workflows.find(
+            {"_id": {"$in": list(leases)}}, {"lease": 1, "control": 1, "status": 1}
         ).to_list(None)
-        controls = {d["_id"]: d["control"] for d in held if d.get("lease") == leases[d["_id"]] and d.get("control")}
+        ours = [d for d in docs if d.get("lease") == leases[d["_id"]]]
+        running = [d for d in ours if d.get("status") == Status.RUNNING.value]
+        controls = {d["_id"]: d["control"] for d in running if d.get("control")}
         if controls:
             await self.workflows.bulk_write(ops(controls, False), ordered=False)
-        still = {d["_id"] for d in held if d.get("lease") == leases[d["_id"]]}
-        return set(leases) - still, controls
+        # Lost: another claim (or an operator) replaced the token. A workflow that still carries our
+        # token but is no longer running was ended or suspended by this very execution meanwhile.
+        return set(leases) - {d["_id"] for d in ours}, controls
 
     async def fenced_update(self, workflow_id: str, token: str, update: Mapping[str, Any], **extra: Any) -> bool:
         """Apply ``update`` only while ``token`` holds the lease; ``False`` if it does not."""

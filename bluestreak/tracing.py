@@ -16,14 +16,22 @@ from typing import Any
 
 try:
     from opentelemetry import propagate, trace
+    from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 except ImportError:  # pragma: no cover - depends on the install
     trace = None  # type: ignore[assignment]
     propagate = None  # type: ignore[assignment]
 
 
+def _enabled() -> bool:
+    """Tracing costs nothing until an application installs a real tracer provider."""
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+
+
 def carrier() -> dict[str, str] | None:
     """The current trace context as a dict to store on a new workflow, or ``None``."""
-    if propagate is None:
+    if not _enabled():
         return None
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -33,7 +41,7 @@ def carrier() -> dict[str, str] | None:
 @contextlib.contextmanager
 def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[None]:
     """A span around one run of a workflow, parented by the context stored at ``start``."""
-    if trace is None:
+    if not _enabled():
         yield
         return
     parent = propagate.extract(doc.get("trace") or {})
@@ -52,7 +60,7 @@ def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[None]:
 @contextlib.contextmanager
 def step_span(workflow_id: str, step_id: str, attempt: int) -> Iterator[None]:
     """A span around one attempt of a step's function."""
-    if trace is None:
+    if not _enabled():
         yield
         return
     tracer = trace.get_tracer("bluestreak")

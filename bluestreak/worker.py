@@ -100,6 +100,15 @@ class Worker:
         if execution is not None and execution.ctx is not None:
             execution.ctx.pause_requested = True
 
+    def _fields(self, doc: Doc) -> dict[str, Any]:
+        """Structured log fields of one workflow's execution (``extra=`` of each record)."""
+        return {
+            "workflow_id": doc["_id"],
+            "handler": doc.get("handler"),
+            "attempt": doc.get("attempt"),
+            "worker_id": self.settings.worker_id,
+        }
+
     @property
     def in_flight(self) -> int:
         """How many handlers run now."""
@@ -195,6 +204,7 @@ class Worker:
     # -- one workflow ----------------------------------------------------------------
 
     def _spawn(self, doc: Doc) -> None:
+        log.debug("claimed workflow %r (attempt %s)", doc["_id"], doc.get("attempt"), extra=self._fields(doc))
         execution = _Execution(doc["_id"], doc["lease"], doc["due_at"])
         self._running[execution.workflow_id] = execution
         self.metrics.in_flight = len(self._running)
@@ -249,11 +259,11 @@ class Worker:
                 await self._suspend(doc, execution, ctx.suspension)
                 return
             except (LeaseLost, StoreUnavailable) as exc:
-                log.info("workflow %r stopped: %s", workflow_id, type(exc).__name__)
+                log.info("workflow %r stopped: %s", workflow_id, type(exc).__name__, extra=self._fields(doc))
                 return
             except asyncio.CancelledError:
                 if execution.lost:
-                    log.info("workflow %r: lease lost, execution cancelled", workflow_id)
+                    log.info("workflow %r: lease lost, execution cancelled", workflow_id, extra=self._fields(doc))
                     return
                 if execution.releasing:
                     await self._release(doc, execution)
@@ -271,7 +281,7 @@ class Worker:
                     workflow_id,
                     spec.handler_id,
                     unreached,
-                    extra={"workflow_id": workflow_id, "handler": spec.handler_id, "unreached": unreached},
+                    extra={**self._fields(doc), "unreached": unreached},
                 )
             await self._finish(doc, execution, result)
         except PyMongoError as exc:
@@ -313,10 +323,14 @@ class Worker:
         )
         if not ok:
             self.metrics.lease_lost += 1
-            log.warning("workflow %r finished but its lease was lost; another execution owns it", workflow_id)
+            log.warning(
+                "workflow %r finished but its lease was lost; another execution owns it",
+                workflow_id,
+                extra=self._fields(doc),
+            )
         else:
             self.metrics.finished += 1
-            log.debug("workflow %r finished", workflow_id, extra={"workflow_id": workflow_id})
+            log.debug("workflow %r finished", workflow_id, extra=self._fields(doc))
             self._on_settled(workflow_id)
 
     async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException, *, final: bool = False) -> None:
@@ -363,7 +377,9 @@ class Worker:
             ok = written is not None
         if not ok:
             self.metrics.lease_lost += 1
-            log.warning("workflow %r failed but its lease was lost; nothing recorded", workflow_id)
+            log.warning(
+                "workflow %r failed but its lease was lost; nothing recorded", workflow_id, extra=self._fields(doc)
+            )
             return
         self.metrics.failed += 1
         log.warning(
@@ -373,7 +389,7 @@ class Worker:
             failures,
             info["type"],
             info["message"],
-            extra={"workflow_id": workflow_id, "handler": doc["handler"]},
+            extra={**self._fields(doc), "error_type": info["type"], "failures": failures},
         )
         if status is Status.ABORTED:
             self.metrics.aborted += 1
@@ -414,7 +430,9 @@ class Worker:
             if await self.store.fenced_update(workflow_id, execution.token, retry):
                 self.wake()
                 return
-        log.warning("workflow %r: lease lost before it could %s", workflow_id, suspension.status.value)
+        log.warning(
+            "workflow %r: lease lost before it could %s", workflow_id, suspension.status.value, extra=self._fields(doc)
+        )
 
     async def _write_runnable(self, workflow_id: str, token: str, update: Doc, **extra: Any) -> Status | None:
         """Write an outcome that leaves the workflow due later (failed, sleeping, waiting).
@@ -438,9 +456,11 @@ class Worker:
             await self.store.fenced_update(
                 doc["_id"], execution.token, {"$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now}}
             )
-            log.info("workflow %r released for another worker (shutdown)", doc["_id"])
+            log.info("workflow %r released for another worker (shutdown)", doc["_id"], extra=self._fields(doc))
         except PyMongoError as exc:
-            log.warning("workflow %r: release failed (%s); its lease will expire", doc["_id"], exc)
+            log.warning(
+                "workflow %r: release failed (%s); its lease will expire", doc["_id"], exc, extra=self._fields(doc)
+            )
 
     async def _watch_loop(self) -> None:
         """With ``change_streams=True``: wake the loop as soon as a workflow becomes due anywhere."""
@@ -507,7 +527,11 @@ class Worker:
                 continue
             if wid in lost:
                 self.metrics.lease_lost += 1
-                log.warning("workflow %r: lease lost; cancelling its execution", wid, extra={"workflow_id": wid})
+                log.warning(
+                    "workflow %r: lease lost; cancelling its execution",
+                    wid,
+                    extra={"workflow_id": wid, "worker_id": self.settings.worker_id},
+                )
                 self.lost(wid)
             else:
                 current.lease_until = until

@@ -301,3 +301,18 @@ async def _true(value: bool) -> bool:
 @pytest.fixture(autouse=True)
 def _no_leaks() -> None:
     return None
+
+
+async def test_renewal_tells_a_lost_lease_from_one_this_execution_just_ended(engine: Bluestreak) -> None:
+    await engine.start_many([("ended", "h"), ("stolen", "h"), ("held", "h")])
+    now = engine.settings.clock.now()
+    claimed = await engine.store.claim(["h"], now, now + timedelta(seconds=30), "mine", "w", 3)
+    assert len(claimed) == 3
+    # This execution finishes one workflow while the renewal is in flight; another worker steals one.
+    assert await engine.store.finish("ended", "mine", {"$set": {"status": "finished"}, "$unset": {"due_at": ""}})
+    await engine.store.workflows.update_one({"_id": "stolen"}, {"$set": {"lease": "theirs"}})
+    leases = {"ended": "mine", "stolen": "mine", "held": "mine"}
+    lost, controls = await engine.store.renew(leases, now + timedelta(seconds=60), now)
+    assert lost == {"stolen"} and controls == {}
+    held = await engine.store.get_workflow("held")
+    assert held is not None and held["due_at"] == now + timedelta(seconds=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,3 +72,45 @@ async def test_manual_clock_moves_only_when_told() -> None:
     assert clock.now() - before == timedelta(hours=2)
     clock.advance(to=before)  # never backwards
     assert clock.now() - before == timedelta(hours=2)
+
+
+async def test_an_event_sent_when_the_workflow_is_seen_waiting_is_not_skipped() -> None:
+    async def approval(ctx: WorkflowContext, input: Any) -> Any:
+        return await ctx.wait_for_event("approve", "approved", timeout="1 day")
+
+    async with in_memory_engine() as engine:
+        engine.register_handler("approval", approval)
+
+        async def approver() -> None:
+            while True:
+                workflows = await engine.list_workflows(status="waiting")
+                if workflows:
+                    await engine.send_event(workflows[0].id, "approved", "yes")
+                    return
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(approver())
+        assert await run_workflow(engine, "approval") == "yes"
+        await task
+
+
+async def test_log_records_carry_structured_fields(caplog: pytest.LogCaptureFixture) -> None:
+    async def flaky(ctx: WorkflowContext, input: Any) -> int:
+        calls: list[int] = []
+
+        async def call() -> int:
+            calls.append(1)
+            if len(calls) < 2:
+                raise ConnectionError("down")
+            return 1
+
+        return await ctx.step("call", call, retries=RetryPolicy(limit=2, delay=0.01))
+
+    async with in_memory_engine(worker_id="w-1") as engine:
+        engine.register_handler("flaky", flaky)
+        with caplog.at_level("INFO", logger="bluestreak"):
+            await run_workflow(engine, "flaky", workflow_id="f-1")
+    [retry] = [r for r in caplog.records if "retrying" in r.getMessage()]
+    fields = {k: getattr(retry, k) for k in ("workflow_id", "handler", "step_id", "attempt", "worker_id")}
+    assert fields == {"workflow_id": "f-1", "handler": "flaky", "step_id": "call", "attempt": 1, "worker_id": "w-1"}
+    assert retry.step_attempt == 1 and retry.error_type == "ConnectionError"  # type: ignore[attr-defined]

@@ -339,21 +339,11 @@ class Worker:
         limit = self.settings.max_failures
         now = self.clock.now()
         info = error_info(exc).to_doc()
-        update: Doc
+        update: Doc = {"$set": {"error": info, "failures": failures, "updated_at": now}}
         if final or (limit is not None and failures > limit):
             status = Status.ABORTED
-            update = {
-                "$set": {
-                    "status": status.value,
-                    "error": info,
-                    "failures": failures,
-                    "updated_at": now,
-                    "finished_at": now,
-                    "control": None,
-                    **expiry(now, self.settings.retention_failed),
-                },
-                "$unset": {"due_at": ""},
-            }
+            update["$set"].update(finished_at=now, control=None, **expiry(now, self.settings.retention_failed))
+            update["$unset"] = {"due_at": ""}
         else:
             status = Status.FAILED
             delay = backoff_delay(
@@ -361,15 +351,8 @@ class Worker:
                 failures,
                 cap=timedelta(seconds=self.settings.max_retry_interval),
             )
-            update = {
-                "$set": {
-                    "status": status.value,
-                    "error": info,
-                    "failures": failures,
-                    "updated_at": now,
-                    "due_at": now + delay,
-                }
-            }
+            update["$set"]["due_at"] = now + delay
+        update["$set"]["status"] = status.value
         if status is Status.ABORTED:
             ok = await self.store.fenced_update(workflow_id, execution.token, update)
         else:

@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from bluestreak import Bluestreak
 from bluestreak.memory import reset_memory
 
-from .mongo_server import SecantusServer, secantus_binary
+from .mongo_server import SecantusServer, require_secantus
 
 EXTERNAL_URL = os.environ.get("BLUESTREAK_TEST_MONGODB_URL")
 # Fast settings so the suite exercises leases, retries and suspensions in seconds.
@@ -39,10 +39,7 @@ def server_url() -> Iterator[str]:
     if EXTERNAL_URL:
         yield EXTERNAL_URL
         return
-    if secantus_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("secantusd-py is missing in CI: install the project with pip install -e '.[dev]'")
-        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+    require_secantus()
     server = SecantusServer()
     server.start()
     try:

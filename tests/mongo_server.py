@@ -87,3 +87,13 @@ class SecantusServer:
         self.proc = None
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.log_path.unlink(missing_ok=True)
+
+
+def require_secantus() -> None:
+    """Skip the calling test when SecantusDB is not installed, except in CI, where that is a failure."""
+    import pytest
+
+    if secantus_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("secantusd-py is missing in CI: install the project with pip install -e '.[dev]'")
+        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")

@@ -42,7 +42,7 @@ from pymongo import MongoClient
 from bluestreak import Bluestreak
 
 from .crash_worker import HANDLER_STEPS
-from .mongo_server import SecantusServer, secantus_binary
+from .mongo_server import SecantusServer, require_secantus
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTERNAL_URL = os.environ.get("BLUESTREAK_TEST_MONGODB_URL")
@@ -67,10 +67,7 @@ def durable_url() -> Iterator[str]:
     if EXTERNAL_URL:
         yield EXTERNAL_URL
         return
-    if secantus_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("secantusd-py is missing in CI: install the project with pip install -e '.[dev]'")
-        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+    require_secantus()
     server = SecantusServer(sync_on_commit=True)
     server.start()
     try:

@@ -67,6 +67,11 @@ class Store:
             name="claim",
             partialFilterExpression={"due_at": {"$exists": True}},
         )
+        await self.workflows.create_index(
+            [("due_at", ASCENDING), ("handler", ASCENDING)],
+            name="due",
+            partialFilterExpression={"due_at": {"$exists": True}},
+        )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
         await self.workflows.create_index(
             [("expire_at", ASCENDING)], name="retention", partialFilterExpression={"expire_at": {"$exists": True}}

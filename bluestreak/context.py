@@ -322,12 +322,7 @@ class WorkflowContext:
         stored, tag, seen = prepare(value, self._where(step_id))
         now = self._clock.now()
         fields: Doc = {"status": "done", "output": stored, "output_type": tag, "attempts": attempts, "recorded_at": now}
-        if pending:
-            existing = await self._store.finalize_step(self._key(step_id), fields)
-        else:
-            existing = await self._store.insert_record(
-                "steps", {**self._record_base(step_id), "started_at": started or now, **fields}
-            )
+        existing = await self._write_final(step_id, fields, pending, started or now)
         if existing is not None:
             log.info(
                 "step %r of workflow %r was recorded by another execution; using its record",
@@ -351,12 +346,7 @@ class WorkflowContext:
             "attempts": int(info.get("attempts") or 1),
             "recorded_at": now,
         }
-        if record is not None:
-            existing = await self._store.finalize_step(self._key(step_id), fields)
-        else:
-            existing = await self._store.insert_record(
-                "steps", {**self._record_base(step_id), "started_at": now, **fields}
-            )
+        existing = await self._write_final(step_id, fields, record is not None, now)
         return self._replay(existing if existing is not None else {"status": "failed", "error": info})
 
     def _exhausted(self, step_id: str, attempts: int, last: Doc | None, lost: bool = False) -> StepRetriesExceededError:
@@ -371,6 +361,8 @@ class WorkflowContext:
         )
 
     def _replay(self, record: Doc) -> Any:
+        if record.get("status") == "pending":  # pragma: no cover - _write_final never returns one
+            raise AssertionError(f"{self._where(record.get('step_id', '?'))}: a pending record is not a result")
         self._reach_nested(record.get("step_id"))
         if record.get("status") == "failed":
             raise _rebuild_error(record.get("error") or {})
@@ -443,14 +435,24 @@ class WorkflowContext:
     async def _record_raw(self, step_id: str, value: Doc, pending: bool) -> Doc | None:
         now = self._clock.now()
         fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
-        existing: Doc | None
-        if pending:
-            existing = await self._store.finalize_step(self._key(step_id), fields)
-        else:
-            existing = await self._store.insert_record(
-                "steps", {**self._record_base(step_id), "started_at": now, **fields}
+        return await self._write_final(step_id, fields, pending, now)
+
+    async def _write_final(self, step_id: str, fields: Doc, pending: bool, started: datetime) -> Doc | None:
+        """Record a step's final outcome, first writer wins; ``None`` if ours is the record.
+
+        Otherwise returns the final record another execution wrote first. A
+        *pending* record found in the way (another execution's retry progress or
+        event deadline, written after this one loaded its history) is not a
+        result: it is finished with ours, unless a final one beat us to that too.
+        """
+        if not pending:
+            existing: Doc | None = await self._store.insert_record(
+                "steps", {**self._record_base(step_id), "started_at": started, **fields}
             )
-        return existing
+            if existing is None or existing.get("status") != "pending":
+                return existing
+        final: Doc | None = await self._store.finalize_step(self._key(step_id), fields)
+        return final
 
     # -- bookkeeping ---------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from bluestreak import (
     StepRetriesExceededError,
     WorkflowContext,
 )
+from bluestreak.errors import Suspended
 
 from .conftest import EngineFactory, eventually, running
 
@@ -316,3 +317,39 @@ async def test_renewal_tells_a_lost_lease_from_one_this_execution_just_ended(eng
     assert lost == {"stolen"} and controls == {}
     held = await engine.store.get_workflow("held")
     assert held is not None and held["due_at"] == now + timedelta(seconds=60)
+
+
+async def test_3_a_pending_record_written_meanwhile_is_not_taken_for_a_result(engine: Bluestreak) -> None:
+    """Found by the chaos harness (seed 4242): another execution's retry progress is not a recorded result."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[Any] = []
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> Any:
+        async def body() -> str:
+            entered.set()
+            await release.wait()
+            return "mine"
+
+        seen.append(await ctx.step("s", body))
+        try:
+            seen.append(await ctx.wait_for_event("w", "go", timeout="1 hour"))
+        except Suspended:  # pragma: no cover - the event is buffered
+            raise
+        return seen
+
+    await engine.start("p", "h")
+    await engine.send_event("p", "go", "payload")
+    async with running(engine):
+        await asyncio.wait_for(entered.wait(), 5)
+        # A zombie of this workflow, retrying the same steps, wrote their retry progress meanwhile.
+        for step in ("s", "w"):
+            await engine.store.steps.insert_one(
+                {"workflow_id": "p", "run": 0, "step_id": step, "status": "pending", "attempts": 2}
+            )
+        release.set()
+        assert await engine.wait("p", timeout=10) == ["mine", "payload"]
+    steps = {s.step_id: (s.status, s.output) for s in await engine.list_steps("p")}
+    assert steps["s"] == ("done", "mine")
+    assert steps["w"][0] == "done"

@@ -37,7 +37,6 @@ log = logging.getLogger("bluestreak.store")
 
 Doc = dict[str, Any]
 DUPLICATE_KEY = 11000
-RUNNABLE = [Status.IDLE, Status.FAILED, Status.SLEEPING, Status.WAITING, Status.RUNNING]
 FINAL = [str(s) for s in FINAL_STATUSES]
 
 
@@ -481,8 +480,3 @@ def _key_tuple(collection: str, doc: Doc) -> tuple[Any, ...]:
 def _record_key(collection: str, doc: Doc) -> Doc:
     id_field = "step_id" if collection == "steps" else "nap_id"
     return {"workflow_id": doc["workflow_id"], "run": doc["run"], id_field: doc[id_field]}
-
-
-def ids_of(docs: Iterable[Doc]) -> list[Any]:
-    """The ``_id`` of each document."""
-    return [d["_id"] for d in docs]

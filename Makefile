@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check bluestreak tests examples $(wildcard benchmarks)
+	$(BIN)/ruff check bluestreak tests examples scripts $(wildcard benchmarks)
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy bluestreak

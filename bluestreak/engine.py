@@ -141,6 +141,7 @@ class Bluestreak:
         self._handlers: dict[str, HandlerSpec] = {}
         self._worker: Worker | None = None
         self._settled: dict[str, asyncio.Event] = {}
+        self._stop_requested = False
         self.metrics = Metrics()
         """Counters of this engine and its worker: ``engine.metrics.snapshot()``."""
 
@@ -422,13 +423,21 @@ class Bluestreak:
             raise InvalidArgument("poll() is already running on this engine")
         worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled, metrics=self.metrics)
         self._worker = worker
+        if self._stop_requested:
+            worker.stop()
         try:
             await worker.run()
         finally:
             self._worker = None
+            self._stop_requested = False
 
     def stop(self) -> None:
-        """Ask ``poll()`` to return: claim nothing more, let running handlers finish (up to ``shutdown_grace``)."""
+        """Ask ``poll()`` to return: claim nothing more, let running handlers finish (up to ``shutdown_grace``).
+
+        Applies to the ``poll()`` running now or, if none has started yet (a task
+        created but not yet scheduled), to the next one, which then returns at once.
+        """
+        self._stop_requested = True
         if self._worker is not None:
             self._worker.stop()
 

@@ -432,3 +432,18 @@ async def test_change_streams_wake_a_worker_for_work_started_elsewhere(server_ur
             assert await client.wait("remote", timeout=8) == "ok"
             assert time.monotonic() - started < 5
         await worker.store.database.client.drop_database(name)
+
+
+async def test_stop_before_the_poll_task_started_is_not_lost(engine: Bluestreak) -> None:
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> None:
+        return None
+
+    task = asyncio.create_task(engine.poll())
+    engine.stop()  # the task has not run yet
+    await asyncio.wait_for(task, timeout=5)
+    task = asyncio.create_task(engine.poll())  # the request was used up: a new poll runs until stopped
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    engine.stop()
+    await asyncio.wait_for(task, timeout=5)

@@ -6,6 +6,7 @@ real MongoDB is used instead when ``BLUESTREAK_TEST_MONGODB_URL`` is set.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pymongo import monitoring
 
 
 def free_port() -> int:
@@ -50,8 +53,17 @@ class SecantusServer:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self, timeout: float = 60.0) -> None:
-        args = [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", self.data_dir,
-                "--log-level", "WARNING"]
+        args = [
+            self.binary,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            self.data_dir,
+            "--log-level",
+            "WARNING",
+        ]
         if self.test_commands:
             args.append("--enable-test-commands")
         if self.sync_on_commit:
@@ -97,3 +109,21 @@ def require_secantus() -> None:
         if os.environ.get("CI"):
             pytest.fail("secantusd-py is missing in CI: install the project with pip install -e '.[dev]'")
         pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+
+
+class FailedCommands(monitoring.CommandListener):
+    """Counts failed commands by ``name/code`` (``name/net`` for network errors)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        failure = event.failure or {}
+        code = failure.get("code")
+        self.counts[f"{event.command_name}/{code if code is not None else 'net'}"] += 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import hashlib
 import json
 import logging
@@ -32,12 +31,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from pymongo import monitoring
 from pymongo.errors import PyMongoError
 
 from bluestreak import Bluestreak, RetryPolicy, WorkflowContext
 from bluestreak.clock import SystemClock
 from bluestreak.errors import EventTimeoutError, StepRetriesExceededError
+
+from ..mongo_server import FailedCommands
 
 HANDLER = "order"
 FLAKY_STEP = "charge"
@@ -111,8 +111,15 @@ class Ledger:
 
     def anomaly(self, ctx: WorkflowContext, step_id: str, value: Any) -> None:
         """``ctx.step`` returned something no step body returns (e.g. ``None``): record it for the checker."""
-        line = {"wf": ctx.workflow_id, "run": ctx.run, "step": step_id, "attempt": ctx.attempt,
-                "worker": self.worker_id, "pid": self.pid, "value": repr(value)}
+        line = {
+            "wf": ctx.workflow_id,
+            "run": ctx.run,
+            "step": step_id,
+            "attempt": ctx.attempt,
+            "worker": self.worker_id,
+            "pid": self.pid,
+            "value": repr(value),
+        }
         self._write(self.path + ".anomalies", json.dumps(line) + "\n")
 
     @staticmethod
@@ -121,24 +128,6 @@ class Ledger:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-
-
-class FailedCommands(monitoring.CommandListener):
-    """Counts failed commands by ``name/code`` (``name/net`` for network errors)."""
-
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        pass
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        failure = event.failure or {}
-        code = failure.get("code")
-        self.counts[f"{event.command_name}/{code if code is not None else 'net'}"] += 1
 
 
 def build_engine(args: argparse.Namespace, ledger: Ledger, listener: FailedCommands) -> Bluestreak:

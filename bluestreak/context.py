@@ -95,6 +95,10 @@ class WorkflowContext:
         self._naps: dict[str, Doc] = {d["nap_id"]: d for d in naps}
         self._used: set[str] = set()
         self._reached: set[str] = set()  # ids reached directly, or inside a parent step that replayed
+        self._children: dict[str, list[str]] = {}  # parent step id -> ids of the records its function made
+        for rid, rec in (*self._steps.items(), *self._naps.items()):
+            if rec.get("parent") is not None:
+                self._children.setdefault(rec["parent"], []).append(rid)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.suspension: Suspension | None = None
         self.pause_requested = False
@@ -192,8 +196,7 @@ class WorkflowContext:
         with self._tracked():
             record = self._steps.get(step_id)
             if record is not None and record.get("status") != "pending":
-                value = self._replay(record)
-                return value["type"], restore(value["payload"], value.get("payload_type"))
+                return self._replay_event(record)
             return await self._wait_event(step_id, types, record, limit)
 
     async def patched(self, patch_id: str) -> bool:
@@ -241,15 +244,7 @@ class WorkflowContext:
                 retry_at = None
             attempt += 1
             if attempt > 1:
-                existing = await self._store.mark_pending(
-                    self._key(step_id),
-                    {
-                        "attempts": attempt,
-                        "retry_at": None,
-                        "updated_at": self._clock.now(),
-                        "parent": _parent_step.get(),
-                    },
-                )
+                existing = await self._mark_pending(step_id, {"attempts": attempt, "retry_at": None})
                 if existing is not None:
                     return self._replay(existing)
                 record = record or {"status": "pending"}
@@ -279,16 +274,10 @@ class WorkflowContext:
                 )
                 if delay.total_seconds() > self._threshold:
                     retry_at = self._clock.now() + delay
-                    await self._store.mark_pending(
-                        self._key(step_id),
-                        {
-                            "parent": _parent_step.get(),
-                            "attempts": attempt,
-                            "retry_at": retry_at,
-                            "error": last_error,
-                            "updated_at": self._clock.now(),
-                        },
-                    )
+                    pending = {"attempts": attempt, "retry_at": retry_at, "error": last_error}
+                    existing = await self._mark_pending(step_id, pending)
+                    if existing is not None:  # another execution recorded the step meanwhile
+                        return self._replay(existing)
                     record = record or {"status": "pending"}
                 else:
                     await self._clock.sleep(delay.total_seconds())
@@ -360,6 +349,11 @@ class WorkflowContext:
             error_message=emsg,
         )
 
+    def _replay_event(self, record: Doc) -> tuple[str, Any]:
+        """An event wait's record as ``(type, payload)``, the payload restored to its model if it had one."""
+        value = self._replay(record)
+        return value["type"], restore(value["payload"], value.get("payload_type"))
+
     def _replay(self, record: Doc) -> Any:
         if record.get("status") == "pending":  # pragma: no cover - _write_final never returns one
             raise AssertionError(f"{self._where(record.get('step_id', '?'))}: a pending record is not a result")
@@ -409,20 +403,15 @@ class WorkflowContext:
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
             existing = await self._record_raw(step_id, value, record is not None)
             if existing is not None:
-                replayed = self._replay(existing)
-                return replayed["type"], restore(replayed["payload"], replayed.get("payload_type"))
+                return self._replay_event(existing)
             return event["type"], payload
         now = self._clock.now()
         deadline: datetime | None = record.get("deadline") if record else None
         if deadline is None:
             deadline = now + limit
-            existing = await self._store.mark_pending(
-                self._key(step_id),
-                {"deadline": deadline, "event_types": types, "updated_at": now, "parent": _parent_step.get()},
-            )
+            existing = await self._mark_pending(step_id, {"deadline": deadline, "event_types": types})
             if existing is not None:
-                replayed = self._replay(existing)
-                return replayed["type"], restore(replayed["payload"], replayed.get("payload_type"))
+                return self._replay_event(existing)
         if now >= deadline:
             err = EventTimeoutError(
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
@@ -431,6 +420,12 @@ class WorkflowContext:
             await self._fail_step(step_id, err, {"status": "pending"})
         self._suspend(Suspension(Status.WAITING, deadline, inbox=inbox))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _mark_pending(self, step_id: str, fields: Doc) -> Doc | None:
+        """Create or update this step's pending record; the final record instead, if one exists."""
+        fields = {**fields, "parent": _parent_step.get(), "updated_at": self._clock.now()}
+        existing: Doc | None = await self._store.mark_pending(self._key(step_id), fields)
+        return existing
 
     async def _record_raw(self, step_id: str, value: Doc, pending: bool) -> Doc | None:
         now = self._clock.now()
@@ -522,13 +517,10 @@ class WorkflowContext:
 
     def _reach_nested(self, parent: str | None) -> None:
         """A step replayed from its record also accounts for the records its function made."""
-        if parent is None:
-            return
-        todo = [parent]
+        todo = [parent] if parent is not None else []
         while todo:
-            current = todo.pop()
-            for rid, rec in (*self._steps.items(), *self._naps.items()):
-                if rec.get("parent") == current and rid not in self._reached:
+            for rid in self._children.get(todo.pop(), ()):
+                if rid not in self._reached:
                     self._reached.add(rid)
                     todo.append(rid)
 

@@ -445,10 +445,7 @@ class Bluestreak:
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
         """The workflow as stored; raises :class:`WorkflowNotFound`."""
-        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"))
-        if doc is None:
-            raise WorkflowNotFound(workflow_id)
-        return _workflow(doc)
+        return _workflow(await self._existing(workflow_id, None))
 
     async def list_workflows(
         self,
@@ -494,9 +491,7 @@ class Bluestreak:
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The recorded steps of the workflow's current run, in order."""
-        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), {"run": 1})
-        if doc is None:
-            raise WorkflowNotFound(workflow_id)
+        doc = await self._existing(workflow_id, {"run": 1})
         return [
             StepRecord(
                 workflow_id=d["workflow_id"],
@@ -513,9 +508,7 @@ class Bluestreak:
 
     async def list_naps(self, workflow_id: str) -> list[NapRecord]:
         """The recorded sleeps of the workflow's current run."""
-        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), {"run": 1})
-        if doc is None:
-            raise WorkflowNotFound(workflow_id)
+        doc = await self._existing(workflow_id, {"run": 1})
         return [
             NapRecord(
                 workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"]
@@ -562,10 +555,7 @@ class Bluestreak:
         doc = await self.store.notify_event(workflow_id, now)
         if doc is None:
             await self.store.delete_event(event["_id"])
-            current = await self.store.get_workflow(workflow_id, {"status": 1})
-            if current is None:
-                raise WorkflowNotFound(workflow_id)
-            raise InvalidTransition(workflow_id, f"send event {event_type!r} to", current["status"])
+            raise InvalidTransition(workflow_id, f"send event {event_type!r} to", await self._status(workflow_id))
         self.metrics.events_sent += 1
         self._wake_local(doc["handler"])
 
@@ -717,11 +707,15 @@ class Bluestreak:
             total += count
         return total
 
-    async def _status(self, workflow_id: str) -> str:
-        doc = await self.store.get_workflow(workflow_id, {"status": 1})
+    async def _existing(self, workflow_id: str, projection: Mapping[str, Any] | None) -> Doc:
+        """The workflow's fields in ``projection``; raises ``WorkflowNotFound``."""
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), projection)
         if doc is None:
             raise WorkflowNotFound(workflow_id)
-        return str(doc["status"])
+        return doc
+
+    async def _status(self, workflow_id: str) -> str:
+        return str((await self._existing(workflow_id, {"status": 1}))["status"])
 
 
 def _readable(stored: Any, tag: str | None) -> Any:

@@ -130,9 +130,5 @@ class Suspended(Interrupt):
     """The workflow released its lease to sleep, wait or pause; it resumes later."""
 
 
-class LeaseLost(Interrupt):
-    """Another worker owns this workflow now: this execution must stop."""
-
-
 class StoreUnavailable(Interrupt):
     """The database failed under a ``ctx`` call: the run stops without counting a failure."""

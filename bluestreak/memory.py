@@ -109,6 +109,10 @@ class MemoryCollection:
         """Like ``AsyncCollection.list_indexes``: await it, then call ``to_list``."""
         return _ListCursor(self._coll.list_indexes())
 
+    async def watch(self, *args: Any, **kwargs: Any) -> Any:
+        """mongomock has no change streams: a worker with ``change_streams=True`` polls instead."""
+        raise NotImplementedError("the in-memory backend has no change streams")
+
     async def bulk_write(self, requests: Sequence[Any], ordered: bool = True) -> _BulkResult:
         """Applied op by op (mongomock's own bulk_write fails on updates); not atomic, as neither is MongoDB's."""
         result = _BulkResult()

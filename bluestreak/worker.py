@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from .codec import error_info, prepare, restore
 from .config import Settings
 from .context import Suspension, WorkflowContext
-from .errors import InvalidArgument, LeaseLost, StoreUnavailable, Suspended
+from .errors import InvalidArgument, StoreUnavailable, Suspended
 from .handlers import HandlerSpec
 from .metrics import Metrics
 from .records import Status
@@ -51,7 +51,6 @@ class _Execution:
     ctx: WorkflowContext | None = None
     lost: bool = False
     releasing: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker:
@@ -258,8 +257,8 @@ class Worker:
                 ctx.cancel_stragglers()
                 await self._suspend(doc, execution, ctx.suspension)
                 return
-            except (LeaseLost, StoreUnavailable) as exc:
-                log.info("workflow %r stopped: %s", workflow_id, type(exc).__name__, extra=self._fields(doc))
+            except StoreUnavailable as exc:
+                log.info("workflow %r stopped: %s", workflow_id, exc, extra=self._fields(doc))
                 return
             except asyncio.CancelledError:
                 if execution.lost:
@@ -393,17 +392,16 @@ class Worker:
     async def _suspend(self, doc: Doc, execution: _Execution, suspension: Suspension) -> None:
         workflow_id = doc["_id"]
         now = self.clock.now()
+        extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
+        written: Status | None
         if suspension.status is Status.PAUSED:
-            update: Doc = {
+            paused = {
                 "$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None},
                 "$unset": {"due_at": ""},
             }
+            written = Status.PAUSED if await self.store.fenced_update(workflow_id, execution.token, paused) else None
         else:
             update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
-        extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
-        if suspension.status is Status.PAUSED:
-            written = Status.PAUSED if await self.store.fenced_update(workflow_id, execution.token, update) else None
-        else:
             written = await self._write_runnable(workflow_id, execution.token, update, **extra)
         if written is not None:
             self.metrics.suspended += 1
@@ -462,10 +460,10 @@ class Worker:
                     "change streams unavailable (%s); polling every %.3gs instead", exc, self.settings.poll_interval
                 )
                 return
-            except (PyMongoError, NotImplementedError, AttributeError) as exc:
-                if isinstance(exc, (NotImplementedError, AttributeError)):  # the in-memory backend has none
-                    log.info("change streams are not supported by this backend; polling instead")
-                    return
+            except NotImplementedError:  # the in-memory backend has none
+                log.info("change streams are not supported by this backend; polling instead")
+                return
+            except PyMongoError:
                 failures += 1
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 

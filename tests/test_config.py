@@ -38,7 +38,7 @@ from bluestreak import (
     WorkflowUsageError,
 )
 from bluestreak.config import Settings, default_worker_id
-from bluestreak.errors import Interrupt, LeaseLost, StoreUnavailable, Suspended
+from bluestreak.errors import Interrupt, StoreUnavailable, Suspended
 from bluestreak.handlers import MAX_ID_LENGTH, check_id, make_spec
 
 
@@ -497,7 +497,7 @@ def test_errors_that_are_not_timeouts_or_value_errors() -> None:
     assert not issubclass(StepError, WorkflowUsageError)
 
 
-@pytest.mark.parametrize("cls", [Interrupt, Suspended, LeaseLost, StoreUnavailable])
+@pytest.mark.parametrize("cls", [Interrupt, Suspended, StoreUnavailable])
 def test_interrupts_escape_except_exception(cls: type[BaseException]) -> None:
     assert issubclass(cls, Interrupt)
     assert not issubclass(cls, Exception)

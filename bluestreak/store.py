@@ -89,7 +89,7 @@ class Store:
     async def purge_expired(self, now: datetime, limit: int = 500) -> int:
         """Delete up to ``limit`` ended workflows whose ``expire_at`` has passed, with their history.
 
-        Four commands per batch, whatever its size. The history goes first, so
+        Five commands per batch, whatever its size (one read, four deletes). The history goes first, so
         an interrupted purge leaves a workflow to purge again, never orphans.
         """
         docs = await self.workflows.find({"expire_at": {"$lte": now}}, {"_id": 1}).limit(limit).to_list(None)

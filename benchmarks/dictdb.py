@@ -54,15 +54,24 @@ def _copy(value: Any) -> Any:
     return value
 
 
+class _Many(list):  # type: ignore[type-arg]
+    """The values of a dotted path that runs through an array (MongoDB matches any of them)."""
+
+
 def _get(doc: Mapping[str, Any], path: str) -> Any:
     if "." not in path:
         return doc.get(path, _MISSING)
-    current: Any = doc
-    for part in path.split("."):
-        if not isinstance(current, Mapping) or part not in current:
-            return _MISSING
-        current = current[part]
-    return current
+    head, _, rest = path.partition(".")
+    current = doc.get(head, _MISSING)
+    if isinstance(current, list):
+        return _Many(v for v in (_get(e, rest) for e in current if isinstance(e, Mapping)) if v is not _MISSING)
+    if not isinstance(current, Mapping):
+        return _MISSING
+    return _get(current, rest)
+
+
+def _any(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: any(check(x) for x in v) if isinstance(v, _Many) else check(v)
 
 
 def _cmp_ok(value: Any) -> bool:
@@ -74,13 +83,13 @@ def _compile_condition(path: str, cond: Any) -> Callable[[Doc], bool]:
         checks: list[Callable[[Any], bool]] = []
         for op, arg in cond.items():
             if op == "$lte":
-                checks.append(lambda v, a=arg: _cmp_ok(v) and v <= a)
+                checks.append(_any(lambda v, a=arg: _cmp_ok(v) and v <= a))
             elif op == "$lt":
-                checks.append(lambda v, a=arg: _cmp_ok(v) and v < a)
+                checks.append(_any(lambda v, a=arg: _cmp_ok(v) and v < a))
             elif op == "$gte":
-                checks.append(lambda v, a=arg: _cmp_ok(v) and v >= a)
+                checks.append(_any(lambda v, a=arg: _cmp_ok(v) and v >= a))
             elif op == "$gt":
-                checks.append(lambda v, a=arg: _cmp_ok(v) and v > a)
+                checks.append(_any(lambda v, a=arg: _cmp_ok(v) and v > a))
             elif op == "$in":
                 members = list(arg)
                 checks.append(lambda v, m=members: (None if v is _MISSING else v) in m)
@@ -88,7 +97,10 @@ def _compile_condition(path: str, cond: Any) -> Callable[[Doc], bool]:
                 members = list(arg)
                 checks.append(lambda v, m=members: (None if v is _MISSING else v) not in m)
             elif op == "$ne":
-                checks.append(lambda v, a=arg: (None if v is _MISSING else v) != a)
+                checks.append(
+                    lambda v, a=arg: a not in v if isinstance(v, _Many) else (None if v is _MISSING else v) != a
+                )
+                continue
             elif op == "$exists":
                 checks.append(lambda v, a=bool(arg): (v is not _MISSING) == a)
             else:
@@ -96,7 +108,7 @@ def _compile_condition(path: str, cond: Any) -> Callable[[Doc], bool]:
         return lambda doc: all(check(_get(doc, path)) for check in checks)
     if cond is None:
         return lambda doc: _get(doc, path) in (None, _MISSING)
-    return lambda doc: _get(doc, path) == cond
+    return lambda doc: _any(lambda v: v == cond)(_get(doc, path))
 
 
 def compile_filter(spec: Mapping[str, Any]) -> Callable[[Doc], bool]:
@@ -138,11 +150,38 @@ def _project(doc: Doc, projection: Mapping[str, Any] | None) -> Doc:
     return {k: _copy(v) for k, v in doc.items() if k not in projection}
 
 
-def _apply_update(doc: Doc, update: Mapping[str, Any], inserting: bool) -> None:
+def _positional(doc: Doc, key: str, spec: Mapping[str, Any]) -> tuple[Doc, str]:
+    """``array.$.field``: the element the filter matched (by ``array.x == value``), and ``field``."""
+    array, _, field = key.partition(".$.")
+    for path, cond in spec.items():
+        if path.startswith(array + ".") and not isinstance(cond, Mapping):
+            sub = path[len(array) + 1 :]
+            for element in doc.get(array, []):
+                if isinstance(element, Mapping) and element.get(sub) == cond:
+                    return element, field  # type: ignore[return-value]
+    raise NotImplementedError(f"dictdb: positional update {key} without a matching array filter")
+
+
+def _apply_update(doc: Doc, update: Mapping[str, Any], inserting: bool, spec: Mapping[str, Any] = {}) -> None:  # noqa: B006
     for op, fields in update.items():
         if op == "$set" or (op == "$setOnInsert" and inserting):
             for k, v in fields.items():
-                doc[k] = _copy(v)
+                if ".$." in k:
+                    element, field = _positional(doc, k, spec)
+                    element[field] = _copy(v)
+                else:
+                    doc[k] = _copy(v)
+        elif op == "$push":
+            for k, v in fields.items():
+                items = v["$each"] if isinstance(v, Mapping) and "$each" in v else [v]
+                array = [*doc.get(k, []), *(_copy(i) for i in items)]
+                if isinstance(v, Mapping) and "$slice" in v:
+                    array = array[v["$slice"] :] if v["$slice"] < 0 else array[: v["$slice"]]
+                doc[k] = array
+        elif op == "$pull":
+            for k, cond in fields.items():
+                match = compile_filter(cond)
+                doc[k] = [e for e in doc.get(k, []) if not (isinstance(e, Mapping) and match(e))]
         elif op == "$setOnInsert":
             continue
         elif op == "$unset":
@@ -339,15 +378,15 @@ class DictCollection:
         docs = self._query(spec or {}, sort, 0, 1)
         return _project(docs[0], projection) if docs else None
 
-    def find(self, spec: Mapping[str, Any] | None = None, projection: Any = None) -> _Cursor:
+    def find(self, spec: Mapping[str, Any] | None = None, projection: Any = None, **_: Any) -> _Cursor:
         return _Cursor(self, spec or {}, projection)
 
     async def count_documents(self, spec: Mapping[str, Any]) -> int:
         return len(self._query(spec, None))
 
-    def _modify(self, doc: Doc, update: Mapping[str, Any]) -> None:
-        new = dict(doc)
-        _apply_update(new, update, inserting=False)
+    def _modify(self, doc: Doc, update: Mapping[str, Any], spec: Mapping[str, Any] = {}) -> None:  # noqa: B006
+        new = _copy(doc)
+        _apply_update(new, update, inserting=False, spec=spec)
         self._check_unique(new, ignore=doc["_id"])
         self._unindex(doc)
         doc.clear()
@@ -362,7 +401,7 @@ class DictCollection:
     async def update_one(self, spec: Mapping[str, Any], update: Mapping[str, Any], upsert: bool = False) -> _Result:
         docs = self._query(spec, None, 0, 1)
         if docs:
-            self._modify(docs[0], update)
+            self._modify(docs[0], update, spec)
             return _Result(matched_count=1, modified_count=1)
         if upsert:
             return _Result(upserted_id=self._upsert(spec, update), upserted_count=1)
@@ -371,7 +410,7 @@ class DictCollection:
     async def update_many(self, spec: Mapping[str, Any], update: Mapping[str, Any]) -> _Result:
         docs = self._query(spec, None)
         for doc in docs:
-            self._modify(doc, update)
+            self._modify(doc, update, spec)
         return _Result(matched_count=len(docs), modified_count=len(docs))
 
     async def find_one_and_update(
@@ -386,7 +425,7 @@ class DictCollection:
         if not docs:
             return None
         before = _copy(docs[0])
-        self._modify(docs[0], update)
+        self._modify(docs[0], update, spec)
         return _project(docs[0] if return_document == ReturnDocument.AFTER else before, projection)
 
     async def bulk_write(self, requests: Sequence[Any], ordered: bool = True) -> _Result:

@@ -6,6 +6,11 @@ A :class:`GroupCommit` takes items from many tasks and hands them to one
 and go out together in the next one. Every caller's ``await submit(item)``
 returns only after the batch holding its item was written, so a step's
 result is durable before its handler continues.
+
+One item's bad data never fails another's write: ``flush`` reports errors
+per item, and when a whole batch fails with an error that ``isolate`` says
+may belong to one item alone (a value the driver cannot encode, say), its
+items are flushed again one by one, so the error reaches only its owner.
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ class GroupCommit(Generic[T, R]):
     ``flush`` may return an exception in place of a result to fail just that item.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], max_batch: int = 500):
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        max_batch: int = 500,
+        isolate: Callable[[BaseException], bool] | None = None,
+    ):
         self._flush = flush
         self._max = max_batch
+        self._isolate = isolate or (lambda _exc: False)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -47,22 +58,32 @@ class GroupCommit(Generic[T, R]):
             batch, self._pending = self._pending[: self._max], self._pending[self._max :]
             self.batches += 1
             self.items += len(batch)
-            try:
-                results = await self._flush([item for item, _ in batch])
-            except BaseException as exc:  # every item of the batch failed the same way
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            raise
+        except Exception as exc:
+            if len(batch) > 1 and self._isolate(exc):
+                for one in batch:
+                    await self._write([one])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 def _observe(future: asyncio.Future[Any]) -> None:

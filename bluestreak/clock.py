@@ -1,12 +1,23 @@
-"""An injectable clock: the worker and the context ask it for the time and to sleep."""
+"""Time: an injectable clock, and one clock for all workers — the database's.
+
+Leases, due times and deadlines are compared across processes, so they must
+not depend on the workers' clocks agreeing. :class:`ServerClock` takes the
+time from the database: it measures the offset between the local clock and
+the server's (``hello.localTime``), halving the round trip, and adds it to
+every reading. A worker whose own clock runs a minute behind therefore still
+writes lease expiries the others agree with. See ``docs/reliability.md``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Clock(Protocol):
     """What bluestreak needs of time. Replace it in tests (see ``bluestreak.testing``)."""
 
@@ -19,17 +30,67 @@ class Clock(Protocol):
         ...
 
 
+def _millis(when: datetime) -> datetime:
+    """Truncated to milliseconds, as BSON stores it."""
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
 class SystemClock:
-    """The real clock, optionally skewed by a fixed offset (used by fault tests)."""
+    """The machine's clock, optionally skewed by a fixed offset (used by fault tests).
+
+    An engine corrects it to the database server's time (:class:`ServerClock`).
+    """
+
+    follows_server = True
 
     def __init__(self, skew: timedelta = timedelta(0)) -> None:
         self.skew = skew
 
     def now(self) -> datetime:
         """The current UTC time plus the skew, truncated to milliseconds as BSON stores it."""
-        now = datetime.now(UTC) + self.skew
-        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return _millis(datetime.now(UTC) + self.skew)
 
     async def sleep(self, seconds: float) -> None:
         """``asyncio.sleep``."""
         await asyncio.sleep(max(0.0, seconds))
+
+
+class ServerClock:
+    """A local clock corrected to the database server's time.
+
+    ``offset`` is what to add to ``local.now()`` to get the server's time; it
+    is measured by :meth:`synchronize` (once at ``engine.init()``, then every
+    minute by a running worker) and is zero until then.
+    """
+
+    def __init__(self, local: Clock) -> None:
+        self.local = local
+        self.offset = timedelta(0)
+        self.uncertainty: float | None = None
+        """Half the round trip of the last measurement, in seconds (``None`` before the first)."""
+        self.synchronized_at: float | None = None
+
+    def now(self) -> datetime:
+        """The server's time as estimated from the local clock."""
+        return _millis(self.local.now() + self.offset)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the local clock (durations do not depend on the offset)."""
+        await self.local.sleep(seconds)
+
+    async def synchronize(self, server_time: Callable[[], Awaitable[datetime | None]]) -> timedelta:
+        """Measure the offset against ``server_time()`` (the server's clock); returns it."""
+        before = self.local.now()
+        started = time.monotonic()
+        remote = await server_time()
+        elapsed = time.monotonic() - started
+        if remote is None:
+            return self.offset
+        midpoint = before + timedelta(seconds=elapsed / 2)
+        # The server reports milliseconds (truncated): its time lies in [remote, remote + 1 ms).
+        measured = remote + timedelta(microseconds=500) - midpoint
+        self.uncertainty = elapsed / 2 + 0.0015
+        # A difference the measurement cannot tell from zero is not corrected: same-host clocks stay exact.
+        self.offset = measured if abs(measured.total_seconds()) > self.uncertainty else timedelta(0)
+        self.synchronized_at = time.monotonic()
+        return self.offset

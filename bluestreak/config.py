@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import Clock, SystemClock
+from .clock import Clock, ServerClock, SystemClock
 from .durations import to_seconds
 from .errors import InvalidArgument
 
@@ -37,6 +37,7 @@ class Settings:
     retention_failed: float | None = None
     purge_interval: float = 60.0
     change_streams: bool = False
+    write_concern: str | int = "majority"
     error_callback: ErrorCallback | None = None
     should_stop: Callable[[], bool] | None = None
     worker_id: str = field(default_factory=default_worker_id)
@@ -85,6 +86,16 @@ class Settings:
             values["change_streams"] = bool(given["change_streams"])
         if given.get("clock") is not None:
             values["clock"] = given["clock"]
+        clock = values.get("clock") or SystemClock()
+        # Leases are compared across machines: a clock that follows the server's is corrected to it.
+        values["clock"] = ServerClock(clock) if getattr(clock, "follows_server", False) else clock
+        if given.get("write_concern") is not None:
+            wc = given["write_concern"]
+            if isinstance(wc, bool) or not (wc == "majority" or (isinstance(wc, int) and wc >= 1)):
+                raise InvalidArgument(
+                    f"write_concern must be 'majority' (the default) or a number of nodes >= 1, got {wc!r}"
+                )
+            values["write_concern"] = wc
         settings = cls(**values)
         if settings.sleep_threshold >= settings.lease_duration:
             raise InvalidArgument(

@@ -4,6 +4,19 @@ A handler runs from the top on every claim. Each ``ctx`` call first looks for
 its record (loaded once per claim, one query per collection); if there is one,
 the recorded value is returned (or the recorded error raised) without running
 anything. Otherwise it does the work and records it, first writer wins.
+
+How a run stops early. When a ``ctx`` call finds that the run must stop — a
+sleep or event wait longer than ``sleep_threshold``, a pending pause, a lost
+lease, a database outage — it records *why* on the context (its
+:attr:`~WorkflowContext.interrupt`) and *parks*: it never returns. Once no
+step is in flight any more (a suspension lets the steps already running
+finish and be recorded; a lost lease or an outage does not wait), the
+context cancels the handler's task and every task that made a ``ctx`` call.
+Cancellation is how asyncio unwinds anything, so ``asyncio.gather``,
+``asyncio.TaskGroup``, ``asyncio.wait`` and tasks the handler created all
+unwind as they always do, and ``except Exception:`` cannot swallow it. The
+worker then writes the outcome the interrupt names. Any ``ctx`` call made
+while unwinding (in a ``finally:``) raises ``CancelledError`` again.
 """
 
 from __future__ import annotations
@@ -15,15 +28,13 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-
-from pymongo.errors import PyMongoError
+from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from .clock import Clock
 from .codec import error_info, import_type, prepare, restore
-from .durations import parse_duration
+from .durations import Duration, parse_duration
 from .errors import (
     EventTimeoutError,
     InvalidArgument,
@@ -32,29 +43,71 @@ from .errors import (
     StepIdReused,
     StepRetriesExceededError,
     StepTimeoutError,
-    StoreUnavailable,
-    Suspended,
+    StrayCancellation,
 )
 from .handlers import check_id
 from .metrics import Metrics
 from .records import Status
 from .retry import RetryPolicy
-from .store import Doc, Store
+from .store import Doc, Store, is_transient
 from .tracing import step_span
+from .transitions import DROP_EVENT, TAKE_EVENT, Transition
 
 log = logging.getLogger("bluestreak.context")
-_parent_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("bluestreak_parent_step", default=None)
 T = TypeVar("T")
 DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
 
 
+@dataclass(eq=False, slots=True)
+class _Call:
+    """A step in flight: its body runs (or it retries, or records). Nested steps point at their parent."""
+
+    step_id: str
+    parent: _Call | None
+    blocked: bool = False
+    """A ctx call inside it parked: it cannot finish in this run, so a suspension does not wait for it."""
+
+
+_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("bluestreak_step", default=None)
+
+
 @dataclass(slots=True)
 class Suspension:
-    """Why and until when a run stops early; the worker writes it."""
+    """The run releases its lease until ``due_at``: a sleep, a retry delay, an event wait or a pause."""
 
     status: Status
     due_at: datetime | None
     inbox: int | None = None
+    """For a wait: the inbox counter at the claim; the suspension is written only if it is unchanged."""
+
+    def merge(self, other: Suspension) -> Suspension:
+        """Two branches suspended: a pause wins; a wait for an event beats a sleep; the earliest due time counts."""
+        if Status.PAUSED in (self.status, other.status):
+            return Suspension(Status.PAUSED, None)
+        waiting = Status.WAITING in (self.status, other.status)
+        dues = [d for d in (self.due_at, other.due_at) if d is not None]
+        inbox = self.inbox if self.inbox is not None else other.inbox
+        return Suspension(Status.WAITING if waiting else Status.SLEEPING, min(dues, default=None), inbox)
+
+
+@dataclass(slots=True)
+class Stop:
+    """The run stops without a suspension: its lease is gone, the database failed, or a write was refused."""
+
+    kind: Literal["lease_lost", "store", "failure"]
+    error: BaseException | None = None
+
+
+Interrupt = Suspension | Stop
+
+
+@dataclass(slots=True)
+class _Unwind:
+    """What the context cancels, once, when it unwinds."""
+
+    done: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)  # ordered: deterministic cancel order
 
 
 class WorkflowContext:
@@ -76,6 +129,8 @@ class WorkflowContext:
         attempt: int,
         worker_id: str,
         inbox: int,
+        token: str = "",
+        taken: Sequence[Doc] = (),
         steps: Sequence[Doc] = (),
         naps: Sequence[Doc] = (),
         sleep_threshold: float = 2.0,
@@ -86,8 +141,9 @@ class WorkflowContext:
         self.run = run
         self.attempt = attempt
         self.worker_id = worker_id
-        self._store: Any = _Guarded(store)
+        self._store = store
         self._clock = clock
+        self._token = token
         self._inbox = inbox
         self._threshold = sleep_threshold
         self._metrics = metrics or Metrics()
@@ -99,25 +155,65 @@ class WorkflowContext:
         for rid, rec in (*self._steps.items(), *self._naps.items()):
             if rec.get("parent") is not None:
                 self._children.setdefault(rec["parent"], []).append(rid)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.suspension: Suspension | None = None
+        self._taken: dict[str, Any] = {t["c"]: t["e"] for t in taken}  # consumer -> reserved event id
+        self.settled: list[str] = []
+        """Consumers whose wait is recorded: their reservations are dropped by the outcome write."""
+        self._event_lock = asyncio.Lock()
+        self._inflight: list[_Call] = []
+        self._unwind = _Unwind()
+        self._handler: asyncio.Task[Any] | None = None
+        self.interrupt: Interrupt | None = None
+        """Why the run stops early, once a ctx call decided it (read by the worker)."""
         self.pause_requested = False
+        """Set by the worker when an operator asked to pause: the run stops at its next top-level ctx call."""
 
     # -- the public API ------------------------------------------------------------
+
+    @overload
+    async def step(
+        self,
+        step_id: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        thread: bool = False,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    async def step(
+        self,
+        step_id: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        thread: bool = False,
+        **kwargs: Any,
+    ) -> T: ...
 
     async def step(
         self,
         step_id: str,
-        fn: Callable[[], Awaitable[T]] | Callable[[], T],
-        *,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
         retries: RetryPolicy | None = None,
-        timeout: object | None = None,
-    ) -> T:
-        """Run ``fn`` once and record its result; on replay return the record.
+        timeout: Duration | None = None,
+        thread: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` once and record its result; on replay return the record.
 
-        ``fn`` takes no arguments (use a lambda or ``functools.partial``). An
-        ``async def`` function is awaited; a plain function runs in a thread
-        (and if it returns an awaitable, that is awaited too).
+        ``fn`` runs on the event loop: an ``async def`` function (or a lambda
+        returning a coroutine) is awaited; a plain function is called, and an
+        awaitable it returns is awaited. Pass ``thread=True`` to run blocking
+        code in a worker thread instead. ``retries``, ``timeout`` and ``thread``
+        are this method's own; pass arguments of those names to ``fn`` with
+        ``functools.partial``.
 
         Without ``retries`` an exception from ``fn`` propagates unrecorded: the
         handler fails and the workflow is retried later, running this step
@@ -129,18 +225,23 @@ class WorkflowContext:
         Recorded errors are raised again identically on every replay.
         """
         self._claim_id(step_id, "step id")
+        if not callable(fn):
+            raise InvalidArgument(f"{self._where(step_id)}: fn must be callable, got {type(fn).__name__}")
         if retries is not None and not isinstance(retries, RetryPolicy):
             raise InvalidArgument(f"{self._where(step_id)}: retries must be a RetryPolicy, got {retries!r}")
+        if not isinstance(thread, bool):
+            raise InvalidArgument(f"{self._where(step_id)}: thread must be True or False, got {thread!r}")
         timeout_s = None if timeout is None else parse_duration(timeout, name="step timeout").total_seconds()
         if timeout_s is not None and timeout_s <= 0:
             raise InvalidArgument(f"{self._where(step_id)}: timeout must be greater than zero, got {timeout!r}")
-        with self._tracked():
-            record = self._steps.get(step_id)
-            if record is not None and record.get("status") != "pending":
-                return self._replay(record)  # type: ignore[no-any-return]
-            return await self._run_step(step_id, fn, record, retries, timeout_s)  # type: ignore[no-any-return]
+        await self._boundary()
+        record = self._steps.get(step_id)
+        if record is not None and record.get("status") != "pending":
+            return self._replay(record)
+        body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+        return await self._run_step(step_id, body, record, retries, timeout_s, thread)
 
-    async def sleep(self, nap_id: str, duration: object) -> None:
+    async def sleep(self, nap_id: str, duration: Duration) -> None:
         """Sleep durably for ``duration`` (seconds, ``timedelta`` or ``"2 hours"``).
 
         The wake-up time is recorded on first reach; a replay sleeps only what
@@ -149,29 +250,17 @@ class WorkflowContext:
         """
         self._claim_id(nap_id, "nap id")
         delta = parse_duration(duration, name=f"duration of nap {nap_id!r}")
-        with self._tracked():
-            await self._nap(nap_id, lambda now: now + delta)
+        await self._boundary()
+        await self._nap(nap_id, lambda now: now + delta)
 
     async def sleep_until(self, nap_id: str, when: datetime | float | int) -> None:
         """Sleep durably until ``when``: an aware ``datetime`` or a Unix timestamp. A past time returns at once."""
         self._claim_id(nap_id, "nap id")
-        if isinstance(when, datetime):
-            if when.tzinfo is None:
-                raise InvalidArgument(
-                    f"{self._where(nap_id)}: sleep_until needs an aware datetime (e.g. datetime(..., tzinfo=UTC)); "
-                    "a naive one is ambiguous across machines"
-                )
-            target = when.astimezone(UTC)
-        elif isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
-            target = datetime.fromtimestamp(when, UTC)
-        else:
-            raise InvalidArgument(
-                f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}"
-            )
-        with self._tracked():
-            await self._nap(nap_id, lambda _now: target)
+        target = self._until(nap_id, when)
+        await self._boundary()
+        await self._nap(nap_id, lambda _now: target)
 
-    async def wait_for_event(self, step_id: str, event_type: str, *, timeout: object = DEFAULT_EVENT_TIMEOUT) -> Any:
+    async def wait_for_event(self, step_id: str, event_type: str, *, timeout: Duration = DEFAULT_EVENT_TIMEOUT) -> Any:
         """Wait for an event of ``event_type`` sent with ``Bluestreak.send_event``; return its payload.
 
         An event sent before the wait is buffered and returned at once; events
@@ -185,7 +274,7 @@ class WorkflowContext:
         return payload
 
     async def wait_for_first_event(
-        self, step_id: str, event_types: Sequence[str], *, timeout: object = DEFAULT_EVENT_TIMEOUT
+        self, step_id: str, event_types: Sequence[str], *, timeout: Duration = DEFAULT_EVENT_TIMEOUT
     ) -> tuple[str, Any]:
         """Wait for the first event of any of ``event_types``; return ``(type, payload)``."""
         self._claim_id(step_id, "step id")
@@ -193,11 +282,12 @@ class WorkflowContext:
             raise InvalidArgument(f"{self._where(step_id)}: event_types must be a non-empty list of str")
         types = [check_id(t, "event type") for t in event_types]
         limit = parse_duration(timeout, name="event timeout")
-        with self._tracked():
-            record = self._steps.get(step_id)
-            if record is not None and record.get("status") != "pending":
-                return self._replay_event(record)
-            return await self._wait_event(step_id, types, record, limit)
+        await self._boundary()
+        record = self._steps.get(step_id)
+        if record is not None and record.get("status") != "pending":
+            self._settle(self._consumer(step_id))
+            return self._replay_event(record)
+        return await self._wait_event(step_id, types, record, limit)
 
     async def patched(self, patch_id: str) -> bool:
         """Whether this run takes the code path of a change made while runs were in flight.
@@ -212,12 +302,12 @@ class WorkflowContext:
         """
         step_id = f"patch:{check_id(patch_id, 'patch id')}"
         self._claim_id(step_id, "patch id")
-        with self._tracked():
-            record = self._steps.get(step_id)
-            if record is not None:
-                return bool(self._replay(record))
-            old_run = bool(self.unreached_records())
-            return bool(await self._record_step(step_id, not old_run, False, 1))
+        await self._boundary()
+        record = self._steps.get(step_id)
+        if record is not None:
+            return bool(self._replay(record))
+        old_run = bool(self.unreached_records())
+        return bool(await self._record_step(step_id, not old_run, False, 1))
 
     def unreached_records(self) -> list[str]:
         """Ids recorded in an earlier execution of this run that this execution did not reach.
@@ -228,90 +318,222 @@ class WorkflowContext:
         recorded = [*self._steps, *self._naps]
         return [i for i in recorded if i not in self._reached]
 
+    # -- stopping early --------------------------------------------------------------
+
+    def bind(self, handler: asyncio.Task[Any]) -> None:
+        """The worker hands over the handler's task: the one to cancel when the run unwinds."""
+        self._handler = handler
+
+    async def unwinding(self) -> None:
+        """Return once the context has cancelled the handler (the run is unwinding)."""
+        await self._unwind.event.wait()
+
+    async def _boundary(self) -> None:
+        """Entering a ctx call: park if the run is stopping; honour a pending pause at the top level."""
+        self._track()
+        if self._unwind.done:
+            raise asyncio.CancelledError()
+        if self.interrupt is not None:
+            await self._park()
+        if self.pause_requested and _current_call.get() is None:
+            await self._halt(Suspension(Status.PAUSED, None))
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and task is not self._handler:
+            self._unwind.tasks[task] = None
+
+    async def _halt(self, interrupt: Interrupt, call: _Call | None = None) -> NoReturn:
+        """Decide that the run stops (merging with what other branches decided), then park."""
+        current = self.interrupt
+        if isinstance(current, Stop):
+            pass  # a lost lease or an outage outranks any suspension
+        elif isinstance(interrupt, Stop) or current is None:
+            self.interrupt = interrupt
+        else:
+            self.interrupt = current.merge(interrupt)
+        await self._park(call)
+
+    async def _park(self, call: _Call | None = None) -> NoReturn:
+        """Never return: wait to be cancelled by :meth:`_unwind_if_ready`."""
+        blocked = call or _current_call.get()
+        while blocked is not None:
+            blocked.blocked = True
+            blocked = blocked.parent
+        self._unwind_if_ready()
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unwind_if_ready(self) -> None:
+        """Cancel the handler once the steps in flight are done (a suspension) or at once (a stop)."""
+        if self._unwind.done or self.interrupt is None:
+            return
+        if isinstance(self.interrupt, Suspension) and any(not c.blocked for c in self._inflight):
+            return  # let the steps already running finish and be recorded
+        self.cancel_all()
+
+    def cancel_all(self) -> None:
+        """Cancel the handler's task and every task that made a ctx call (idempotent)."""
+        self._unwind.done = True
+        self._unwind.event.set()
+        if self._handler is not None and not self._handler.done():
+            self._handler.cancel()
+        for task in self._unwind.tasks:
+            if not task.done():
+                task.cancel()
+
+    async def _db(self, call: Awaitable[T], call_in: _Call | None = None) -> T:
+        """A store call from the context: an outage stops the run (no failure is counted); a refusal fails it."""
+        try:
+            return await call
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                log.info(
+                    "workflow %r: the database failed under a ctx call (%s); the run stops, it runs again after "
+                    "its lease",
+                    self.workflow_id,
+                    type(exc).__name__,
+                    extra=self._fields(call_in.step_id if call_in else None),
+                )
+                await self._halt(Stop("store", exc), call_in)
+            await self._halt(Stop("failure", exc), call_in)
+
+    async def _fenced(self, t: Transition, **args: Any) -> bool:
+        """A write on behalf of this execution, to the workflow document: only while it holds the lease."""
+        return await self._db(self._store.apply_quiet(t, self.workflow_id, self._token, **args))
+
     # -- steps ---------------------------------------------------------------------
 
     async def _run_step(
-        self, step_id: str, fn: Callable[[], Any], record: Doc | None, policy: RetryPolicy | None, timeout: float | None
+        self,
+        step_id: str,
+        fn: Callable[[], Any],
+        record: Doc | None,
+        policy: RetryPolicy | None,
+        timeout: float | None,
+        thread: bool,
     ) -> Any:
+        call = _Call(step_id, _current_call.get())
+        self._inflight.append(call)
+        try:
+            return await self._attempts(call, fn, record, policy, timeout, thread)
+        finally:
+            self._inflight.remove(call)
+            self._unwind_if_ready()
+
+    async def _attempts(
+        self,
+        call: _Call,
+        fn: Callable[[], Any],
+        record: Doc | None,
+        policy: RetryPolicy | None,
+        timeout: float | None,
+        thread: bool,
+    ) -> Any:
+        step_id = call.step_id
         attempt = int(record.get("attempts", 0)) if record else 0
         retry_at: datetime | None = record.get("retry_at") if record else None
         last_error: Doc | None = record.get("error") if record else None
         if record is not None and retry_at is None and attempt > 0 and policy is not None and attempt > policy.limit:
-            return await self._fail_step(step_id, self._exhausted(step_id, attempt, last_error, lost=True), record)
+            return await self._fail_step(call, self._exhausted(step_id, attempt, last_error, lost=True), record)
         while True:
             if retry_at is not None:
-                await self._wait_until(retry_at, Status.SLEEPING)
+                await self._wait_until(retry_at, Status.SLEEPING, call)
                 retry_at = None
             attempt += 1
             if attempt > 1:
-                existing = await self._mark_pending(step_id, {"attempts": attempt, "retry_at": None})
+                existing = await self._mark_pending(call, {"attempts": attempt, "retry_at": None})
                 if existing is not None:
                     return self._replay(existing)
                 record = record or {"status": "pending"}
             started = self._clock.now()
             try:
-                value = await self._attempt(step_id, fn, timeout, attempt)
+                value = await self._attempt(call, fn, timeout, attempt, thread)
             except NonRetryableError as exc:
-                return await self._fail_step(step_id, exc, record)
+                return await self._fail_step(call, exc, record)
             except Exception as exc:
-                if policy is None:
-                    if isinstance(exc, StepTimeoutError):
-                        return await self._fail_step(step_id, exc, record)
+                if policy is None or policy.never_retries(exc):
+                    if isinstance(exc, StepTimeoutError) or policy is not None:
+                        return await self._fail_step(call, _as_step_error(exc, self._where(step_id)), record)
                     raise
                 last_error = error_info(exc).to_doc()
                 if attempt > policy.limit:
-                    return await self._fail_step(step_id, self._exhausted(step_id, attempt, last_error), record)
+                    return await self._fail_step(call, self._exhausted(step_id, attempt, last_error), record)
                 delay = policy.delay_before(attempt)
                 self._metrics.step_retries += 1
                 log.info(
-                    "step %r of workflow %r failed (attempt %d), retrying in %.3gs: %r",
+                    "step %r of workflow %r failed (attempt %d), retrying in %.3gs: %s",
                     step_id,
                     self.workflow_id,
                     attempt,
                     delay.total_seconds(),
-                    exc,
+                    last_error["type"],
                     extra={**self._fields(step_id), "step_attempt": attempt, "error_type": last_error["type"]},
                 )
                 if delay.total_seconds() > self._threshold:
                     retry_at = self._clock.now() + delay
                     pending = {"attempts": attempt, "retry_at": retry_at, "error": last_error}
-                    existing = await self._mark_pending(step_id, pending)
+                    existing = await self._mark_pending(call, pending)
                     if existing is not None:  # another execution recorded the step meanwhile
                         return self._replay(existing)
                     record = record or {"status": "pending"}
                 else:
                     await self._clock.sleep(delay.total_seconds())
                 continue
-            return await self._record_step(step_id, value, record is not None, attempt, started)
+            return await self._record_step(step_id, value, record is not None, attempt, started, call)
 
-    async def _attempt(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
-        token = _parent_step.set(step_id)  # ctx calls made by fn are nested in this step
+    async def _attempt(
+        self, call: _Call, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
+    ) -> Any:
+        token = _current_call.set(call)  # ctx calls made by fn are nested in this step
         try:
-            with step_span(self.workflow_id, step_id, attempt):
-                return await self._attempt_once(step_id, fn, timeout, attempt)
+            with step_span(self.workflow_id, call.step_id, attempt):
+                return await self._attempt_once(call.step_id, fn, timeout, attempt, thread)
         finally:
-            _parent_step.reset(token)
+            _current_call.reset(token)
 
-    async def _attempt_once(self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int) -> Any:
-        if timeout is None:
-            return await _call(fn)
+    async def _attempt_once(
+        self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
+    ) -> Any:
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
         try:
-            async with asyncio.timeout(timeout) as scope:
-                return await _call(fn)
-        except TimeoutError:
-            if scope.expired():
-                raise StepTimeoutError(
-                    f"{self._where(step_id)} exceeded its timeout of {timeout:g}s (attempt {attempt})"
-                ) from None
-            raise
+            if timeout is None:
+                return await _call(fn, thread)
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    return await _call(fn, thread)
+            except TimeoutError:
+                if scope.expired():
+                    raise StepTimeoutError(
+                        f"{self._where(step_id)} exceeded its timeout of {timeout:g}s (attempt {attempt})",
+                        timeout=timeout,
+                        step_id=step_id,
+                    ) from None
+                raise
+        except asyncio.CancelledError:
+            if task is not None and task.cancelling() > before:
+                raise  # a real cancellation: the run unwinds
+            raise StrayCancellation(
+                f"{self._where(step_id)} raised CancelledError though nothing cancelled it (attempt {attempt}); "
+                "raise an ordinary exception to fail a step"
+            ) from None
 
     async def _record_step(
-        self, step_id: str, value: Any, pending: bool, attempts: int, started: datetime | None = None
+        self,
+        step_id: str,
+        value: Any,
+        pending: bool,
+        attempts: int,
+        started: datetime | None = None,
+        call: _Call | None = None,
     ) -> Any:
-        stored, tag, seen = prepare(value, self._where(step_id))
+        stored, tag, seen = prepare(value, f"the result of {self._where(step_id)}")
         now = self._clock.now()
         fields: Doc = {"status": "done", "output": stored, "output_type": tag, "attempts": attempts, "recorded_at": now}
-        existing = await self._write_final(step_id, fields, pending, started or now)
+        existing = await self._write_final(step_id, fields, pending, started or now, call)
         if existing is not None:
             log.info(
                 "step %r of workflow %r was recorded by another execution; using its record",
@@ -322,12 +544,13 @@ class WorkflowContext:
             return self._replay(existing)
         return seen
 
-    async def _fail_step(self, step_id: str, exc: BaseException, record: Doc | None) -> Any:
-        info = error_info(exc).to_doc()
+    async def _fail_step(self, call: _Call, exc: BaseException, record: Doc | None) -> Any:
+        info: Doc = dict(error_info(exc).to_doc())
         info["class"] = f"{type(exc).__module__}:{type(exc).__qualname__}"
-        for attr in ("attempts", "error_type", "error_message"):
-            if hasattr(exc, attr):
-                info[attr] = getattr(exc, attr)
+        for attr in _ERROR_ATTRS:
+            value = getattr(exc, attr, None)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                info[attr] = value
         now = self._clock.now()
         fields: Doc = {
             "status": "failed",
@@ -335,7 +558,7 @@ class WorkflowContext:
             "attempts": int(info.get("attempts") or 1),
             "recorded_at": now,
         }
-        existing = await self._write_final(step_id, fields, record is not None, now)
+        existing = await self._write_final(call.step_id, fields, record is not None, now, call)
         return self._replay(existing if existing is not None else {"status": "failed", "error": info})
 
     def _exhausted(self, step_id: str, attempts: int, last: Doc | None, lost: bool = False) -> StepRetriesExceededError:
@@ -347,6 +570,7 @@ class WorkflowContext:
             attempts=attempts,
             error_type=etype,
             error_message=emsg,
+            step_id=step_id,
         )
 
     def _replay_event(self, record: Doc) -> tuple[str, Any]:
@@ -364,52 +588,76 @@ class WorkflowContext:
 
     # -- sleeps and events ---------------------------------------------------------
 
+    def _until(self, nap_id: str, when: object) -> datetime:
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise InvalidArgument(
+                    f"{self._where(nap_id)}: sleep_until needs an aware datetime (e.g. datetime(..., tzinfo=UTC)); "
+                    "a naive one is ambiguous across machines"
+                )
+            return when.astimezone(UTC)
+        if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
+            try:
+                return datetime.fromtimestamp(when, UTC)
+            except (OverflowError, OSError, ValueError):
+                raise InvalidArgument(
+                    f"{self._where(nap_id)}: sleep_until got the timestamp {when!r}, outside the years 1-9999; "
+                    "pass seconds since 1970 (time.time()) or an aware datetime"
+                ) from None
+        raise InvalidArgument(f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}")
+
     async def _nap(self, nap_id: str, wake: Callable[[datetime], datetime]) -> None:
         record = self._naps.get(nap_id)
         if record is None:
             now = self._clock.now()
-            wake_at = wake(now)
+            try:
+                wake_at = wake(now)
+            except OverflowError:
+                raise InvalidArgument(f"{self._where(nap_id)}: the wake-up time is past the year 9999") from None
+            call = _current_call.get()
             doc: Doc = {
                 "workflow_id": self.workflow_id,
                 "run": self.run,
                 "nap_id": nap_id,
-                "parent": _parent_step.get(),
+                "parent": call.step_id if call else None,
                 "wake_at": wake_at,
                 "created_at": now,
             }
-            existing = await self._store.insert_record("naps", doc)
+            existing = await self._db(self._store.insert_record("naps", doc))
             record = existing if existing is not None else doc
             self._naps[nap_id] = record
         await self._wait_until(record["wake_at"], Status.SLEEPING)
 
-    async def _wait_until(self, when: datetime, status: Status) -> None:
+    async def _wait_until(self, when: datetime, status: Status, call: _Call | None = None) -> None:
         remaining = (when - self._clock.now()).total_seconds()
         if remaining <= 0:
             return
         if remaining <= self._threshold:
             await self._clock.sleep(remaining)
             return
-        self._suspend(Suspension(status, when))
+        await self._halt(Suspension(status, when), call)
 
     async def _wait_event(
         self, step_id: str, types: list[str], record: Doc | None, limit: timedelta
     ) -> tuple[str, Any]:
-        inbox = self._inbox
-        event = await self._store.consume_event(
-            self.workflow_id, types, self._consumer(step_id), self.run, self._clock.now()
-        )
+        consumer = self._consumer(step_id)
+        event = await self._take_event(consumer, types)
         if event is not None:
-            payload = restore(event.get("payload"), event.get("payload_type"))
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
-            existing = await self._record_raw(step_id, value, record is not None)
+            now = self._clock.now()
+            fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
+            existing = await self._write_final(step_id, fields, record is not None, now)
+            self._settle(consumer)
             if existing is not None:
                 return self._replay_event(existing)
-            return event["type"], payload
+            return event["type"], restore(event.get("payload"), event.get("payload_type"))
         now = self._clock.now()
         deadline: datetime | None = record.get("deadline") if record else None
         if deadline is None:
             deadline = now + limit
-            existing = await self._mark_pending(step_id, {"deadline": deadline, "event_types": types})
+            existing = await self._mark_pending(
+                _Call(step_id, _current_call.get()), {"deadline": deadline, "event_types": types}
+            )
             if existing is not None:
                 return self._replay_event(existing)
         if now >= deadline:
@@ -417,22 +665,78 @@ class WorkflowContext:
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
                 f"within {limit.total_seconds():g}s"
             )
-            await self._fail_step(step_id, err, {"status": "pending"})
-        self._suspend(Suspension(Status.WAITING, deadline, inbox=inbox))
-        raise AssertionError("unreachable")  # pragma: no cover
+            await self._fail_step(_Call(step_id, _current_call.get()), err, {"status": "pending"})
+        await self._halt(Suspension(Status.WAITING, deadline, inbox=self._inbox))
 
-    async def _mark_pending(self, step_id: str, fields: Doc) -> Doc | None:
+    async def _take_event(self, consumer: str, types: list[str]) -> Doc | None:
+        """Take the oldest buffered event of ``types`` for one wait, or ``None``; fenced by the lease.
+
+        The reservation (on the workflow document) comes first, then the mark
+        on the event; the reservation this wait already holds, from an
+        earlier execution of this run, is used again.
+        """
+        async with self._event_lock:  # one consumption at a time in this execution: ordered, no self-races
+            held = self._taken.get(consumer)
+            if held is not None:
+                mine = await self._mark(held, consumer)
+                if mine is not None:
+                    return mine
+            elif self._inbox == 0:
+                return None  # nothing was ever sent: a send after the claim moves the inbox and fails the suspend
+            while True:
+                reserved = set(self._taken.values())
+                found = await self._db(
+                    self._store.event_candidates(self.workflow_id, types, self.run, limit=len(reserved) + 1)
+                )
+                free = [e for e in found if e["_id"] not in reserved]
+                if not free:
+                    return None
+                event_id = free[0]["_id"]
+                if not await self._fenced(TAKE_EVENT, consumer=consumer, event=event_id):
+                    await self._reread_reservations()
+                    if consumer in self._taken:
+                        return await self._take_event_held(consumer)
+                    continue
+                self._taken[consumer] = event_id
+                mine = await self._mark(event_id, consumer)
+                if mine is not None:
+                    return mine
+
+    async def _take_event_held(self, consumer: str) -> Doc | None:
+        mine = await self._mark(self._taken[consumer], consumer)
+        return mine
+
+    async def _mark(self, event_id: Any, consumer: str) -> Doc | None:
+        """Mark a reserved event consumed; if its sender withdrew it meanwhile, drop the reservation."""
+        now = self._clock.now()
+        marked: Doc | None = await self._db(self._store.mark_consumed(event_id, consumer, self.run, now))
+        if marked is not None:
+            return marked
+        self._taken.pop(consumer, None)
+        if not await self._fenced(DROP_EVENT, event=event_id):
+            await self._reread_reservations()
+        return None
+
+    async def _reread_reservations(self) -> None:
+        """A fenced write missed: if the lease is gone, stop; else take the document's reservations as they are."""
+        doc = await self._db(self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "taken": 1}))
+        if doc is None or doc.get("lease") != self._token or doc.get("status") != Status.RUNNING.value:
+            await self._halt(Stop("lease_lost"))
+        self._taken = {t["c"]: t["e"] for t in doc.get("taken") or []}
+
+    def _settle(self, consumer: str) -> None:
+        if consumer in self._taken and consumer not in self.settled:
+            self.settled.append(consumer)
+
+    async def _mark_pending(self, call: _Call, fields: Doc) -> Doc | None:
         """Create or update this step's pending record; the final record instead, if one exists."""
-        fields = {**fields, "parent": _parent_step.get(), "updated_at": self._clock.now()}
-        existing: Doc | None = await self._store.mark_pending(self._key(step_id), fields)
+        fields = {**fields, "parent": call.parent.step_id if call.parent else None, "updated_at": self._clock.now()}
+        existing: Doc | None = await self._db(self._store.mark_pending(self._key(call.step_id), fields), call)
         return existing
 
-    async def _record_raw(self, step_id: str, value: Doc, pending: bool) -> Doc | None:
-        now = self._clock.now()
-        fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
-        return await self._write_final(step_id, fields, pending, now)
-
-    async def _write_final(self, step_id: str, fields: Doc, pending: bool, started: datetime) -> Doc | None:
+    async def _write_final(
+        self, step_id: str, fields: Doc, pending: bool, started: datetime, call: _Call | None = None
+    ) -> Doc | None:
         """Record a step's final outcome, first writer wins; ``None`` if ours is the record.
 
         Otherwise returns the final record another execution wrote first. A
@@ -440,13 +744,15 @@ class WorkflowContext:
         event deadline, written after this one loaded its history) is not a
         result: it is finished with ours, unless a final one beat us to that too.
         """
+        parent = call.parent if call is not None else _current_call.get()
         if not pending:
-            existing: Doc | None = await self._store.insert_record(
-                "steps", {**self._record_base(step_id), "started_at": started, **fields}
+            base = {**self._key(step_id), "parent": parent.step_id if parent else None}
+            existing: Doc | None = await self._db(
+                self._store.insert_record("steps", {**base, "started_at": started, **fields}), call
             )
             if existing is None or existing.get("status") != "pending":
                 return existing
-        final: Doc | None = await self._store.finalize_step(self._key(step_id), fields)
+        final: Doc | None = await self._db(self._store.finalize_step(self._key(step_id), fields), call)
         return final
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -462,44 +768,14 @@ class WorkflowContext:
         self._used.add(id_)
         self._reached.add(id_)
 
-    def _suspend(self, suspension: Suspension) -> None:
-        current = self.suspension
-        if current is None or (
-            suspension.due_at is not None and current.due_at is not None and suspension.due_at < current.due_at
-        ):
-            self.suspension = suspension
-        raise Suspended(suspension.status.value)
-
-    class _Tracker:
-        def __init__(self, ctx: WorkflowContext) -> None:
-            self.ctx = ctx
-            self.task: asyncio.Task[Any] | None = None
-
-        def __enter__(self) -> None:
-            ctx = self.ctx
-            if ctx.suspension is not None:
-                raise Suspended(ctx.suspension.status.value)
-            if ctx.pause_requested:
-                ctx._suspend(Suspension(Status.PAUSED, None))
-            self.task = asyncio.current_task()
-            if self.task is not None:
-                ctx._tasks.add(self.task)
-
-        def __exit__(self, *exc: object) -> None:
-            if self.task is not None:
-                self.ctx._tasks.discard(self.task)
-
-    def _tracked(self) -> WorkflowContext._Tracker:
-        return WorkflowContext._Tracker(self)
-
     def cancel_stragglers(self) -> None:
         """Cancel ctx calls still running in side tasks (parallel steps) after the handler ended."""
         current = asyncio.current_task()
-        for task in list(self._tasks):
+        for task in self._unwind.tasks:
             if task is not current and not task.done():
                 task.cancel()
 
-    def _fields(self, step_id: str) -> dict[str, Any]:
+    def _fields(self, step_id: str | None) -> dict[str, Any]:
         """Structured log fields of a step (``extra=`` of each record)."""
         return {
             "workflow_id": self.workflow_id,
@@ -508,9 +784,6 @@ class WorkflowContext:
             "attempt": self.attempt,
             "worker_id": self.worker_id,
         }
-
-    def _record_base(self, step_id: str) -> Doc:
-        return {**self._key(step_id), "parent": _parent_step.get()}
 
     def _key(self, step_id: str) -> Doc:
         return {"workflow_id": self.workflow_id, "run": self.run, "step_id": step_id}
@@ -531,39 +804,23 @@ class WorkflowContext:
         return f"step {step_id!r} of workflow {self.workflow_id!r}"
 
 
-class _Guarded:
-    """The store as the context sees it: a database error becomes ``StoreUnavailable``.
-
-    That interrupt stops the run without counting a handler failure (a
-    database outage is not the workflow's fault), and a handler's
-    ``except Exception`` cannot mistake it for its own error. Errors of the
-    user's own code inside a step are not touched: they never pass through here.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(self._store, name)
-
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except PyMongoError as exc:
-                raise StoreUnavailable(f"{name}: {exc}") from exc
-
-        return guarded
-
-
-async def _call(fn: Callable[[], Any]) -> Any:
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    if inspect.iscoroutinefunction(target):
-        return await fn()
-    result = await asyncio.to_thread(fn)
+async def _call(fn: Callable[[], Any], thread: bool) -> Any:
+    """Run a step's function on the event loop (or in a thread), awaiting what it returns."""
+    result = await asyncio.to_thread(fn) if thread else fn()
     if inspect.isawaitable(result):
         result = await result
     return result
 
+
+def _as_step_error(exc: Exception, where: str) -> StepError:
+    if isinstance(exc, StepError):
+        return exc
+    err = NonRetryableError(f"{where} raised {type(exc).__qualname__}, which its retry policy never retries: {exc}")
+    err.error_type = type(exc).__qualname__  # type: ignore[attr-defined]
+    return err
+
+
+_ERROR_ATTRS = ("attempts", "error_type", "error_message", "step_id", "timeout")
 
 _KNOWN: dict[str, type[StepError]] = {
     cls.__qualname__: cls
@@ -572,7 +829,7 @@ _KNOWN: dict[str, type[StepError]] = {
 
 
 def _rebuild_error(info: Doc) -> StepError:
-    """Recreate a recorded step error: the same class where it can be imported, the same message."""
+    """Recreate a recorded step error: the same class where it can be imported, the same message and attributes."""
     cls: type[StepError] = NonRetryableError
     path = info.get("class") or ""
     try:
@@ -583,7 +840,7 @@ def _rebuild_error(info: Doc) -> StepError:
         cls = _KNOWN.get(path.rpartition(":")[2], NonRetryableError)
     exc = cls.__new__(cls)
     Exception.__init__(exc, info.get("message", ""))
-    for attr in ("attempts", "error_type", "error_message"):
+    for attr in _ERROR_ATTRS:
         if attr in info:
             setattr(exc, attr, info[attr])
     return exc

@@ -12,29 +12,29 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .clock import ServerClock
 from .codec import prepare, restore
 from .config import ErrorCallback, Settings
+from .controls import Controls
 from .durations import parse_duration, to_seconds
 from .errors import (
     HandlerNotFound,
     InvalidArgument,
-    InvalidTransition,
     WaitTimeout,
     WorkflowFailed,
     WorkflowNotFound,
 )
 from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
+from .inspection import Inspector
 from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
-from .store import FINAL, Doc, Store, expiry
+from .store import Doc, Store
 from .tracing import carrier
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
 F = TypeVar("F", bound=HandlerFn)
 StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
-
-_PAUSABLE = [Status.IDLE.value, Status.FAILED.value, Status.SLEEPING.value, Status.WAITING.value]
 
 
 class StartResult:
@@ -144,6 +144,10 @@ class Bluestreak:
         self._stop_requested = False
         self.metrics = Metrics()
         """Counters of this engine and its worker: ``engine.metrics.snapshot()``."""
+        self._controls = Controls(
+            lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
+        )
+        self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
 
     # -- handlers --------------------------------------------------------------------
 
@@ -220,14 +224,24 @@ class Bluestreak:
                 options = {"appname": "bluestreak", **self._client_options, "tz_aware": True, "tzinfo": UTC}
                 self._client = AsyncMongoClient(self.db_url, **options)
                 database = self._client[self.db_name]
-        store = Store(database, self._prefix)
+        store = Store(database, self._prefix, self.settings.write_concern)
         await store.create_indexes()
+        if isinstance(self.settings.clock, ServerClock):
+            await self.settings.clock.synchronize(store.server_time)
         self._store = store
 
     async def close(self) -> None:
-        """Stop a running ``poll()`` and close the connection this engine opened."""
-        if self._worker is not None:
-            self._worker.stop()
+        """Stop a running ``poll()`` — gracefully, as :meth:`stop` does — then close the connection.
+
+        Leaving ``async with engine:`` while ``poll()`` runs therefore lets the
+        steps in flight finish and be recorded (up to ``shutdown_grace``) before
+        the client closes.
+        """
+        worker = self._worker
+        if worker is not None:
+            worker.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.finished.wait(), timeout=2 * self.settings.shutdown_grace + 10)
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -336,7 +350,7 @@ class Bluestreak:
         elif delay is not None:
             due = now + parse_duration(delay, name="delay")
         spec = self._handlers.get(handler_id)
-        where = f"input of workflow {workflow_id!r}"
+        where = f"the input of workflow {workflow_id!r}"
         if spec is not None and spec.input_adapter is not None:
             stored, tag, _ = prepare(spec.dump_input(spec.validate_input(input, workflow_id)), where)
         else:
@@ -356,6 +370,8 @@ class Bluestreak:
             "run": 0,
             "attempt": 0,
             "inbox": 0,
+            "taken": [],
+            "attempt_log": [],
             "result": None,
             "result_type": None,
             "error": None,
@@ -445,7 +461,7 @@ class Bluestreak:
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
         """The workflow as stored; raises :class:`WorkflowNotFound`."""
-        return _workflow(await self._existing(workflow_id, None))
+        return await self._inspector.get_workflow(workflow_id)
 
     async def list_workflows(
         self,
@@ -458,77 +474,30 @@ class Bluestreak:
         skip: int = 0,
     ) -> list[WorkflowRecord]:
         """Workflows, newest first, filtered by status, handler and creation time; paginate with ``skip``."""
-        query: Doc = {}
-        if status is not None:
-            query["status"] = _status_value(status)
-        if handler_id is not None:
-            query["handler"] = check_id(handler_id, "handler id")
-        window: Doc = {}
-        for op, when in (("$gte", created_after), ("$lt", created_before)):
-            if when is not None:
-                if not isinstance(when, datetime) or when.tzinfo is None:
-                    raise InvalidArgument(f"created_after/created_before must be aware datetimes, got {when!r}")
-                window[op] = when
-        if window:
-            query["created_at"] = window
-        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-            raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
-        return [_workflow(d) for d in await self.store.find_workflows(query, limit=limit, skip=skip)]
+        return await self._inspector.list_workflows(
+            status=status,
+            handler_id=handler_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            skip=skip,
+        )
 
     async def stats(self) -> Stats:
         """Counts by handler and status, and how long the oldest due workflow has waited for a worker."""
-        counts: dict[str, dict[str, int]] = {}
-        by_status: dict[str, int] = {}
-        for row in await self.store.count_by_status():
-            handler, status = row["_id"]["handler"], row["_id"]["status"]
-            counts.setdefault(handler, {})[status] = row["count"]
-            by_status[status] = by_status.get(status, 0) + row["count"]
-        now = self.settings.clock.now()
-        oldest = await self.store.oldest_due(now)
-        return Stats(counts, by_status, None if oldest is None else (now - oldest).total_seconds())
+        return await self._inspector.stats()
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The recorded steps of the workflow's current run, in order."""
-        doc = await self._existing(workflow_id, {"run": 1})
-        return [
-            StepRecord(
-                workflow_id=d["workflow_id"],
-                step_id=d["step_id"],
-                status=d.get("status", "done"),
-                output=_readable(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
-                error=ErrorInfo.from_doc(d.get("error")),
-                attempts=int(d.get("attempts", 0)),
-                started_at=d.get("started_at"),
-                recorded_at=d.get("recorded_at"),
-            )
-            for d in await self.store.list_steps(workflow_id, doc.get("run", 0))
-        ]
+        return await self._inspector.list_steps(workflow_id)
 
     async def list_naps(self, workflow_id: str) -> list[NapRecord]:
         """The recorded sleeps of the workflow's current run."""
-        doc = await self._existing(workflow_id, {"run": 1})
-        return [
-            NapRecord(
-                workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"]
-            )
-            for d in await self.store.list_naps(workflow_id, doc.get("run", 0))
-        ]
+        return await self._inspector.list_naps(workflow_id)
 
     async def list_events(self, workflow_id: str) -> list[EventRecord]:
         """Events sent to the workflow, buffered and consumed, in the order sent."""
-        await self._status(check_id(workflow_id, "workflow id"))  # raises WorkflowNotFound
-        return [
-            EventRecord(
-                workflow_id=d["workflow_id"],
-                type=d["type"],
-                payload=_readable(d.get("payload"), d.get("payload_type")),
-                sent_at=d["sent_at"],
-                consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None,
-            )
-            for d in await self.store.list_events(check_id(workflow_id, "workflow id"))
-        ]
+        return await self._inspector.list_events(workflow_id)
 
     # -- events ----------------------------------------------------------------------
 
@@ -539,162 +508,37 @@ class Bluestreak:
         Raises :class:`WorkflowNotFound`, or :class:`InvalidTransition` if the
         workflow has ended.
         """
-        check_id(workflow_id, "workflow id")
-        check_id(event_type, "event type")
-        stored, tag, _ = prepare(payload, f"payload of event {event_type!r} for workflow {workflow_id!r}")
-        now = self.settings.clock.now()
-        event = {
-            "workflow_id": workflow_id,
-            "type": event_type,
-            "payload": stored,
-            "payload_type": tag,
-            "sent_at": now,
-            "consumed_by": None,
-        }
-        await self.store.insert_event(event)
-        doc = await self.store.notify_event(workflow_id, now)
-        if doc is None:
-            await self.store.delete_event(event["_id"])
-            raise InvalidTransition(workflow_id, f"send event {event_type!r} to", await self._status(workflow_id))
+        handler = await self._controls.send_event(workflow_id, event_type, payload)
         self.metrics.events_sent += 1
-        self._wake_local(doc["handler"])
+        if handler is not None:
+            self._wake_local(handler)
 
     # -- operator controls -----------------------------------------------------------
 
     async def pause(self, workflow_id: str) -> Status:
-        """Pause a workflow. A running one stops at its next ``ctx`` call (the step in flight is recorded).
+        """Pause a workflow. A running one stops at its next top-level ``ctx`` call (the steps in flight
+        finish and are recorded first).
 
         Returns the status now stored (``paused``, or ``running`` while a pause
         is pending). Idempotent; raises :class:`InvalidTransition` on an ended workflow.
         """
-        check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        for _ in range(5):
-            doc = await self.store.control(
-                workflow_id,
-                {"status": {"$in": _PAUSABLE}},
-                {"$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None}, "$unset": {"due_at": ""}},
-            )
-            if doc is not None:
-                return Status.PAUSED
-            doc = await self.store.control(
-                workflow_id, {"status": Status.RUNNING.value}, {"$set": {"control": "pause", "updated_at": now}}
-            )
-            if doc is not None:
-                if self._worker is not None:
-                    self._worker.pause_requested(workflow_id)
-                return Status.RUNNING
-            status = await self._status(workflow_id)
-            if status == Status.PAUSED:
-                return Status.PAUSED
-            if status in FINAL:
-                raise InvalidTransition(workflow_id, "pause", status)
-        raise InvalidTransition(workflow_id, "pause", await self._status(workflow_id))
+        return await self._controls.pause(workflow_id)
 
     async def resume(self, workflow_id: str) -> Status:
         """Resume a paused workflow (or withdraw a pending pause). Idempotent."""
-        check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        doc = await self.store.control(
-            workflow_id,
-            {"status": Status.PAUSED.value},
-            {"$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now, "control": None}},
-        )
-        if doc is not None:
-            self._wake_local(doc["handler"])
-            return Status.IDLE
-        doc = await self.store.control(
-            workflow_id,
-            {"status": Status.RUNNING.value, "control": "pause"},
-            {"$set": {"control": None, "updated_at": now}},
-        )
-        if doc is not None:
-            return Status.RUNNING
-        status = await self._status(workflow_id)
-        if status in FINAL:
-            raise InvalidTransition(workflow_id, "resume", status)
-        return Status(status)
+        return await self._controls.resume(workflow_id)
 
     async def terminate(self, workflow_id: str) -> None:
         """Stop a workflow for good (status ``terminated``), cancelling a running handler. Idempotent."""
-        check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        doc = await self.store.control(
-            workflow_id,
-            {"status": {"$nin": FINAL}},
-            {
-                "$set": {
-                    "status": Status.TERMINATED.value,
-                    "lease": None,
-                    "control": None,
-                    "updated_at": now,
-                    "finished_at": now,
-                    **expiry(now, self.settings.retention_failed),
-                },
-                "$unset": {"due_at": ""},
-            },
-        )
-        if doc is None:
-            status = await self._status(workflow_id)
-            if status != Status.TERMINATED.value:
-                raise InvalidTransition(workflow_id, "terminate", status)
-        if self._worker is not None:
-            self._worker.lost(workflow_id)
-        self._on_settled(workflow_id)
+        await self._controls.terminate(workflow_id)
 
     async def restart(self, workflow_id: str) -> None:
         """Run the workflow again from the beginning with the same input, forgetting its steps, naps and events."""
-        check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        doc = await self.store.control(
-            workflow_id,
-            {},
-            {
-                "$set": {
-                    "status": Status.IDLE.value,
-                    "due_at": now,
-                    "lease": None,
-                    "control": None,
-                    "attempt": 0,
-                    "failures": 0,
-                    "result": None,
-                    "result_type": None,
-                    "error": None,
-                    "finished_at": None,
-                    "updated_at": now,
-                },
-                "$unset": {"expire_at": ""},
-                "$inc": {"run": 1},
-            },
-        )
-        if doc is None:
-            raise WorkflowNotFound(workflow_id)
-        if self._worker is not None:
-            self._worker.lost(workflow_id)
-        await self.store.delete_history(workflow_id, before_run=doc["run"])
-        self._wake_local(doc["handler"])
+        await self._controls.restart(workflow_id)
 
     async def retry(self, workflow_id: str) -> None:
         """Give an aborted (or failed) workflow another run now, keeping its recorded steps."""
-        check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        doc = await self.store.control(
-            workflow_id,
-            {"status": {"$in": [Status.ABORTED.value, Status.FAILED.value]}},
-            {
-                "$set": {
-                    "status": Status.IDLE.value,
-                    "due_at": now,
-                    "failures": 0,
-                    "finished_at": None,
-                    "updated_at": now,
-                },
-                "$unset": {"expire_at": ""},
-            },
-        )
-        if doc is None:
-            raise InvalidTransition(workflow_id, "retry", await self._status(workflow_id))
-        self._wake_local(doc["handler"])
+        await self._controls.retry(workflow_id)
 
     async def purge_expired(self) -> int:
         """Delete ended workflows past their retention now; returns how many.
@@ -702,53 +546,4 @@ class Bluestreak:
         ``poll()`` does this every minute by itself when a retention is set;
         call it from a scheduled job if no worker runs.
         """
-        total = 0
-        while (count := await self.store.purge_expired(self.settings.clock.now())) > 0:
-            total += count
-        return total
-
-    async def _existing(self, workflow_id: str, projection: Mapping[str, Any] | None) -> Doc:
-        """The workflow's fields in ``projection``; raises ``WorkflowNotFound``."""
-        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), projection)
-        if doc is None:
-            raise WorkflowNotFound(workflow_id)
-        return doc
-
-    async def _status(self, workflow_id: str) -> str:
-        return str((await self._existing(workflow_id, {"status": 1}))["status"])
-
-
-def _readable(stored: Any, tag: str | None) -> Any:
-    """A stored value for inspection: the model if its class imports here, else its stored (JSON) form."""
-    try:
-        return restore(stored, tag)
-    except Exception:
-        return stored
-
-
-def _status_value(status: str) -> str:
-    try:
-        return Status(status).value
-    except ValueError:
-        raise InvalidArgument(f"unknown status {status!r}; use one of {', '.join(s.value for s in Status)}") from None
-
-
-def _workflow(doc: Doc) -> WorkflowRecord:
-    status = Status(doc["status"])
-    return WorkflowRecord(
-        id=doc["_id"],
-        handler=doc["handler"],
-        status=status,
-        input=_readable(doc.get("input"), doc.get("input_type")),
-        result=_readable(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
-        error=ErrorInfo.from_doc(doc.get("error")),
-        failures=int(doc.get("failures", 0)),
-        priority=int(doc.get("priority", 0)),
-        run=int(doc.get("run", 0)),
-        attempt=int(doc.get("attempt", 0)),
-        created_at=doc["created_at"],
-        updated_at=doc["updated_at"],
-        due_at=doc.get("due_at"),
-        finished_at=doc.get("finished_at"),
-        worker=doc.get("worker"),
-    )
+        return await self._controls.purge_expired()

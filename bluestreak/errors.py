@@ -5,10 +5,11 @@ Errors about the caller's input also derive from the matching builtin
 (``ValueError``, ``TypeError``, ``LookupError``, ``TimeoutError``) so code that
 already catches those keeps working.
 
-Two signals are *not* exceptions in the ``Exception`` sense: :class:`Interrupt`
-and its subclasses derive from ``BaseException`` so that ``except Exception:``
-in a handler cannot swallow them (DESIGN.md invariant 5). A handler never
-needs to catch them.
+A run that must stop early (a long sleep, an event wait, a pause, a lost
+lease, a database outage) is unwound by *cancelling* the handler's task, as
+asyncio cancels anything: ``except Exception:`` in a handler cannot swallow
+it (DESIGN.md invariant 5), and task groups, ``gather`` and ``wait`` unwind
+as they always do. A handler never needs to catch it.
 """
 
 from __future__ import annotations
@@ -101,17 +102,34 @@ class StepError(BluestreakError):
 
 
 class StepTimeoutError(StepError, TimeoutError):
-    """One attempt of a step ran longer than the step's ``timeout``."""
+    """One attempt of a step ran longer than the step's ``timeout`` (``.timeout`` seconds, ``.step_id``)."""
+
+    def __init__(self, message: str, *, timeout: float | None = None, step_id: str | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.step_id = step_id
 
 
 class StepRetriesExceededError(StepError):
-    """Every attempt a step's retry policy allows has failed."""
+    """Every attempt a step's retry policy allows has failed.
 
-    def __init__(self, message: str, *, attempts: int = 0, error_type: str = "", error_message: str = "") -> None:
+    ``step_id``, ``attempts``, and the last attempt's ``error_type`` and ``error_message``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        error_type: str = "",
+        error_message: str = "",
+        step_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.error_type = error_type
         self.error_message = error_message
+        self.step_id = step_id
 
 
 class NonRetryableError(StepError):
@@ -122,13 +140,10 @@ class EventTimeoutError(StepError, TimeoutError):
     """``ctx.wait_for_event`` timed out before an event of that type arrived."""
 
 
-class Interrupt(BaseException):
-    """Unwinds a handler; never raised to callers and never to be caught."""
+class StrayCancellation(BluestreakError):
+    """Code inside a step raised ``asyncio.CancelledError`` though nothing cancelled it.
 
-
-class Suspended(Interrupt):
-    """The workflow released its lease to sleep, wait or pause; it resumes later."""
-
-
-class StoreUnavailable(Interrupt):
-    """The database failed under a ``ctx`` call: the run stops without counting a failure."""
+    It is treated as the step's own error (retried by its policy, or failing
+    the run), not as a cancellation: a real cancellation of a run comes only
+    from bluestreak (a lost lease, a suspension, a shutdown).
+    """

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .codec import storable
 from .errors import InvalidArgument
 
 HandlerFn = Callable[..., Awaitable[Any]]
@@ -17,20 +18,36 @@ MAX_ID_LENGTH = 1024
 
 
 def check_id(value: object, what: str) -> str:
-    """Validate an id given by a caller: a non-empty str, no NUL, at most 1024 characters.
+    """Validate an id given by a caller: a non-empty str of valid Unicode, no NUL, at most 1024 characters.
 
     Ids are stored and matched as plain strings; anything else (a dict such as
-    ``{"$ne": None}``) is rejected here, never passed to a query.
+    ``{"$ne": None}``) is rejected here, never passed to a query. A lone
+    surrogate (``"\\udc80"``, what ``surrogateescape`` makes of a stray byte)
+    cannot be encoded as UTF-8, so it is rejected here too.
     """
     if not isinstance(value, str):
-        raise InvalidArgument(f"{what} must be a str, got {type(value).__name__} {value!r:.80}")
+        raise InvalidArgument(f"{what} must be a str, got {type(value).__name__} {_shown(value)}")
     if not value:
         raise InvalidArgument(f"{what} must not be empty")
-    if "\x00" in value:
-        raise InvalidArgument(f"{what} must not contain NUL characters: {value!r:.80}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{what} is {len(value):,} characters long; at most {MAX_ID_LENGTH} are allowed")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not contain NUL characters: {_shown(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(
+                f"{what} contains a lone surrogate (not valid Unicode): {_shown(value)}; ids must be valid UTF-8"
+            ) from None
     return value
+
+
+def _shown(value: object) -> str:
+    """A short, printable, always-encodable repr for an error message."""
+    text = repr(value)
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +66,26 @@ class HandlerSpec:
             return self.input_adapter.validate_python(value)
         except ValidationError as exc:
             raise InvalidArgument(
-                f"input of workflow {workflow_id!r} does not fit handler {self.handler_id!r}: {exc}"
+                f"the input of workflow {workflow_id!r} does not fit handler {self.handler_id!r}: "
+                f"{describe_validation(exc)}"
             ) from None
 
     def dump_input(self, value: Any) -> Any:
-        """The JSON-like form of validated input, for storage."""
+        """The storable form of validated input (bytes and datetimes as BSON has them; the rest as JSON)."""
         if self.input_adapter is None:
             return value
-        return self.input_adapter.dump_python(value, mode="json")
+        return storable(self.input_adapter.dump_python(value, mode="python"))
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """Pydantic's errors by field and type, without the values (an input may hold secrets)."""
+    parts = []
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    for err in errors[:10]:
+        where = ".".join(str(p) for p in err["loc"]) or "the value"
+        parts.append(f"{where}: {err['msg']} [{err['type']}]")
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return f"{len(errors)} validation error{'s' if len(errors) != 1 else ''}: " + "; ".join(parts) + more
 
 
 def make_spec(handler_id: str, fn: Any) -> HandlerSpec:

@@ -82,6 +82,20 @@ class WorkflowRecord:
     finished_at: datetime | None
     worker: str | None
     """The worker that last claimed it."""
+    attempts: tuple[AttemptRecord, ...] = ()
+    """The latest claims of the workflow (at most 20), oldest first: who ran it, when, and how it ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One claim of a workflow by a worker, and how that execution ended."""
+
+    worker: str
+    claimed_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
+    """``finished``, ``failed``, ``aborted``, ``sleeping``, ``waiting``, ``paused``, ``released``; ``None`` while
+    it runs — or if its worker died or lost the lease (the next attempt took it over)."""
 
 
 @dataclass(frozen=True, slots=True)

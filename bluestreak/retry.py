@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -22,7 +23,9 @@ class RetryPolicy:
     at most 4 attempts). The wait before retry *n* (1-based) is ``delay`` for
     ``"constant"``, ``n * delay`` for ``"linear"`` and ``2**(n-1) * delay`` for
     ``"exponential"``, capped at ``max_delay`` and then spread by ``jitter``
-    (a fraction: ``0.1`` means up to 10% shorter).
+    (a fraction: ``0.1`` means up to 10% shorter). Exceptions of the types in
+    ``never_retry`` (and their subclasses) fail the step at once, like
+    :class:`~bluestreak.NonRetryableError`.
 
     >>> RetryPolicy(limit=3, delay="2 seconds", backoff="exponential").delays()
     [datetime.timedelta(seconds=2), datetime.timedelta(seconds=4), datetime.timedelta(seconds=8)]
@@ -33,6 +36,7 @@ class RetryPolicy:
     backoff: Backoff
     max_delay: timedelta | None
     jitter: float
+    never_retry: tuple[type[BaseException], ...]
     _rng: random.Random = field(compare=False, repr=False)
 
     def __init__(
@@ -42,6 +46,7 @@ class RetryPolicy:
         backoff: Backoff = "exponential",
         max_delay: object | None = None,
         jitter: float = 0.0,
+        never_retry: Sequence[type[BaseException]] = (),
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise InvalidArgument(
@@ -58,6 +63,13 @@ class RetryPolicy:
             self, "max_delay", None if max_delay is None else parse_duration(max_delay, name="RetryPolicy max_delay")
         )
         object.__setattr__(self, "jitter", float(jitter))
+        if isinstance(never_retry, type) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in never_retry
+        ):
+            raise InvalidArgument(
+                f"RetryPolicy never_retry must be a list of exception classes, e.g. [ValueError], got {never_retry!r}"
+            )
+        object.__setattr__(self, "never_retry", tuple(never_retry))
         object.__setattr__(self, "_rng", random.Random())
 
     def delay_before(self, retry: int) -> timedelta:
@@ -65,6 +77,10 @@ class RetryPolicy:
         if retry < 1:
             raise InvalidArgument(f"retry numbers start at 1, got {retry}")
         return backoff_delay(self.delay, retry, self.backoff, self.max_delay, self.jitter, self._rng)
+
+    def never_retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is of a type this policy never retries."""
+        return isinstance(exc, self.never_retry)
 
     def delays(self) -> list[timedelta]:
         """Every wait this policy allows, in order (without jitter's randomness if jitter is 0)."""

@@ -1,56 +1,47 @@
-"""The worker loop: claim due workflows, run their handlers, renew leases, write outcomes.
+"""The worker loop: claim due workflows, run them, renew leases, shut down.
 
 One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
 
 1. claim as many due workflows as there are free slots (``max_concurrency``);
-2. run each handler in its own task, with a :class:`WorkflowContext`;
-3. write the outcome — finished, failed/aborted, or suspended — fenced by the
-   lease token the claim set;
-4. when nothing is due, sleep until the earliest due workflow, at most
-   ``poll_interval``, or until :meth:`wake` (a start in this process).
+2. run each as an :class:`~bluestreak.execution.Execution` in a task of its
+   own (which writes its outcome, fenced by its lease token);
+3. when nothing is due, sleep until the earliest due workflow, at most
+   ``poll_interval``, or until :meth:`wake` (a start in this process, or a
+   change stream event).
 
-Meanwhile one task renews every held lease in one bulk write per
-``lease_duration / 3``; a lease found lost cancels its handler at once.
+Beside it, one task renews every held lease in one bulk write per
+``lease_duration / 3`` (a lease found lost cancels its execution at once),
+and one keeps the clock in step with the database's and purges expired
+workflows.
+
+Executions are keyed by their lease, ``(workflow_id, token)``, never by the
+workflow id alone: a worker may still be unwinding a zombie of run 0 while
+it runs run 1 of the same workflow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from .codec import error_info, prepare, restore
+from .clock import ServerClock
 from .config import Settings
-from .context import Suspension, WorkflowContext
-from .errors import InvalidArgument, StoreUnavailable, Suspended
+from .errors import InvalidArgument
+from .execution import Execution
 from .handlers import HandlerSpec
 from .metrics import Metrics
-from .records import Status
 from .retry import backoff_delay
-from .store import Doc, Store, expiry
-from .tracing import workflow_span
+from .store import Doc, Lease, Store
 
 log = logging.getLogger("bluestreak.worker")
-
-
-@dataclass(slots=True)
-class _Execution:
-    workflow_id: str
-    token: str
-    lease_until: datetime
-    task: asyncio.Task[None] | None = None
-    ctx: WorkflowContext | None = None
-    lost: bool = False
-    releasing: bool = False
 
 
 class Worker:
@@ -70,10 +61,13 @@ class Worker:
         self.settings = settings
         self.handlers = handlers
         self.clock = settings.clock
-        self._running: dict[str, _Execution] = {}
+        self._running: dict[Lease, Execution] = {}
+        self._tasks: dict[Lease, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._lease = timedelta(seconds=settings.lease_duration)
+        self.finished = asyncio.Event()
+        """Set when ``run()`` has returned (after its graceful shutdown)."""
 
     # -- control from the engine -----------------------------------------------------
 
@@ -86,31 +80,25 @@ class Worker:
         self._stopping = True
         self._wake.set()
 
-    def lost(self, workflow_id: str) -> None:
-        """An operator took this workflow away (terminate, restart): cancel its handler now."""
-        execution = self._running.get(workflow_id)
-        if execution is not None and execution.task is not None:
-            execution.lost = True
-            execution.task.cancel()
+    def executions(self, workflow_id: str) -> list[Execution]:
+        """This worker's executions of one workflow (a zombie and a live one can coexist)."""
+        return [e for (wid, _), e in self._running.items() if wid == workflow_id]
 
-    def pause_requested(self, workflow_id: str) -> None:
-        """An operator asked to pause: stop at the next step boundary."""
-        execution = self._running.get(workflow_id)
-        if execution is not None and execution.ctx is not None:
-            execution.ctx.pause_requested = True
+    def lost(self, workflow_id: str, before_run: int | None = None) -> None:
+        """An operator took this workflow away (terminate; restart: runs before ``before_run``): cancel now."""
+        for execution in self.executions(workflow_id):
+            if before_run is None or execution.run_number < before_run:
+                execution.abort("lost")
 
-    def _fields(self, doc: Doc) -> dict[str, Any]:
-        """Structured log fields of one workflow's execution (``extra=`` of each record)."""
-        return {
-            "workflow_id": doc["_id"],
-            "handler": doc.get("handler"),
-            "attempt": doc.get("attempt"),
-            "worker_id": self.settings.worker_id,
-        }
+    def pause_requested(self, workflow_id: str, requested: bool = True) -> None:
+        """An operator asked to pause (or withdrew it): the run stops at its next top-level step boundary."""
+        for execution in self.executions(workflow_id):
+            if execution.ctx is not None:
+                execution.ctx.pause_requested = requested
 
     @property
     def in_flight(self) -> int:
-        """How many handlers run now."""
+        """How many executions run now."""
         return len(self._running)
 
     # -- the loop ------------------------------------------------------------------
@@ -120,9 +108,11 @@ class Worker:
         if not self.handlers:
             raise InvalidArgument("poll() needs at least one registered handler: use @engine.handler('id')")
         handlers = sorted(self.handlers)
-        renewer = asyncio.create_task(self._renew_loop(), name="bluestreak-renew")
-        janitor = asyncio.create_task(self._purge_loop(), name="bluestreak-purge")
-        watcher = asyncio.create_task(self._watch_loop(), name="bluestreak-watch")
+        helpers = [
+            asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
+            asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
+            asyncio.create_task(self._watch_loop(), name="bluestreak-watch"),
+        ]
         failures = 0
         burst = 1
         try:
@@ -133,7 +123,7 @@ class Worker:
                     await self._idle(self.settings.poll_interval)
                     continue
                 # Claim one at a time while work trickles in (one find_one_and_update each),
-                # doubling the batch while every claim fills it (a batch costs two commands).
+                # doubling the batch while every claim fills it (a batch costs three commands).
                 limit = min(free, burst)
                 started = time.perf_counter()
                 try:
@@ -146,7 +136,7 @@ class Worker:
                 except PyMongoError as exc:
                     failures += 1
                     pause = backoff_delay(timedelta(seconds=0.5), failures, cap=timedelta(seconds=30)).total_seconds()
-                    log.warning("claim failed (%s); retrying in %.1fs", exc, pause)
+                    log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, pause)
                     await self._idle(pause)
                     continue
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
@@ -157,10 +147,10 @@ class Worker:
                     await self._idle(await self._idle_time(handlers))
         finally:
             await self._shutdown()
-            renewer.cancel()
-            janitor.cancel()
-            watcher.cancel()
-            await asyncio.gather(renewer, janitor, watcher, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self.finished.set()
 
     def _should_stop(self) -> bool:
         if self._stopping:
@@ -188,260 +178,48 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _shutdown(self) -> None:
-        if not self._running:
+        if not self._tasks:
             return
-        tasks = [e.task for e in self._running.values() if e.task is not None]
+        tasks = list(self._tasks.values())
         log.info("stopping: waiting up to %.1fs for %d running workflows", self.settings.shutdown_grace, len(tasks))
         _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
-        for execution in list(self._running.values()):
-            if execution.task in pending:
-                execution.releasing = True
-                execution.task.cancel()
+        for key, task in list(self._tasks.items()):
+            if task in pending and key in self._running:
+                self._running[key].abort("release")
         if pending:
-            await asyncio.wait(pending, timeout=5)
+            await asyncio.wait(pending, timeout=self.settings.shutdown_grace + 5)
 
     # -- one workflow ----------------------------------------------------------------
 
     def _spawn(self, doc: Doc) -> None:
-        log.debug("claimed workflow %r (attempt %s)", doc["_id"], doc.get("attempt"), extra=self._fields(doc))
-        execution = _Execution(doc["_id"], doc["lease"], doc["due_at"])
-        self._running[execution.workflow_id] = execution
-        self.metrics.in_flight = len(self._running)
-        execution.task = asyncio.create_task(self._execute(doc, execution), name=f"bluestreak:{doc['_id']}")
-
-    async def _execute(self, doc: Doc, execution: _Execution) -> None:
-        workflow_id = doc["_id"]
         spec = self.handlers[doc["handler"]]
-        ctx: WorkflowContext | None = None
-        try:
-            try:
-                if doc.get("control") == "pause":
-                    await self._suspend(doc, execution, Suspension(Status.PAUSED, None))
-                    return
-                if doc.get("attempt", 1) > 1:
-                    steps, naps = await self.store.load_history(workflow_id, doc.get("run", 0))
-                else:
-                    steps, naps = [], []
-            except PyMongoError as exc:
-                log.warning(
-                    "workflow %r: could not load its history (%s); it runs again after its lease", workflow_id, exc
-                )
-                return
-            ctx = WorkflowContext(
-                store=self.store,
-                clock=self.clock,
-                workflow_id=workflow_id,
-                handler_id=spec.handler_id,
-                run=doc.get("run", 0),
-                attempt=doc.get("attempt", 1),
-                worker_id=self.settings.worker_id,
-                inbox=doc.get("inbox", 0),
-                metrics=self.metrics,
-                steps=steps,
-                naps=naps,
-                sleep_threshold=self.settings.sleep_threshold,
-            )
-            execution.ctx = ctx
-            try:
-                value = spec.validate_input(restore(doc.get("input"), doc.get("input_type")), workflow_id)
-            except InvalidArgument as exc:  # started by a client that could not validate: no retry can help
-                await self._fail(doc, execution, exc, final=True)
-                return
-            try:
-                with workflow_span(doc, self.settings.worker_id):
-                    result = await spec.fn(ctx, value)
-                if ctx.suspension is not None:  # a suspension was swallowed by the handler
-                    raise Suspended(ctx.suspension.status.value)
-            except Suspended:
-                assert ctx.suspension is not None
-                ctx.cancel_stragglers()
-                await self._suspend(doc, execution, ctx.suspension)
-                return
-            except StoreUnavailable as exc:
-                log.info("workflow %r stopped: %s", workflow_id, exc, extra=self._fields(doc))
-                return
-            except asyncio.CancelledError:
-                if execution.lost:
-                    log.info("workflow %r: lease lost, execution cancelled", workflow_id, extra=self._fields(doc))
-                    return
-                if execution.releasing:
-                    await self._release(doc, execution)
-                    return
-                raise
-            except Exception as exc:
-                await self._fail(doc, execution, exc)
-                return
-            unreached = ctx.unreached_records()
-            if unreached:
-                log.warning(
-                    "workflow %r (handler %r) finished without reaching recorded steps %s: its code no longer "
-                    "replays its history (a step was renamed, removed or moved); use ctx.patched() for changes "
-                    "that must not affect runs in flight",
-                    workflow_id,
-                    spec.handler_id,
-                    unreached,
-                    extra={**self._fields(doc), "unreached": unreached},
-                )
-            await self._finish(doc, execution, result)
-        except PyMongoError as exc:
-            log.warning(
-                "workflow %r: could not record its outcome (%s); it runs again after its lease", workflow_id, exc
-            )
-        finally:
-            if ctx is not None:
-                ctx.cancel_stragglers()
-            self._running.pop(workflow_id, None)
-            self.metrics.in_flight = len(self._running)
-            if len(self._running) == self.settings.max_concurrency - 1:
-                self._wake.set()  # a slot opened on a full worker: claim again now
-
-    async def _finish(self, doc: Doc, execution: _Execution, result: Any) -> None:
-        workflow_id = doc["_id"]
-        try:
-            stored, tag, _ = prepare(result, f"handler {doc['handler']!r} of workflow {workflow_id!r}")
-        except Exception as exc:
-            await self._fail(doc, execution, exc)
-            return
-        now = self.clock.now()
-        ok = await self.store.finish(
-            workflow_id,
-            execution.token,
-            {
-                "$set": {
-                    "status": Status.FINISHED.value,
-                    "result": stored,
-                    "result_type": tag,
-                    "finished_at": now,
-                    "updated_at": now,
-                    "error": None,
-                    "control": None,
-                    **expiry(now, self.settings.retention_finished),
-                },
-                "$unset": {"due_at": ""},
-            },
+        execution = Execution(
+            doc,
+            store=self.store,
+            settings=self.settings,
+            spec=spec,
+            metrics=self.metrics,
+            on_settled=self._on_settled,
+            wake=self.wake,
         )
-        if not ok:
-            self.metrics.lease_lost += 1
-            log.warning(
-                "workflow %r finished but its lease was lost; another execution owns it",
-                workflow_id,
-                extra=self._fields(doc),
-            )
-        else:
-            self.metrics.finished += 1
-            log.debug("workflow %r finished", workflow_id, extra=self._fields(doc))
-            self._on_settled(workflow_id)
-
-    async def _fail(self, doc: Doc, execution: _Execution, exc: BaseException, *, final: bool = False) -> None:
-        workflow_id = doc["_id"]
-        failures = int(doc.get("failures", 0)) + 1
-        limit = self.settings.max_failures
-        now = self.clock.now()
-        info = error_info(exc).to_doc()
-        update: Doc = {"$set": {"error": info, "failures": failures, "updated_at": now}}
-        if final or (limit is not None and failures > limit):
-            status = Status.ABORTED
-            update["$set"].update(finished_at=now, control=None, **expiry(now, self.settings.retention_failed))
-            update["$unset"] = {"due_at": ""}
-        else:
-            status = Status.FAILED
-            delay = backoff_delay(
-                timedelta(seconds=self.settings.retry_interval),
-                failures,
-                cap=timedelta(seconds=self.settings.max_retry_interval),
-            )
-            update["$set"]["due_at"] = now + delay
-        update["$set"]["status"] = status.value
-        if status is Status.ABORTED:
-            ok = await self.store.fenced_update(workflow_id, execution.token, update)
-        else:
-            written = await self._write_runnable(workflow_id, execution.token, update)
-            ok = written is not None
-        if not ok:
-            self.metrics.lease_lost += 1
-            log.warning(
-                "workflow %r failed but its lease was lost; nothing recorded", workflow_id, extra=self._fields(doc)
-            )
-            return
-        self.metrics.failed += 1
-        log.warning(
-            "workflow %r %s (failure %d): %s: %s",
-            workflow_id,
-            status.value,
-            failures,
-            info["type"],
-            info["message"],
-            extra={**self._fields(doc), "error_type": info["type"], "failures": failures},
+        log.debug(
+            "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
         )
-        if status is Status.ABORTED:
-            self.metrics.aborted += 1
-            self._on_settled(workflow_id)
-        await self._callback(workflow_id, exc)
+        key = execution.key
+        self._running[key] = execution
+        self.metrics.in_flight = len(self._running)
+        task = asyncio.create_task(execution.run(), name=f"bluestreak:{key[0]}:{key[1][:8]}")
+        self._tasks[key] = task
+        task.add_done_callback(functools.partial(self._ended, key))
 
-    async def _callback(self, workflow_id: str, exc: BaseException) -> None:
-        callback = self.settings.error_callback
-        if callback is None:
-            return
-        try:
-            outcome = callback(workflow_id, exc)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:
-            log.exception("error_callback raised for workflow %r; ignored", workflow_id)
+    def _ended(self, key: Lease, _task: object = None) -> None:
+        self._running.pop(key, None)
+        self._tasks.pop(key, None)
+        self.metrics.in_flight = len(self._running)
+        if len(self._running) == self.settings.max_concurrency - 1:
+            self._wake.set()  # a slot opened on a full worker: claim again now
 
-    async def _suspend(self, doc: Doc, execution: _Execution, suspension: Suspension) -> None:
-        workflow_id = doc["_id"]
-        now = self.clock.now()
-        extra: Doc = {} if suspension.inbox is None else {"inbox": suspension.inbox}
-        written: Status | None
-        if suspension.status is Status.PAUSED:
-            paused = {
-                "$set": {"status": Status.PAUSED.value, "updated_at": now, "control": None},
-                "$unset": {"due_at": ""},
-            }
-            written = Status.PAUSED if await self.store.fenced_update(workflow_id, execution.token, paused) else None
-        else:
-            update = {"$set": {"status": suspension.status.value, "due_at": suspension.due_at, "updated_at": now}}
-            written = await self._write_runnable(workflow_id, execution.token, update, **extra)
-        if written is not None:
-            self.metrics.suspended += 1
-            return
-        if extra:  # an event arrived while deciding to wait: run again now instead
-            retry = {"$set": {"status": Status.SLEEPING.value, "due_at": now, "updated_at": now}}
-            if await self.store.fenced_update(workflow_id, execution.token, retry):
-                self.wake()
-                return
-        log.warning(
-            "workflow %r: lease lost before it could %s", workflow_id, suspension.status.value, extra=self._fields(doc)
-        )
-
-    async def _write_runnable(self, workflow_id: str, token: str, update: Doc, **extra: Any) -> Status | None:
-        """Write an outcome that leaves the workflow due later (failed, sleeping, waiting).
-
-        If an operator asked to pause it meanwhile, it becomes ``paused``
-        instead (its due time is dropped; ``resume`` makes it due at once).
-        Returns the status written, or ``None`` if the lease is gone (or, with
-        ``extra`` filters, they no longer match).
-        """
-        if await self.store.fenced_update(workflow_id, token, update, control=None, **extra):
-            return Status(update["$set"]["status"])
-        fields = {k: v for k, v in update["$set"].items() if k != "due_at"}
-        paused = {"$set": {**fields, "status": Status.PAUSED.value, "control": None}, "$unset": {"due_at": ""}}
-        if await self.store.fenced_update(workflow_id, token, paused, control="pause"):
-            return Status.PAUSED
-        return None
-
-    async def _release(self, doc: Doc, execution: _Execution) -> None:
-        now = self.clock.now()
-        try:
-            await self.store.fenced_update(
-                doc["_id"], execution.token, {"$set": {"status": Status.IDLE.value, "due_at": now, "updated_at": now}}
-            )
-            log.info("workflow %r released for another worker (shutdown)", doc["_id"], extra=self._fields(doc))
-        except PyMongoError as exc:
-            log.warning(
-                "workflow %r: release failed (%s); its lease will expire", doc["_id"], exc, extra=self._fields(doc)
-            )
+    # -- helpers beside the loop ---------------------------------------------------------
 
     async def _watch_loop(self) -> None:
         """With ``change_streams=True``: wake the loop as soon as a workflow becomes due anywhere."""
@@ -457,7 +235,9 @@ class Worker:
                         self.wake()
             except OperationFailure as exc:
                 log.warning(
-                    "change streams unavailable (%s); polling every %.3gs instead", exc, self.settings.poll_interval
+                    "change streams unavailable (%s); polling every %.3gs instead",
+                    exc.code,
+                    self.settings.poll_interval,
                 )
                 return
             except NotImplementedError:  # the in-memory backend has none
@@ -467,16 +247,21 @@ class Worker:
                 failures += 1
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 
-    async def _purge_loop(self) -> None:
-        """Delete ended workflows past their retention, when retention is configured."""
-        if self.settings.retention_finished is None and self.settings.retention_failed is None:
-            return
+    async def _janitor_loop(self) -> None:
+        """Every ``purge_interval``: measure the clock's offset to the database's; purge expired workflows."""
+        retention = self.settings.retention_finished is not None or self.settings.retention_failed is not None
         while True:
-            try:
-                while await self.store.purge_expired(self.clock.now()) > 0:
-                    pass
-            except PyMongoError as exc:
-                log.warning("purging expired workflows failed (%s); will retry", exc)
+            if isinstance(self.clock, ServerClock):
+                try:
+                    await self.clock.synchronize(self.store.server_time)
+                except PyMongoError as exc:
+                    log.warning("could not read the database's clock (%s); keeping the last offset", type(exc).__name__)
+            if retention:
+                try:
+                    while await self.store.purge_expired(self.clock.now()) > 0:
+                        pass
+                except PyMongoError as exc:
+                    log.warning("purging expired workflows failed (%s); will retry", type(exc).__name__)
             await self.clock.sleep(self.settings.purge_interval)
 
     # -- leases --------------------------------------------------------------------
@@ -489,32 +274,27 @@ class Worker:
 
     async def renew_once(self) -> None:
         """Renew every held lease in one bulk write; cancel executions whose lease is gone."""
-        leases = {wid: e.token for wid, e in self._running.items() if not e.lost}
-        if not leases:
+        held = {key: e for key, e in self._running.items() if e.stop_reason is None}
+        if not held:
             return
         now = self.clock.now()
         until = now + self._lease
         try:
-            lost, controls = await self.store.renew(leases, until, now)
+            lost, controls = await self.store.renew(list(held), until, now)
         except PyMongoError as exc:
-            log.warning("lease renewal failed (%s)", exc)
-            for execution in list(self._running.values()):
+            log.warning("lease renewal failed (%s)", type(exc).__name__)
+            for execution in held.values():
                 if now >= execution.lease_until:  # our lease may belong to someone else now: stop
-                    self.lost(execution.workflow_id)
+                    execution.abort("lost")
             return
-        for wid in leases:
-            current = self._running.get(wid)
-            if current is None:
-                continue
-            if wid in lost:
+        for key, execution in held.items():
+            if key not in self._running:
+                continue  # it ended meanwhile
+            if key in lost:
                 self.metrics.lease_lost += 1
-                log.warning(
-                    "workflow %r: lease lost; cancelling its execution",
-                    wid,
-                    extra={"workflow_id": wid, "worker_id": self.settings.worker_id},
-                )
-                self.lost(wid)
-            else:
-                current.lease_until = until
-                if controls.get(wid) == "pause":
-                    self.pause_requested(wid)
+                log.warning("workflow %r: lease lost; cancelling its execution", key[0], extra=execution.fields())
+                execution.abort("lost")
+                continue
+            execution.lease_until = until
+            if execution.ctx is not None:
+                execution.ctx.pause_requested = controls.get(key) == "pause"

@@ -107,7 +107,7 @@ CASES += [
     ("set input", lambda e: e.start("new", "h", {1, 2}), UnencodableValue, "input of workflow 'new'"),
     ("object input", lambda e: e.start("new", "h", object()), UnencodableValue, "object"),
     ("int dict keys", lambda e: e.start("new", "h", {1: "a"}), UnencodableValue, "keys must be str"),
-    ("17 MB input", lambda e: e.start("new", "h", "x" * (17 << 20)), DocumentTooLarge, "at most 16,777,216"),
+    ("17 MB input", lambda e: e.start("new", "h", "x" * (17 << 20)), DocumentTooLarge, "(16,777,216 bytes)"),
     ("17 MB payload", lambda e: e.send_event("idle", "t", b"x" * (17 << 20)), DocumentTooLarge, "payload"),
     ("set payload", lambda e: e.send_event("idle", "t", {1}), UnencodableValue, "payload of event 't'"),
     ("bad delay", lambda e: e.start("new", "h", delay="soonish"), InvalidDuration, "cannot parse delay"),

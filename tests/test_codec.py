@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from bluestreak import DocumentTooLarge, ErrorInfo, InvalidArgument, UnencodableValue, WorkflowUsageError
 from bluestreak.codec import (
-    MAX_DOCUMENT_BYTES,
+    MAX_VALUE_BYTES,
     error_info,
     import_type,
     prepare,
@@ -27,7 +27,7 @@ from bluestreak.codec import (
 WHERE = "step 'charge' of workflow 'order-1'"
 # bson.encode({"v": ""}): int32 length + type byte + "v\0" + int32 string length + "\0" + document "\0"
 STR_OVERHEAD = 13
-LIMIT = MAX_DOCUMENT_BYTES - 16 * 1024  # the headroom codec keeps for the record's other fields
+LIMIT = MAX_VALUE_BYTES  # what a value may take of its document
 
 
 class Line(BaseModel):
@@ -213,10 +213,10 @@ def test_unencodable_values_name_where_and_the_type(value: Any, described: str) 
     with pytest.raises(UnencodableValue) as info:
         prepare(value, WHERE)
     message = str(info.value)
-    assert message.startswith(f"{WHERE} returned a value ")
+    assert message.startswith(f"{WHERE} is a value ")
     assert described in message
     assert "MongoDB cannot store" in message
-    assert "convert other objects (sets, dataclasses, custom classes) first" in message
+    assert "convert other objects (sets, UUIDs, dataclasses, custom classes) first" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
@@ -239,13 +239,13 @@ def test_size_limit_boundary() -> None:
     with pytest.raises(DocumentTooLarge) as info:
         prepare(fits + "x", WHERE)
     assert str(info.value) == (
-        f"{WHERE} returned a value of {LIMIT + 1:,} bytes; a MongoDB document holds at most 16,777,216. "
-        "Store large data elsewhere (a blob store, GridFS) and return a reference."
+        f"{WHERE} is {LIMIT + 1:,} bytes of BSON; at most {LIMIT:,} fit in a MongoDB document (16,777,216 bytes) "
+        "beside its own fields. Store large data elsewhere (a blob store, GridFS) and return a reference."
     )
 
 
 def test_value_over_16_mb_is_too_large() -> None:
-    with pytest.raises(DocumentTooLarge, match=r"returned a value of 17,\d{3},\d{3} bytes"):
+    with pytest.raises(DocumentTooLarge, match=r"is 17,\d{3},\d{3} bytes of BSON"):
         prepare({"blob": b"\x00" * (17 * 1024 * 1024)}, WHERE)
     with pytest.raises(DocumentTooLarge, match=WHERE):
         prepare(["y" * (1024 * 1024)] * 17, WHERE)
@@ -378,9 +378,9 @@ def test_error_info_includes_the_cause_chain() -> None:
     assert info.traceback.endswith("CustomError: outer\n")
 
 
-def test_error_info_traceback_keeps_the_last_8000_characters() -> None:
+def test_error_info_is_bounded_and_keeps_both_ends_of_the_traceback() -> None:
     info = error_info(raise_and_catch(CustomError("m" * 20_000 + "END")))
-    assert info.message == "m" * 20_000 + "END"  # the message itself is not cut
-    assert len(info.traceback) == 8000
-    assert info.traceback.endswith("mEND\n")
-    assert not info.traceback.startswith("Traceback")
+    assert info.message.startswith("m" * 4_000) and info.message.endswith("(16,003 more characters)")
+    assert len(info.traceback) < 16_100
+    assert info.traceback.startswith("Traceback") and info.traceback.endswith("mEND\n")
+    assert "characters cut" in info.traceback

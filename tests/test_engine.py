@@ -288,7 +288,7 @@ async def test_unencodable_workflow_result_fails_with_clear_error(make_engine: E
         with pytest.raises(WorkflowFailed) as info:
             await engine.wait("obj", timeout=10)
     assert info.value.error.type == "bluestreak.errors.UnencodableValue"
-    assert "handler 'h' of workflow 'obj'" in info.value.error.message
+    assert "the result of workflow 'obj' (handler 'h')" in info.value.error.message
 
 
 class Order(BaseModel):

@@ -16,7 +16,7 @@ from bluestreak import (
     StepRetriesExceededError,
     WorkflowContext,
 )
-from bluestreak.errors import Suspended
+from bluestreak import transitions as tr
 
 from .conftest import EngineFactory, eventually, running
 
@@ -80,9 +80,15 @@ async def test_2_every_outcome_write_is_fenced(engine: Bluestreak) -> None:
     now = engine.settings.clock.now()
     [claimed] = await engine.store.claim(["h"], now, now + timedelta(seconds=30), "mine", "w", 1)
     assert claimed["lease"] == "mine"
-    assert await engine.store.fenced_update("f", "stale", {"$set": {"status": "finished"}}) is False
-    assert await engine.store.fenced_update("f", "mine", {"$set": {"updated_at": now}}) is True
+    for t in tr.EXECUTION_TRANSITIONS:
+        if t.fenced:
+            args = {"now": now, "consumer": "0:w", "event": "e", "control": None, "inbox": 0}
+            assert t.filter("f", "mine", args)["lease"] == "mine", t.name
+    later = now + timedelta(seconds=60)
+    assert await engine.store.apply_quiet(tr.RENEW, "f", "stale", now=now, lease_until=later) is False
+    assert await engine.store.outcome(tr.FINISH, "f", "stale", now=now, fields={"result": 1}) is False
     assert (await engine.store.get_workflow("f"))["status"] == "running"  # type: ignore[index]
+    assert await engine.store.apply_quiet(tr.RENEW, "f", "mine", now=now, lease_until=later) is True
 
 
 async def test_3_recorded_results_never_change_first_writer_wins(engine: Bluestreak) -> None:
@@ -190,18 +196,18 @@ async def test_7_event_sent_before_the_wait_is_buffered(engine: Bluestreak) -> N
 
 async def test_7_no_lost_wake_up_when_the_event_races_the_decision_to_wait(engine: Bluestreak) -> None:
     """The event arrives after the worker looked for it and before it suspended."""
-    real = engine.store.consume_event
+    real = engine.store.mark_pending
     raced = False
 
-    async def racing_consume(*args: Any, **kwargs: Any) -> Any:
+    async def racing_mark(*args: Any, **kwargs: Any) -> Any:
         nonlocal raced
-        found = await real(*args, **kwargs)
-        if found is None and not raced:
+        found = await real(*args, **kwargs)  # the wait found no event and records its deadline
+        if not raced:
             raced = True
             await engine.send_event("race", "go", 42)  # lands inside the window
         return found
 
-    engine.store.consume_event = racing_consume  # type: ignore[method-assign]
+    engine.store.mark_pending = racing_mark  # type: ignore[method-assign]
 
     @engine.handler("h")
     async def h(ctx: WorkflowContext, input: Any) -> Any:
@@ -310,11 +316,11 @@ async def test_renewal_tells_a_lost_lease_from_one_this_execution_just_ended(eng
     claimed = await engine.store.claim(["h"], now, now + timedelta(seconds=30), "mine", "w", 3)
     assert len(claimed) == 3
     # This execution finishes one workflow while the renewal is in flight; another worker steals one.
-    assert await engine.store.finish("ended", "mine", {"$set": {"status": "finished"}, "$unset": {"due_at": ""}})
+    assert await engine.store.outcome(tr.FINISH, "ended", "mine", now=now, fields={"result": None})
     await engine.store.workflows.update_one({"_id": "stolen"}, {"$set": {"lease": "theirs"}})
-    leases = {"ended": "mine", "stolen": "mine", "held": "mine"}
+    leases = [("ended", "mine"), ("stolen", "mine"), ("held", "mine")]
     lost, controls = await engine.store.renew(leases, now + timedelta(seconds=60), now)
-    assert lost == {"stolen"} and controls == {}
+    assert lost == {("stolen", "mine")} and controls == {}
     held = await engine.store.get_workflow("held")
     assert held is not None and held["due_at"] == now + timedelta(seconds=60)
 
@@ -333,10 +339,7 @@ async def test_3_a_pending_record_written_meanwhile_is_not_taken_for_a_result(en
             return "mine"
 
         seen.append(await ctx.step("s", body))
-        try:
-            seen.append(await ctx.wait_for_event("w", "go", timeout="1 hour"))
-        except Suspended:  # pragma: no cover - the event is buffered
-            raise
+        seen.append(await ctx.wait_for_event("w", "go", timeout="1 hour"))
         return seen
 
     await engine.start("p", "h")

@@ -18,9 +18,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from bluestreak import Bluestreak, InvalidTransition, Status
+from bluestreak import transitions as tr
 from bluestreak.config import Settings
 from bluestreak.context import Suspension
-from bluestreak.worker import Worker, _Execution
+from bluestreak.execution import Execution
+from bluestreak.handlers import make_spec
+from bluestreak.metrics import Metrics
 
 RUNNABLE = {"idle", "failed", "sleeping", "waiting", "running"}
 FINAL = {"finished", "aborted", "terminated"}
@@ -71,30 +74,39 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.token is not None)
     @rule(outcome=st.sampled_from(["finish", "fail", "abort", "sleep", "wait", "pause"]))
     def worker_writes(self, outcome: str) -> None:
-        """The worker's real outcome writes (Worker._finish, _fail, _suspend), with the lease we hold."""
+        """The worker's real outcome writes (Execution._finish, _fail, _suspend), with the lease we hold."""
         assert self.token is not None
         doc = self.doc()
         assert doc is not None
         before = doc["status"]
-        worker = Worker(self.engine.store, self.engine.settings, {})
-        if outcome == "abort":
-            worker.settings = Settings.build(max_failures=0)
-        execution = _Execution(WID, self.token, self.engine.settings.clock.now())
+        settings = Settings.build(max_failures=0) if outcome == "abort" else self.engine.settings
+        held = {**doc, "lease": self.token, "due_at": doc.get("due_at") or settings.clock.now()}
+        execution = Execution(
+            held,
+            store=self.engine.store,
+            settings=settings,
+            spec=make_spec("h", _handler),
+            metrics=Metrics(),
+            on_settled=lambda _id: None,
+            wake=lambda: None,
+        )
         later = self.engine.settings.clock.now() + timedelta(hours=1)
         if outcome == "finish":
-            self.run(worker._finish(doc, execution, "result"))
+            self.run(execution._finish("result"))
         elif outcome in ("fail", "abort"):
-            self.run(worker._fail(doc, execution, ValueError("boom")))
+            self.run(execution._fail(ValueError("boom")))
         else:
             status = {"sleep": Status.SLEEPING, "wait": Status.WAITING, "pause": Status.PAUSED}[outcome]
             suspension = Suspension(status, None if status is Status.PAUSED else later, inbox=None)
-            self.run(worker._suspend(doc, execution, suspension))
+            self.run(execution._suspend(suspension))
         after = self.doc()
         assert after is not None
         if before != "running" or after.get("lease") != self.token:
             assert after == doc, "a write without the lease landed"
         elif doc.get("control") == "pause" and outcome in ("fail", "sleep", "wait", "pause"):
             assert after["status"] == "paused"  # the operator's pause wins over a non-final outcome
+        elif outcome == "pause":
+            assert after["status"] == "sleeping" and after["due_at"] is not None  # withdrawn: it runs again now
         else:
             expected = {
                 "finish": "finished",
@@ -110,9 +122,12 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.stale))
     @rule()
     def zombie_writes(self) -> None:
+        now = self.engine.settings.clock.now()
         for token in self.stale:
-            assert not self.run(self.engine.store.fenced_update(WID, token, {"$set": {"status": "finished"}}))
-            assert not self.run(self.engine.store.finish(WID, token, {"$set": {"status": "finished"}}))
+            for t in (tr.FAIL, tr.SUSPEND, tr.RELEASE, tr.RUN_AGAIN, tr.PAUSE_AT_BOUNDARY, tr.TAKE_EVENT):
+                args = {"now": now, "fields": {"status": "sleeping"}, "consumer": "0:w", "event": 1, "control": None}
+                assert not self.run(self.engine.store.apply_quiet(t, WID, token, **args)), t.name
+            assert not self.run(self.engine.store.outcome(tr.FINISH, WID, token, now=now, fields={}))
 
     @precondition(lambda self: self.started)
     @rule(action=st.sampled_from(["pause", "resume", "terminate", "restart", "retry", "send_event"]))
@@ -155,6 +170,10 @@ class Lifecycle(RuleBasedStateMachine):
         assert doc.get("control") in (None, "pause")
         if doc.get("control") == "pause":
             assert status == "running"  # a pending pause exists only while a handler runs
+
+
+async def _handler(ctx: Any, input: Any) -> None:
+    return None
 
 
 TestLifecycle = Lifecycle.TestCase

@@ -28,7 +28,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from bluestreak import Bluestreak
-from bluestreak.errors import BluestreakError, InvalidTransition, StoreUnavailable
+from bluestreak.errors import BluestreakError, InvalidTransition
 
 from .worker import EVENT_TYPE
 
@@ -58,7 +58,7 @@ async def perform(engine: Bluestreak, op: str, wf: str, op_timeout: float) -> st
             return "ok"
         except InvalidTransition:
             return "rejected"
-        except (PyMongoError, StoreUnavailable):
+        except PyMongoError:
             if time.monotonic() > deadline:
                 return "error"
             await asyncio.sleep(0.25)

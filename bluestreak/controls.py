@@ -1,0 +1,182 @@
+"""Operator controls and events: pause, resume, terminate, restart, retry, send_event, purge.
+
+Each control is one :mod:`~bluestreak.transitions` write (or two, where a
+running workflow needs a different one), followed, where the workflow runs in
+this very process, by a note to the local worker so it acts at once instead
+of at its next lease renewal. A control that dies halfway leaves nothing
+half-applied: a restart's clean-up of the old run is finished by whoever
+claims the workflow next, a purge's by the next purge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .codec import prepare
+from .config import Settings
+from .errors import InvalidTransition, WorkflowNotFound
+from .handlers import check_id
+from .records import FINAL_STATUSES, Status
+from .store import UNCONSUMED, Store, expiry
+from .transitions import (
+    HISTORY_COLLECTED,
+    NOTIFY,
+    NOTIFY_WAITING,
+    PAUSE,
+    REQUEST_PAUSE,
+    RESTART,
+    RESUME,
+    RETRY,
+    TERMINATE,
+    WAKE_WAITING,
+    WITHDRAW_PAUSE,
+)
+from .worker import Worker
+
+FINAL = {s.value for s in FINAL_STATUSES}
+
+
+class Controls:
+    """The operator side of an engine (``Bluestreak`` delegates to it)."""
+
+    def __init__(
+        self,
+        store: Callable[[], Store],
+        settings: Settings,
+        worker: Callable[[], Worker | None],
+        wake: Callable[[str], None],
+        settled: Callable[[str], None],
+    ) -> None:
+        self._store = store
+        self.settings = settings
+        self._worker = worker
+        self._wake = wake
+        self._settled = settled
+
+    @property
+    def store(self) -> Store:
+        return self._store()
+
+    async def status(self, workflow_id: str) -> str:
+        """The stored status; raises :class:`WorkflowNotFound`. A workflow being purged counts as gone."""
+        doc = await self.store.get_workflow(workflow_id, {"status": 1, "purging": 1})
+        if doc is None or doc.get("purging"):
+            raise WorkflowNotFound(workflow_id)
+        return str(doc["status"])
+
+    async def pause(self, workflow_id: str) -> Status:
+        """See :meth:`Bluestreak.pause`."""
+        check_id(workflow_id, "workflow id")
+        for _ in range(5):
+            now = self.settings.clock.now()
+            if await self.store.apply(PAUSE, workflow_id, now=now) is not None:
+                return Status.PAUSED
+            if await self.store.apply(REQUEST_PAUSE, workflow_id, now=now) is not None:
+                worker = self._worker()
+                if worker is not None:
+                    worker.pause_requested(workflow_id)
+                return Status.RUNNING
+            status = await self.status(workflow_id)
+            if status == Status.PAUSED.value:
+                return Status.PAUSED
+            if status in FINAL:
+                raise InvalidTransition(workflow_id, "pause", status)
+        raise InvalidTransition(workflow_id, "pause", await self.status(workflow_id))
+
+    async def resume(self, workflow_id: str) -> Status:
+        """See :meth:`Bluestreak.resume`."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        doc = await self.store.apply(RESUME, workflow_id, now=now)
+        if doc is not None:
+            self._wake(doc["handler"])
+            return Status.IDLE
+        if await self.store.apply(WITHDRAW_PAUSE, workflow_id, now=now) is not None:
+            worker = self._worker()
+            if worker is not None:
+                worker.pause_requested(workflow_id, requested=False)
+            return Status.RUNNING
+        status = await self.status(workflow_id)
+        if status in FINAL:
+            raise InvalidTransition(workflow_id, "resume", status)
+        return Status(status)
+
+    async def terminate(self, workflow_id: str) -> None:
+        """See :meth:`Bluestreak.terminate`."""
+        check_id(workflow_id, "workflow id")
+        now = self.settings.clock.now()
+        fields = expiry(now, self.settings.retention_failed)
+        doc = await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields)
+        if doc is None:
+            status = await self.status(workflow_id)
+            if status != Status.TERMINATED.value:
+                raise InvalidTransition(workflow_id, "terminate", status)
+        worker = self._worker()
+        if worker is not None:
+            worker.lost(workflow_id)
+        self._settled(workflow_id)
+
+    async def restart(self, workflow_id: str) -> None:
+        """See :meth:`Bluestreak.restart`."""
+        check_id(workflow_id, "workflow id")
+        doc = await self.store.apply(RESTART, workflow_id, now=self.settings.clock.now())
+        if doc is None:
+            await self.status(workflow_id)  # raises WorkflowNotFound (also while it is being purged)
+            raise WorkflowNotFound(workflow_id)  # pragma: no cover - RESTART applies to every status
+        worker = self._worker()
+        if worker is not None:
+            worker.lost(workflow_id, before_run=doc["run"])
+        # If this process dies here, the mark (history_gc) stays and the next claim deletes these.
+        await self.store.delete_history(workflow_id, before_run=doc["run"])
+        await self.store.apply_quiet(HISTORY_COLLECTED, workflow_id, history_gc=doc["history_gc"])
+        self._wake(doc["handler"])
+
+    async def retry(self, workflow_id: str) -> None:
+        """See :meth:`Bluestreak.retry`."""
+        check_id(workflow_id, "workflow id")
+        doc = await self.store.apply(RETRY, workflow_id, now=self.settings.clock.now())
+        if doc is None:
+            raise InvalidTransition(workflow_id, "retry", await self.status(workflow_id))
+        self._wake(doc["handler"])
+
+    async def send_event(self, workflow_id: str, event_type: str, payload: Any) -> str | None:
+        """See :meth:`Bluestreak.send_event`; the handler id of the workflow it woke, if any.
+
+        Insert first, then count it on the workflow (waking it if it waits):
+        a worker deciding to wait meanwhile either sees the event, or finds the
+        count moved and runs again. If the workflow has ended, the event is
+        withdrawn — unless a wait took it in between, in which case it was
+        delivered and this is a success.
+        """
+        check_id(workflow_id, "workflow id")
+        check_id(event_type, "event type")
+        stored, tag, _ = prepare(payload, f"the payload of event {event_type!r} for workflow {workflow_id!r}")
+        now = self.settings.clock.now()
+        event = {
+            "workflow_id": workflow_id,
+            "type": event_type,
+            "payload": stored,
+            "payload_type": tag,
+            "sent_at": now,
+            "consumed_by": None,
+            "consumed_run": UNCONSUMED,
+        }
+        await self.store.insert_event(event)
+        doc = await self.store.apply(NOTIFY_WAITING, workflow_id, now=now)
+        if doc is None:
+            doc = await self.store.apply(NOTIFY, workflow_id, now=now)
+            if doc is not None and doc.get("status") == Status.WAITING.value:  # it began waiting in between
+                await self.store.apply_quiet(WAKE_WAITING, workflow_id, now=now)
+        if doc is None:
+            if await self.store.withdraw_event(event["_id"]):
+                raise InvalidTransition(workflow_id, f"send event {event_type!r} to", await self.status(workflow_id))
+            return None  # taken by a wait of a run that ended since: delivered
+        return str(doc["handler"])
+
+    async def purge_expired(self) -> int:
+        """See :meth:`Bluestreak.purge_expired`."""
+        total = 0
+        while (count := await self.store.purge_expired(self.settings.clock.now())) > 0:
+            total += count
+        return total

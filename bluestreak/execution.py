@@ -1,0 +1,459 @@
+"""One execution: a claimed run of a workflow, from its claim to its outcome.
+
+An execution is its lease — ``(workflow_id, token)`` — not its workflow: a
+worker can hold a zombie of run 0 and the live execution of run 1 of one
+workflow at once, and each writes only under its own token.
+
+:meth:`Execution.run`:
+
+1. prepares the run: finishes a restart's clean-up if one died halfway,
+   honours a pause requested before the claim, loads the run's history (one
+   query per collection), restores and validates the input;
+2. runs the handler in a task of its own, with a
+   :class:`~bluestreak.context.WorkflowContext`;
+3. writes the outcome, fenced by the token: finished, failed or aborted,
+   suspended (sleeping, waiting, paused), released (shutdown) — or nothing,
+   if the lease is gone or the database failed (the workflow runs again
+   after its lease expires).
+
+Anything that goes wrong on the way — an input that cannot be imported, an
+error message that cannot be encoded, a result too large for its document, a
+stray ``CancelledError`` — ends in a recorded failure that counts toward
+``max_failures``. Only a database outage does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import bson
+
+from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare, restore, short
+from .config import Settings
+from .context import Stop, Suspension, WorkflowContext
+from .errors import DocumentTooLarge, InvalidArgument, StrayCancellation
+from .handlers import HandlerSpec
+from .metrics import Metrics
+from .records import Status
+from .retry import backoff_delay
+from .store import Doc, Store, expiry, is_transient
+from .tracing import workflow_span
+from .transitions import (
+    ABORT,
+    FAIL,
+    FINISH,
+    PAUSE_AT_BOUNDARY,
+    RELEASE,
+    RUN_AGAIN,
+    SUSPEND,
+    Transition,
+)
+
+log = logging.getLogger("bluestreak.worker")
+StopReason = Literal["lost", "release"]
+
+
+class Execution:
+    """A claimed run of one workflow, held under one lease token."""
+
+    def __init__(
+        self,
+        doc: Doc,
+        *,
+        store: Store,
+        settings: Settings,
+        spec: HandlerSpec,
+        metrics: Metrics,
+        on_settled: Callable[[str], None],
+        wake: Callable[[], None],
+    ) -> None:
+        self.doc = doc
+        self.workflow_id: str = doc["_id"]
+        self.token: str = doc["lease"]
+        self.run_number: int = int(doc.get("run", 0))
+        self.lease_until: datetime = doc["due_at"]
+        self.store = store
+        self.settings = settings
+        self.spec = spec
+        self.metrics = metrics
+        self._on_settled = on_settled
+        self._wake = wake
+        self.ctx: WorkflowContext | None = None
+        self.stop_reason: StopReason | None = None
+        self._aborted = asyncio.Event()
+        log_entries = doc.get("attempt_log") or []
+        self._logged = any(e.get("token") == self.token for e in log_entries)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The lease this execution is: ``(workflow_id, token)``."""
+        return self.workflow_id, self.token
+
+    def fields(self) -> dict[str, Any]:
+        """Structured log fields of this execution (``extra=`` of each record)."""
+        return {
+            "workflow_id": self.workflow_id,
+            "handler": self.doc.get("handler"),
+            "attempt": self.doc.get("attempt"),
+            "run": self.run_number,
+            "worker_id": self.settings.worker_id,
+        }
+
+    def abort(self, reason: StopReason) -> None:
+        """Stop at once: the lease is gone (``lost``: write nothing) or the worker shuts down (``release``)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._aborted.set()
+        if self.ctx is not None:
+            self.ctx.cancel_all()
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Prepare, run the handler, write the outcome. Never raises (but for its own cancellation)."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a database error writing the outcome, or a bug: never kill the worker
+            if is_transient(exc):
+                log.warning(
+                    "workflow %r: the database failed (%s: %s); it runs again after its lease",
+                    self.workflow_id,
+                    type(exc).__name__,
+                    short(str(exc)),
+                    extra=self.fields(),
+                )
+            else:
+                log.exception("workflow %r: unexpected error in its execution", self.workflow_id, extra=self.fields())
+        finally:
+            if self.ctx is not None:
+                self.ctx.cancel_stragglers()
+
+    async def _run(self) -> None:
+        doc = self.doc
+        self._log_takeover()
+        gc = doc.get("history_gc")
+        if gc:  # a restart died before deleting the old run's records
+            await self.store.collect_history(self.workflow_id, self.run_number, gc)
+        if doc.get("control") == "pause":
+            await self._suspend(Suspension(Status.PAUSED, None))
+            return
+        try:
+            if int(doc.get("attempt", 1)) > 1:
+                steps, naps = await self.store.load_history(self.workflow_id, self.run_number)
+            else:
+                steps, naps = [], []
+            value = restore(doc.get("input"), doc.get("input_type"))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await self._fail(exc)  # an input type this worker cannot import, undecodable history...
+            return
+        try:
+            value = self.spec.validate_input(value, self.workflow_id)
+        except InvalidArgument as exc:  # started by a client that could not validate: no retry can help
+            await self._fail(exc, final=True)
+            return
+        ctx = WorkflowContext(
+            store=self.store,
+            clock=self.settings.clock,
+            workflow_id=self.workflow_id,
+            handler_id=self.spec.handler_id,
+            run=self.run_number,
+            attempt=int(doc.get("attempt", 1)),
+            worker_id=self.settings.worker_id,
+            inbox=int(doc.get("inbox", 0)),
+            token=self.token,
+            taken=doc.get("taken") or [],
+            metrics=self.metrics,
+            steps=steps,
+            naps=naps,
+            sleep_threshold=self.settings.sleep_threshold,
+        )
+        self.ctx = ctx
+        if self.stop_reason is not None:  # lost before it began
+            return
+        handler = asyncio.create_task(self._handle(ctx, value), name=f"bluestreak:{self.workflow_id}:{self.token[:8]}")
+        ctx.bind(handler)
+        await self._await_handler(ctx, handler)
+        await self._outcome(ctx, handler)
+
+    async def _handle(self, ctx: WorkflowContext, value: Any) -> Any:
+        with workflow_span(self.doc, self.settings.worker_id):
+            return await self.spec.fn(ctx, value)
+
+    async def _await_handler(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
+        """Until the handler ends; once it is cancelled, at most ``shutdown_grace`` more."""
+        aborted = asyncio.ensure_future(self._aborted.wait())
+        unwinding = asyncio.ensure_future(ctx.unwinding())
+        try:
+            await asyncio.wait({handler, aborted, unwinding}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                await asyncio.wait({handler}, timeout=self.settings.shutdown_grace + 1)
+        except asyncio.CancelledError:  # the worker itself is being torn down
+            handler.cancel()
+            raise
+        finally:
+            aborted.cancel()
+            unwinding.cancel()
+        if not handler.done():
+            log.error(
+                "workflow %r: its handler did not stop within %gs of being cancelled (does it swallow "
+                "CancelledError?); recording its outcome anyway",
+                self.workflow_id,
+                self.settings.shutdown_grace + 1,
+                extra=self.fields(),
+            )
+
+    async def _outcome(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
+        if self.stop_reason == "lost":
+            self.metrics.lease_lost += 1
+            log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+            return
+        if self.stop_reason == "release":
+            await self._release()
+            return
+        interrupt = ctx.interrupt
+        if isinstance(interrupt, Stop):
+            if interrupt.kind == "failure":
+                assert interrupt.error is not None
+                await self._fail(interrupt.error)
+            elif interrupt.kind == "lease_lost":
+                self.metrics.lease_lost += 1
+                log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+            else:
+                log.info(
+                    "workflow %r stopped: the database failed (%s); it runs again after its lease",
+                    self.workflow_id,
+                    type(interrupt.error).__name__,
+                    extra=self.fields(),
+                )
+            return
+        if isinstance(interrupt, Suspension):  # sticky: even if the handler swallowed its cancellation
+            await self._suspend(interrupt)
+            return
+        if not handler.done() or handler.cancelled():
+            await self._fail(
+                StrayCancellation(
+                    f"the handler of workflow {self.workflow_id!r} was cancelled, "
+                    "but not by bluestreak; raise an ordinary exception to fail a run"
+                )
+            )
+            return
+        exc = handler.exception()
+        if exc is not None:
+            await self._fail(exc)
+            return
+        self._warn_unreached(ctx)
+        await self._finish(handler.result())
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _args(self, outcome: str, **more: Any) -> dict[str, Any]:
+        settled = self.ctx.settled if self.ctx is not None else []
+        return {
+            "now": self.settings.clock.now(),
+            "logged": self._logged,
+            "outcome": outcome,
+            "settled": settled,
+            **more,
+        }
+
+    async def _finish(self, result: Any) -> None:
+        where = f"the result of workflow {self.workflow_id!r} (handler {self.spec.handler_id!r})"
+        try:
+            stored, tag, _ = prepare(result, where)
+            _check_fits(self.doc, stored, where)
+        except Exception as exc:
+            await self._fail(exc)
+            return
+        now = self.settings.clock.now()
+        fields = {
+            "result": stored,
+            "result_type": tag,
+            "finished_at": now,
+            **expiry(now, self.settings.retention_finished),
+        }
+        try:
+            ok = await self.store.outcome(FINISH, self.workflow_id, self.token, **self._args("finished", fields=fields))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await self._fail(exc)  # the server refused the document (too large with its other fields, say)
+            return
+        if not ok:
+            self._lost_before("finish")
+            return
+        self.metrics.finished += 1
+        log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
+        self._on_settled(self.workflow_id)
+
+    async def _fail(self, exc: BaseException, *, final: bool = False) -> None:
+        failures = int(self.doc.get("failures", 0)) + 1
+        limit = self.settings.max_failures
+        now = self.settings.clock.now()
+        info = error_info(exc).to_doc()
+        aborted = final or (limit is not None and failures > limit)
+        fields: Doc = {"error": info, "failures": failures}
+        if aborted:
+            fields.update(finished_at=now, **expiry(now, self.settings.retention_failed))
+            status, ok = Status.ABORTED, await self._write(ABORT, "aborted", fields)
+        else:
+            delay = backoff_delay(
+                timedelta(seconds=self.settings.retry_interval),
+                failures,
+                cap=timedelta(seconds=self.settings.max_retry_interval),
+            )
+            fields["due_at"] = now + delay
+            written = await self._runnable(FAIL, "failed", fields)
+            ok = written is not None
+            status = written or Status.FAILED
+        if not ok:
+            self._lost_before("record its failure")
+            return
+        self.metrics.failed += 1
+        log.warning(
+            "workflow %r %s (failure %d): %s: %s",
+            self.workflow_id,
+            status.value,
+            failures,
+            info["type"],
+            short(info["message"]),
+            extra={**self.fields(), "error_type": info["type"], "failures": failures},
+        )
+        if status is Status.ABORTED:
+            self.metrics.aborted += 1
+            self._on_settled(self.workflow_id)
+        await self._callback(exc)
+
+    async def _write(self, t: Transition, outcome: str, fields: Doc, **guards: Any) -> bool:
+        """One fenced outcome write; a refused document is retried once with its error shrunk to the bare minimum."""
+        try:
+            return await self.store.apply_quiet(
+                t, self.workflow_id, self.token, **self._args(outcome, fields=fields, **guards)
+            )
+        except Exception as exc:
+            if is_transient(exc) or "error" not in fields:
+                raise
+            bare = {
+                **fields,
+                "error": {
+                    "type": fields["error"].get("type", "Error")[:200],
+                    "message": f"(the error could not be stored: {type(exc).__name__})",
+                    "traceback": "",
+                },
+            }
+            return await self.store.apply_quiet(
+                t, self.workflow_id, self.token, **self._args(outcome, fields=bare, **guards)
+            )
+
+    async def _runnable(self, t: Transition, outcome: str, fields: Doc, **guards: Any) -> Status | None:
+        """Write an outcome that leaves the workflow due later (failed, sleeping, waiting).
+
+        If an operator asked to pause it meanwhile, it becomes ``paused``
+        instead (its due time is dropped; ``resume`` makes it due at once).
+        Returns the status written, or ``None`` if the lease is gone (or the
+        guards no longer match).
+        """
+        if await self._write(t, outcome, fields, **guards):
+            return Status(t.target or fields.get("status") or Status.SLEEPING)
+        paused = {k: v for k, v in fields.items() if k not in ("due_at", "status")}
+        if await self._write(PAUSE_AT_BOUNDARY, outcome, paused):
+            return Status.PAUSED
+        return None
+
+    async def _suspend(self, suspension: Suspension) -> None:
+        if suspension.status is Status.PAUSED:
+            if await self._write(PAUSE_AT_BOUNDARY, "paused", {}):
+                self.metrics.suspended += 1
+                return
+            if await self._write(RUN_AGAIN, "paused", {}):  # the pause was withdrawn meanwhile
+                self._wake()
+                return
+            self._lost_before("pause")
+            return
+        fields: Doc = {"status": suspension.status.value, "due_at": suspension.due_at}
+        guards = {"inbox": suspension.inbox} if suspension.inbox is not None else {}
+        written = await self._runnable(SUSPEND, suspension.status.value, fields, **guards)
+        if written is not None:
+            self.metrics.suspended += 1
+            return
+        if suspension.inbox is not None and await self._write(RUN_AGAIN, suspension.status.value, {}):
+            self._wake()  # an event arrived while deciding to wait: run again now
+            return
+        self._lost_before(suspension.status.value)
+
+    async def _release(self) -> None:
+        try:
+            if await self._write(RELEASE, "released", {}):
+                log.info("workflow %r released for another worker (shutdown)", self.workflow_id, extra=self.fields())
+        except Exception as exc:
+            log.warning(
+                "workflow %r: release failed (%s); its lease will expire",
+                self.workflow_id,
+                type(exc).__name__,
+                extra=self.fields(),
+            )
+
+    async def _callback(self, exc: BaseException) -> None:
+        callback = self.settings.error_callback
+        if callback is None:
+            return
+        try:
+            outcome = callback(self.workflow_id, exc)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("error_callback raised for workflow %r; ignored", self.workflow_id)
+
+    # -- log lines -----------------------------------------------------------------------
+
+    def _lost_before(self, what: str) -> None:
+        self.metrics.lease_lost += 1
+        log.warning(
+            "workflow %r: lease lost before it could %s; nothing recorded", self.workflow_id, what, extra=self.fields()
+        )
+
+    def _log_takeover(self) -> None:
+        entries = self.doc.get("attempt_log") or []
+        if len(entries) < 2 or not self._logged:
+            return
+        previous = entries[-2]
+        if previous.get("outcome") is None:
+            log.info(
+                "workflow %r: took over from worker %r, whose lease expired (attempt %s)",
+                self.workflow_id,
+                previous.get("worker"),
+                self.doc.get("attempt"),
+                extra={**self.fields(), "previous_worker": previous.get("worker")},
+            )
+
+    def _warn_unreached(self, ctx: WorkflowContext) -> None:
+        unreached = ctx.unreached_records()
+        if unreached:
+            log.warning(
+                "workflow %r (handler %r) finished without reaching recorded steps %s: its code no longer "
+                "replays its history (a step was renamed, removed or moved); use ctx.patched() for changes "
+                "that must not affect runs in flight",
+                self.workflow_id,
+                self.spec.handler_id,
+                short(repr(unreached)),
+                extra={**self.fields(), "unreached": unreached[:20]},
+            )
+
+
+def _check_fits(doc: Doc, stored: Any, where: str) -> None:
+    """The result must fit in the workflow document beside its input: fail early, with a clear message."""
+    size = len(bson.encode({"r": stored, "i": doc.get("input")}, codec_options=CODEC_OPTIONS))
+    if size > MAX_DOCUMENT_BYTES - 64 * 1024:
+        raise DocumentTooLarge(
+            f"{where} is too large to store beside the workflow's input ({size:,} bytes together; a MongoDB "
+            f"document holds {MAX_DOCUMENT_BYTES:,}). Store large data elsewhere (a blob store, GridFS) and "
+            "return a reference."
+        )

@@ -1,0 +1,178 @@
+"""Reading workflows back: typed records for ``get_workflow``, ``list_workflows``, ``stats`` and history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .codec import restore
+from .errors import InvalidArgument, WorkflowNotFound
+from .handlers import check_id
+from .records import (
+    AttemptRecord,
+    ErrorInfo,
+    EventRecord,
+    NapRecord,
+    Stats,
+    Status,
+    StepRecord,
+    WorkflowRecord,
+)
+from .store import Doc, Store
+
+MAX_PAGE = 10_000
+
+
+class Inspector:
+    """The read side of an engine (``Bluestreak`` delegates to it)."""
+
+    def __init__(self, store: Callable[[], Store], now: Callable[[], datetime]) -> None:
+        self._store = store
+        self._now = now
+
+    @property
+    def store(self) -> Store:
+        return self._store()
+
+    async def existing(self, workflow_id: str, projection: dict[str, Any] | None) -> Doc:
+        """The workflow's fields in ``projection``; raises ``WorkflowNotFound``."""
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), projection)
+        if doc is None:
+            raise WorkflowNotFound(workflow_id)
+        return doc
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRecord:
+        """See :meth:`Bluestreak.get_workflow`."""
+        return workflow_record(await self.existing(workflow_id, None))
+
+    async def list_workflows(
+        self,
+        *,
+        status: str | Status | None,
+        handler_id: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        limit: int,
+        skip: int,
+    ) -> list[WorkflowRecord]:
+        """See :meth:`Bluestreak.list_workflows`."""
+        query: Doc = {}
+        if status is not None:
+            query["status"] = status_value(status)
+        if handler_id is not None:
+            query["handler"] = check_id(handler_id, "handler id")
+        window: Doc = {}
+        for op, when in (("$gte", created_after), ("$lt", created_before)):
+            if when is not None:
+                if not isinstance(when, datetime) or when.tzinfo is None:
+                    raise InvalidArgument(f"created_after/created_before must be aware datetimes, got {when!r}")
+                window[op] = when
+        if window:
+            query["created_at"] = window
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**62:
+            raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"limit must be an int from 1 to {MAX_PAGE:,}, got {limit!r}")
+        return [workflow_record(d) for d in await self.store.find_workflows(query, limit=limit, skip=skip)]
+
+    async def stats(self) -> Stats:
+        """See :meth:`Bluestreak.stats`."""
+        counts: dict[str, dict[str, int]] = {}
+        by_status: dict[str, int] = {}
+        for row in await self.store.count_by_status():
+            handler, status = row["_id"]["handler"], row["_id"]["status"]
+            counts.setdefault(handler, {})[status] = row["count"]
+            by_status[status] = by_status.get(status, 0) + row["count"]
+        now = self._now()
+        oldest = await self.store.oldest_due(now)
+        return Stats(counts, by_status, None if oldest is None else (now - oldest).total_seconds())
+
+    async def list_steps(self, workflow_id: str) -> list[StepRecord]:
+        """See :meth:`Bluestreak.list_steps`."""
+        doc = await self.existing(workflow_id, {"run": 1})
+        return [
+            StepRecord(
+                workflow_id=d["workflow_id"],
+                step_id=d["step_id"],
+                status=d.get("status", "done"),
+                output=readable(d.get("output"), d.get("output_type")) if d.get("status") == "done" else None,
+                error=ErrorInfo.from_doc(d.get("error")),
+                attempts=int(d.get("attempts", 0)),
+                started_at=d.get("started_at"),
+                recorded_at=d.get("recorded_at"),
+            )
+            for d in await self.store.list_steps(workflow_id, doc.get("run", 0))
+        ]
+
+    async def list_naps(self, workflow_id: str) -> list[NapRecord]:
+        """See :meth:`Bluestreak.list_naps`."""
+        doc = await self.existing(workflow_id, {"run": 1})
+        return [
+            NapRecord(
+                workflow_id=d["workflow_id"], nap_id=d["nap_id"], wake_at=d["wake_at"], created_at=d["created_at"]
+            )
+            for d in await self.store.list_naps(workflow_id, doc.get("run", 0))
+        ]
+
+    async def list_events(self, workflow_id: str) -> list[EventRecord]:
+        """See :meth:`Bluestreak.list_events`."""
+        await self.existing(workflow_id, {"_id": 1})
+        return [
+            EventRecord(
+                workflow_id=d["workflow_id"],
+                type=d["type"],
+                payload=readable(d.get("payload"), d.get("payload_type")),
+                sent_at=d["sent_at"],
+                consumed_by=(d.get("consumed_by") or "").partition(":")[2] or None,
+            )
+            for d in await self.store.list_events(workflow_id)
+        ]
+
+
+def readable(stored: Any, tag: str | None) -> Any:
+    """A stored value for inspection: the model if its class imports here, else its stored form."""
+    try:
+        return restore(stored, tag)
+    except Exception:
+        return stored
+
+
+def status_value(status: str) -> str:
+    """A status given by a caller, checked."""
+    try:
+        return Status(status).value
+    except ValueError:
+        raise InvalidArgument(f"unknown status {status!r}; use one of {', '.join(s.value for s in Status)}") from None
+
+
+def workflow_record(doc: Doc) -> WorkflowRecord:
+    """The typed record of a workflow document."""
+    status = Status(doc["status"])
+    return WorkflowRecord(
+        id=doc["_id"],
+        handler=doc["handler"],
+        status=status,
+        input=readable(doc.get("input"), doc.get("input_type")),
+        result=readable(doc.get("result"), doc.get("result_type")) if status is Status.FINISHED else None,
+        error=ErrorInfo.from_doc(doc.get("error")),
+        failures=int(doc.get("failures", 0)),
+        priority=int(doc.get("priority", 0)),
+        run=int(doc.get("run", 0)),
+        attempt=int(doc.get("attempt", 0)),
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        due_at=doc.get("due_at"),
+        finished_at=doc.get("finished_at"),
+        worker=doc.get("worker"),
+        attempts=tuple(
+            AttemptRecord(
+                worker=str(e.get("worker", "")),
+                claimed_at=e["claimed_at"],
+                ended_at=e.get("ended_at"),
+                outcome=e.get("outcome"),
+            )
+            for e in doc.get("attempt_log") or []
+            if e.get("claimed_at") is not None
+        ),
+    )

@@ -1,0 +1,259 @@
+"""The ``workflows`` collection: create, claim, renew, transitions, listing, purge.
+
+``due_at`` is set exactly while a workflow is runnable at some time (idle,
+failed, sleeping, waiting, and running, where it is the lease expiry); the
+claim index is partial on it, so finished workflows never cost the claim
+anything. Every status change is a :class:`~bluestreak.transitions.Transition`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+
+from .. import transitions as tr
+from ..records import FINAL_STATUSES, Status
+from ..transitions import Transition
+from .base import DUPLICATE_KEY, Collections, Doc, write_concern_errors
+
+FINAL = sorted(s.value for s in FINAL_STATUSES)
+CLAIM_ORDER = [("priority", DESCENDING), ("due_at", ASCENDING)]
+Lease = tuple[str, str]
+"""``(workflow_id, token)``: one execution. A worker may hold a zombie and a live execution of one workflow."""
+
+
+class WorkflowQueries(Collections):
+    """Reads and writes of workflow documents."""
+
+    # -- create and read ---------------------------------------------------------------
+
+    async def insert_workflow(self, doc: Doc) -> bool:
+        """Insert a new workflow; ``False`` if one with that id exists (nothing changes)."""
+        try:
+            await self.workflows.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def insert_workflows(self, docs: Sequence[Doc]) -> list[bool]:
+        """Insert many workflows in one unordered bulk insert; per doc, whether it was created."""
+        if not docs:
+            return []
+        created = [True] * len(docs)
+        try:
+            await self.workflows.insert_many(list(docs), ordered=False)
+        except BulkWriteError as exc:
+            if write_concern_errors(exc.details):
+                raise
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") != DUPLICATE_KEY:
+                    raise
+                created[err["index"]] = False
+        return created
+
+    async def get_workflow(self, workflow_id: str, projection: Mapping[str, Any] | None = None) -> Doc | None:
+        """The workflow document, or ``None``."""
+        doc: Doc | None = await self.workflows.find_one({"_id": workflow_id}, projection)
+        return doc
+
+    async def find_workflows(
+        self, query: Mapping[str, Any], *, limit: int, skip: int = 0, sort: Sequence[tuple[str, int]] | None = None
+    ) -> list[Doc]:
+        """Workflows matching ``query``, newest first unless ``sort`` says otherwise."""
+        order = list(sort or [("created_at", DESCENDING), ("_id", ASCENDING)])
+        cursor = self.workflows.find(dict(query)).sort(order)
+        docs: list[Doc] = await cursor.skip(skip).limit(limit).to_list(None)
+        return docs
+
+    async def count_by_status(self) -> list[Doc]:
+        """``[{"_id": {"status": ..., "handler": ...}, "count": n}, ...]``."""
+        pipeline = [{"$group": {"_id": {"status": "$status", "handler": "$handler"}, "count": {"$sum": 1}}}]
+        cursor = await self.workflows.aggregate(pipeline)
+        docs: list[Doc] = await cursor.to_list(None)
+        return docs
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """The earliest ``due_at`` among workflows that are due but not running (the queue's oldest item)."""
+        doc: Doc | None = await self.workflows.find_one(
+            {"due_at": {"$lte": now}, "status": {"$ne": Status.RUNNING.value}}, {"due_at": 1}, sort=[("due_at", 1)]
+        )
+        return None if doc is None else doc["due_at"]
+
+    async def next_due(self, handlers: Sequence[str]) -> datetime | None:
+        """The earliest ``due_at`` among workflows these handlers could claim."""
+        doc: Doc | None = await self.workflows.find_one(
+            {"due_at": {"$exists": True}, "handler": {"$in": list(handlers)}},
+            {"due_at": 1},
+            sort=[("due_at", ASCENDING)],
+        )
+        return None if doc is None else doc["due_at"]
+
+    # -- transitions ---------------------------------------------------------------------
+
+    async def apply(self, t: Transition, workflow_id: str, token: str | None = None, **args: Any) -> Doc | None:
+        """Apply one transition to one workflow atomically; the document after it, or ``None`` if it did not match."""
+        doc: Doc | None = await self.workflows.find_one_and_update(
+            t.filter(workflow_id, token, args), t.update(args), return_document=ReturnDocument.AFTER
+        )
+        return doc
+
+    async def apply_quiet(self, t: Transition, workflow_id: str, token: str | None = None, **args: Any) -> bool:
+        """Like :meth:`apply`, without reading the document back: whether it matched."""
+        result = await self.workflows.update_one(t.filter(workflow_id, token, args), t.update(args))
+        return bool(result.matched_count)
+
+    async def claim(
+        self, handlers: Sequence[str], now: datetime, lease_until: datetime, token: str, worker_id: str, limit: int
+    ) -> list[Doc]:
+        """Atomically move up to ``limit`` due workflows to ``running`` under ``token``; the documents as claimed.
+
+        Every claim is a write whose filter requires ``due_at <= now`` and
+        whose update moves ``due_at`` to the lease expiry, so two workers can
+        never both match one document. One workflow: one
+        ``find_one_and_update``. More: the due candidates' ids are read, claimed
+        with one ``update_many`` that checks each again, and the documents
+        that now carry ``token`` are read back — the state as claimed, never
+        the state before (an operator may have restarted one in between).
+        """
+        args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
+        query = tr.claim_query(now, list(handlers))
+        update = tr.CLAIM.update(args)
+        if limit == 1:
+            doc: Doc | None = await self.workflows.find_one_and_update(
+                query, update, sort=CLAIM_ORDER, return_document=ReturnDocument.AFTER
+            )
+            return [] if doc is None else [doc]
+        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(limit).to_list(None)
+        ids = [d["_id"] for d in found]
+        if not ids:
+            return []
+        result = await self.workflows.update_many({**query, "_id": {"$in": ids}}, update)
+        if result.modified_count == 0:
+            return []
+        mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).to_list(None)
+        order = {wid: i for i, wid in enumerate(ids)}
+        return sorted(mine, key=lambda d: order[d["_id"]])
+
+    async def renew(
+        self, leases: Sequence[Lease], lease_until: datetime, now: datetime
+    ) -> tuple[set[Lease], dict[Lease, str]]:
+        """Extend every lease in one bulk write.
+
+        Returns the leases that are gone, and ``{lease: control}`` for
+        workflows with a pending operator control (their lease is renewed
+        too; the execution stops at its next step boundary). Only when some
+        lease did not renew does this cost a second query, to tell the two apart.
+        """
+        if not leases:
+            return set(), {}
+        args = {"now": now, "lease_until": lease_until}
+
+        def ops(t: Transition, keys: Sequence[Lease]) -> list[UpdateOne]:
+            return [UpdateOne(t.filter(wid, token, args), t.update(args)) for wid, token in keys]
+
+        result = await self.workflows.bulk_write(ops(tr.RENEW, leases), ordered=False)
+        if result.matched_count == len(leases):
+            return set(), {}
+        ids = sorted({wid for wid, _ in leases})
+        docs = await self.workflows.find({"_id": {"$in": ids}}, {"lease": 1, "control": 1, "status": 1}).to_list(None)
+        current = {d["_id"]: d for d in docs}
+        lost: set[Lease] = set()
+        controls: dict[Lease, str] = {}
+        for wid, token in leases:
+            doc = current.get(wid)
+            if doc is None or doc.get("lease") != token:
+                lost.add((wid, token))  # another claim, a terminate or a restart replaced the token
+            elif doc.get("status") == Status.RUNNING.value and doc.get("control"):
+                controls[(wid, token)] = doc["control"]
+            # Our token on a workflow no longer running: this very execution ended or suspended it meanwhile.
+        if controls:
+            await self.workflows.bulk_write(ops(tr.RENEW_CONTROLLED, list(controls)), ordered=False)
+        return lost, controls
+
+    async def flush_outcomes(self, items: list[tuple[Transition, str, str, Doc]]) -> list[bool | BaseException]:
+        """Apply many fenced outcome transitions in one unordered bulk write (group commit of finishes).
+
+        Per item: whether it applied (``False``: the lease was lost), or the
+        error the server gave that item alone (a result too large, say).
+        """
+        ops = [UpdateOne(t.filter(wid, token, args), t.update(args)) for t, wid, token, args in items]
+        failed: dict[int, BaseException] = {}
+        try:
+            result = await self.workflows.bulk_write(ops, ordered=False)
+            matched = result.matched_count
+        except BulkWriteError as exc:
+            if write_concern_errors(exc.details):
+                raise
+            for err in exc.details.get("writeErrors", []):
+                failed[err["index"]] = OperationFailure(err.get("errmsg", "write failed"), err.get("code"), err)
+            matched = int(exc.details.get("nMatched", 0))
+        if matched == len(ops) - len(failed):
+            return [failed.get(i, True) for i in range(len(ops))]
+        # Some lost their lease: an outcome applied iff the document now carries its status and token.
+        ids = sorted({wid for _, wid, _, _ in items})
+        docs = await self.workflows.find({"_id": {"$in": ids}}, {"lease": 1, "status": 1}).to_list(None)
+        state = {d["_id"]: (d.get("lease"), d.get("status")) for d in docs}
+        return [
+            failed.get(i, state.get(wid) == (token, t.target.value if t.target else None))
+            for i, (t, wid, token, _) in enumerate(items)
+        ]
+
+    # -- change streams --------------------------------------------------------------------
+
+    async def watch_due(self) -> Any:
+        """A change stream of workflows becoming runnable: inserts, wake-ups, failures, releases, events.
+
+        Claims (``status: running``) and lease renewals (``due_at`` alone) are
+        left out, so workers do not wake each other for nothing. Raises
+        ``OperationFailure`` where change streams are not supported (a
+        standalone server).
+        """
+        runnable = sorted(s.value for s in tr.RUNNABLE)
+        pipeline = [
+            {
+                "$match": {
+                    "$or": [
+                        {"operationType": "insert"},
+                        {"updateDescription.updatedFields.status": {"$in": runnable}},
+                        {"updateDescription.updatedFields.inbox": {"$exists": True}},
+                        {"updateDescription.updatedFields.run": {"$exists": True}},
+                    ]
+                }
+            }
+        ]
+        return await self.workflows.watch(pipeline)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def expired_ids(self, now: datetime, limit: int) -> list[str]:
+        """Ids of ended workflows past their retention (one read, one batch)."""
+        docs = (
+            await self.workflows.find({"expire_at": {"$lte": now}}, {"_id": 1}, batch_size=limit)
+            .limit(limit)
+            .to_list(None)
+        )
+        return [d["_id"] for d in docs]
+
+    async def mark_purging(self, ids: list[str], now: datetime) -> list[str]:
+        """Mark ended, expired workflows for deletion (:data:`~bluestreak.transitions.PURGE`); the ids marked.
+
+        A mark left by a purge that died halfway counts as ours: finishing it is idempotent.
+        """
+        token = uuid.uuid4().hex
+        args = {"now": now, "token": token}
+        query = {**tr.PURGE.guard(args), "status": {"$in": FINAL}, "_id": {"$in": ids}}
+        result = await self.workflows.update_many({**query, "purging": {"$exists": False}}, tr.PURGE.update(args))
+        if result.modified_count == len(ids):
+            return ids
+        docs = await self.workflows.find({"_id": {"$in": ids}, "purging": {"$exists": True}}, {"_id": 1}).to_list(None)
+        return [d["_id"] for d in docs]
+
+    async def delete_purged(self, ids: list[str]) -> int:
+        """Delete the documents of marked workflows (their history first: see ``Store.purge_expired``)."""
+        result = await self.workflows.delete_many({"_id": {"$in": ids}, "purging": {"$exists": True}})
+        return int(result.deleted_count)

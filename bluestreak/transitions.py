@@ -1,0 +1,447 @@
+"""The status machine: every transition of a workflow document, as data.
+
+Each :class:`Transition` says which statuses it applies to, whether it is
+*fenced* (allowed only to the execution holding the lease), what else its
+filter checks (its guard) and what it writes. The store turns one into a
+single atomic MongoDB write: ``{_id, status in source, [lease: token],
+**guard}`` → ``update``. Engine (operator controls) and worker (executions)
+both go through this table, and ``tests/test_transitions.py`` races every
+pair of them on one workflow.
+
+A transition that matches nothing did not happen; the caller finds out why
+(another status, a lost lease, a pending control) and acts on that.
+
+Statuses (see :class:`~bluestreak.records.Status`)::
+
+    idle ──claim──▶ running ──finish──▶ finished
+      ▲               │ ├──fail──▶ failed ──(due)──▶ claim
+      │               │ ├──abort─▶ aborted
+      │               │ ├──suspend▶ sleeping / waiting ──(due, event)──▶ claim
+      │               │ └──pause at a step boundary──▶ paused ──resume──▶ idle
+      └──release──────┘
+    any non-final ──terminate──▶ terminated;  any ──restart──▶ idle (run + 1)
+    aborted, failed ──retry──▶ idle;  final + expired ──purge──▶ (deleted)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .records import FINAL_STATUSES, Status
+
+Doc = dict[str, Any]
+
+RUNNABLE = frozenset({Status.IDLE, Status.FAILED, Status.SLEEPING, Status.WAITING})
+"""Statuses of a workflow that is due at ``due_at`` and waits for a worker."""
+NON_FINAL = frozenset(Status) - FINAL_STATUSES
+ANY = frozenset(Status)
+ATTEMPT_LOG = 20
+"""How many attempts (claims) a workflow document remembers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One transition: allowed-from statuses, fencing, guard and update."""
+
+    name: str
+    source: frozenset[Status]
+    target: Status | None
+    """The status written, or ``None`` where the status does not change."""
+    fenced: bool
+    update: Callable[[Mapping[str, Any]], Doc]
+    guard: Callable[[Mapping[str, Any]], Doc] = field(default=lambda _a: {})
+    doc: str = ""
+
+    def filter(self, workflow_id: str, token: str | None, args: Mapping[str, Any]) -> Doc:
+        """The filter of this transition on one workflow."""
+        query: Doc = {"_id": workflow_id, "purging": {"$exists": False}}
+        if len(self.source) == 1:
+            query["status"] = next(iter(self.source)).value
+        elif self.source != ANY:
+            query["status"] = {"$in": sorted(s.value for s in self.source)}
+        if self.fenced:
+            if token is None:
+                raise ValueError(f"transition {self.name} is fenced: it needs the execution's lease token")
+            query["lease"] = token
+            args = {**args, "token": token}
+        query.update(self.guard(args))
+        return query
+
+    def allows(self, status: Status) -> bool:
+        """Whether this transition may apply to a workflow in ``status``."""
+        return status in self.source
+
+
+def _set(fields: Doc, *, unset: tuple[str, ...] = (), **ops: Doc) -> Doc:
+    update: Doc = {"$set": fields}
+    if unset:
+        update["$unset"] = dict.fromkeys(unset, "")
+    update.update({k: v for k, v in ops.items() if v})
+    return update
+
+
+def _ended(a: Mapping[str, Any], status: Status) -> Doc:
+    """The attempt-log entry of this execution, closed with its outcome (positional: see ``logged``)."""
+    return {"attempt_log.$.ended_at": a["now"], "attempt_log.$.outcome": a.get("outcome", status.value)}
+
+
+def _logged(a: Mapping[str, Any]) -> Doc:
+    """Guard that finds this execution's attempt-log entry, so ``$`` updates it."""
+    return {"attempt_log.token": a["token"]} if a.get("logged") else {}
+
+
+def _outcome_fields(a: Mapping[str, Any], status: Status) -> Doc:
+    fields: Doc = {"status": status.value, "updated_at": a["now"]}
+    if a.get("logged"):
+        fields.update(_ended(a, status))
+    fields.update(a.get("fields", {}))
+    return fields
+
+
+def _with_pull(update: Doc, a: Mapping[str, Any]) -> Doc:
+    """Drop the event reservations this execution has settled (their wait steps are recorded)."""
+    settled = a.get("settled")
+    if settled:
+        update["$pull"] = {"taken": {"c": {"$in": list(settled)}}}
+    return update
+
+
+def _guard_outcome(a: Mapping[str, Any]) -> Doc:
+    return {**_logged(a), **({"control": a["control"]} if "control" in a else {})}
+
+
+# -- executions (fenced) -------------------------------------------------------------------
+
+CLAIM = Transition(
+    "claim",
+    RUNNABLE | {Status.RUNNING},  # running: a lease that expired
+    Status.RUNNING,
+    fenced=False,
+    guard=lambda a: {"due_at": {"$lte": a["now"]}},
+    update=lambda a: {
+        "$set": {
+            "status": Status.RUNNING.value,
+            "lease": a["token"],
+            "worker": a["worker"],
+            "due_at": a["lease_until"],
+            "claimed_at": a["now"],
+            "updated_at": a["now"],
+        },
+        "$inc": {"attempt": 1},
+        "$push": {
+            "attempt_log": {
+                "$each": [{"token": a["token"], "worker": a["worker"], "claimed_at": a["now"]}],
+                "$slice": -ATTEMPT_LOG,
+            }
+        },
+    },
+    doc="A worker takes a due workflow (or one whose lease expired) with a fresh lease token.",
+)
+
+RENEW = Transition(
+    "renew",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    guard=lambda a: {"control": None},
+    update=lambda a: {"$set": {"due_at": a["lease_until"], "updated_at": a["now"]}},
+    doc="The holder extends its lease; a pending control makes it miss, so the worker reads why.",
+)
+
+RENEW_CONTROLLED = Transition(
+    "renew_controlled",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$set": {"due_at": a["lease_until"], "updated_at": a["now"]}},
+    doc="Renewal of a lease whose workflow has a pending control (the execution stops at a boundary).",
+)
+
+FINISH = Transition(
+    "finish",
+    frozenset({Status.RUNNING}),
+    Status.FINISHED,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _set(
+        {**_outcome_fields(a, Status.FINISHED), "control": None, "taken": [], "error": None},
+        unset=("due_at",),
+    ),
+    doc="The handler returned: store its result. Final.",
+)
+
+FAIL = Transition(
+    "fail",
+    frozenset({Status.RUNNING}),
+    Status.FAILED,
+    fenced=True,
+    guard=lambda a: {**_logged(a), "control": None},
+    update=lambda a: _with_pull(_set(_outcome_fields(a, Status.FAILED)), a),
+    doc="The handler raised: record the error, run again after the backoff.",
+)
+
+ABORT = Transition(
+    "abort",
+    frozenset({Status.RUNNING}),
+    Status.ABORTED,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _set({**_outcome_fields(a, Status.ABORTED), "control": None, "taken": []}, unset=("due_at",)),
+    doc="Failed more than max_failures times (or cannot ever run): record the error. Final.",
+)
+
+SUSPEND = Transition(
+    "suspend",
+    frozenset({Status.RUNNING}),
+    None,  # sleeping or waiting, given in the fields
+    fenced=True,
+    guard=lambda a: {**_logged(a), "control": None, **({"inbox": a["inbox"]} if a.get("inbox") is not None else {})},
+    update=lambda a: _with_pull(_set(_outcome_fields(a, Status(a["fields"]["status"]))), a),
+    doc="A long sleep, retry delay or event wait: release the lease until due_at. A wait also checks "
+    "that no event arrived since the claim (inbox unchanged): no lost wake-up.",
+)
+
+PAUSE_AT_BOUNDARY = Transition(
+    "pause_at_boundary",
+    frozenset({Status.RUNNING}),
+    Status.PAUSED,
+    fenced=True,
+    guard=lambda a: {**_logged(a), "control": "pause"},
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.PAUSED), "control": None}, unset=("due_at",)),
+        a,
+    ),
+    doc="A pending pause is honoured: at a step boundary, or instead of a failure/suspension outcome.",
+)
+
+RUN_AGAIN = Transition(
+    "run_again",
+    frozenset({Status.RUNNING}),
+    Status.SLEEPING,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"]}), a),
+    doc="Unwound but must run again now: an event arrived while deciding to wait, or a pause was withdrawn.",
+)
+
+RELEASE = Transition(
+    "release",
+    frozenset({Status.RUNNING}),
+    Status.IDLE,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.IDLE), "due_at": a["now"]}), a),
+    doc="A worker shutting down hands a running workflow back, due now.",
+)
+
+TAKE_EVENT = Transition(
+    "take_event",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    guard=lambda a: {"taken.c": {"$ne": a["consumer"]}, "taken.e": {"$ne": a["event"]}},
+    update=lambda a: {"$push": {"taken": {"c": a["consumer"], "e": a["event"]}}},
+    doc="Reserve one buffered event for one wait: fenced, and atomic with 'has this wait (or event) one yet?'.",
+)
+
+DROP_EVENT = Transition(
+    "drop_event",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$pull": {"taken": {"e": a["event"]}}},
+    doc="Give up a reservation whose event was withdrawn by its sender (it went to an ended workflow).",
+)
+
+# -- operators -----------------------------------------------------------------------------
+
+PAUSE = Transition(
+    "pause",
+    RUNNABLE,
+    Status.PAUSED,
+    fenced=False,
+    update=lambda a: _set({"status": Status.PAUSED.value, "updated_at": a["now"], "control": None}, unset=("due_at",)),
+    doc="Pause a workflow no worker runs now.",
+)
+
+REQUEST_PAUSE = Transition(
+    "request_pause",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=False,
+    update=lambda a: {"$set": {"control": "pause", "updated_at": a["now"]}},
+    doc="Ask the running execution to pause at its next step boundary (the step in flight is recorded).",
+)
+
+RESUME = Transition(
+    "resume",
+    frozenset({Status.PAUSED}),
+    Status.IDLE,
+    fenced=False,
+    update=lambda a: {
+        "$set": {"status": Status.IDLE.value, "due_at": a["now"], "updated_at": a["now"], "control": None}
+    },
+    doc="Resume a paused workflow: due now.",
+)
+
+WITHDRAW_PAUSE = Transition(
+    "withdraw_pause",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=False,
+    guard=lambda a: {"control": "pause"},
+    update=lambda a: {"$set": {"control": None, "updated_at": a["now"]}},
+    doc="Resume of a running workflow whose pause is still pending: withdraw it.",
+)
+
+TERMINATE = Transition(
+    "terminate",
+    NON_FINAL,
+    Status.TERMINATED,
+    fenced=False,
+    update=lambda a: _set(
+        {
+            "status": Status.TERMINATED.value,
+            "lease": None,
+            "control": None,
+            "taken": [],
+            "updated_at": a["now"],
+            "finished_at": a["now"],
+            **a.get("fields", {}),
+        },
+        unset=("due_at",),
+    ),
+    doc="Stop for good; a running execution loses its lease (and is cancelled).",
+)
+
+RESTART = Transition(
+    "restart",
+    ANY,
+    Status.IDLE,
+    fenced=False,
+    update=lambda a: {
+        "$set": {
+            "status": Status.IDLE.value,
+            "due_at": a["now"],
+            "lease": None,
+            "control": None,
+            "attempt": 0,
+            "failures": 0,
+            "taken": [],
+            "result": None,
+            "result_type": None,
+            "error": None,
+            "finished_at": None,
+            "updated_at": a["now"],
+        },
+        "$unset": {"expire_at": ""},
+        "$inc": {"run": 1, "history_gc": 1},
+    },
+    doc="Run again from the beginning with the same input. The old run's records are deleted afterwards "
+    "(history_gc counts the runs whose records may remain; whoever finds it set deletes them).",
+)
+
+RETRY = Transition(
+    "retry",
+    frozenset({Status.ABORTED, Status.FAILED}),
+    Status.IDLE,
+    fenced=False,
+    update=lambda a: {
+        "$set": {
+            "status": Status.IDLE.value,
+            "due_at": a["now"],
+            "failures": 0,
+            "finished_at": None,
+            "updated_at": a["now"],
+        },
+        "$unset": {"expire_at": ""},
+    },
+    doc="Another run of an aborted (or failed) workflow now, keeping its recorded steps.",
+)
+
+NOTIFY_WAITING = Transition(
+    "notify_waiting",
+    frozenset({Status.WAITING}),
+    None,
+    fenced=False,
+    update=lambda a: {"$inc": {"inbox": 1}, "$set": {"due_at": a["now"], "updated_at": a["now"]}},
+    doc="An event was buffered for a waiting workflow: count it and make the workflow due now.",
+)
+
+NOTIFY = Transition(
+    "notify",
+    NON_FINAL,
+    None,
+    fenced=False,
+    update=lambda a: {"$inc": {"inbox": 1}},
+    doc="An event was buffered for a workflow that is not waiting: count it (a wait deciding now sees the count move).",
+)
+
+WAKE_WAITING = Transition(
+    "wake_waiting",
+    frozenset({Status.WAITING}),
+    None,
+    fenced=False,
+    update=lambda a: {"$set": {"due_at": a["now"], "updated_at": a["now"]}},
+    doc="The workflow began waiting between the event's insert and its count: make it due now.",
+)
+
+HISTORY_COLLECTED = Transition(
+    "history_collected",
+    ANY,
+    None,
+    fenced=False,
+    guard=lambda a: {"history_gc": a["history_gc"]},
+    update=lambda a: {"$unset": {"history_gc": ""}},
+    doc="The records of runs before the current one are deleted (unless another restart came meanwhile).",
+)
+
+PURGE = Transition(
+    "purge",
+    FINAL_STATUSES,
+    None,
+    fenced=False,
+    guard=lambda a: {"expire_at": {"$lte": a["now"]}},
+    update=lambda a: {"$set": {"purging": a["token"]}},
+    doc="Mark an ended workflow past its retention for deletion: no operator control applies to it from "
+    "here on, so its history can be deleted before the document without racing retry or restart.",
+)
+
+EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
+    CLAIM,
+    RENEW,
+    RENEW_CONTROLLED,
+    FINISH,
+    FAIL,
+    ABORT,
+    SUSPEND,
+    PAUSE_AT_BOUNDARY,
+    RUN_AGAIN,
+    RELEASE,
+    TAKE_EVENT,
+    DROP_EVENT,
+)
+OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
+    PAUSE,
+    REQUEST_PAUSE,
+    RESUME,
+    WITHDRAW_PAUSE,
+    TERMINATE,
+    RESTART,
+    RETRY,
+    NOTIFY_WAITING,
+    NOTIFY,
+    WAKE_WAITING,
+    HISTORY_COLLECTED,
+    PURGE,
+)
+ALL: tuple[Transition, ...] = EXECUTION_TRANSITIONS + OPERATOR_TRANSITIONS
+BY_NAME: dict[str, Transition] = {t.name: t for t in ALL}
+
+
+def claim_query(now: datetime, handlers: list[str]) -> Doc:
+    """The filter of a claim over many workflows (no ``_id``): due now, of these handlers."""
+    return {**CLAIM.guard({"now": now}), "handler": {"$in": handlers}}

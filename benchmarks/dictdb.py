@@ -162,7 +162,7 @@ def _positional(doc: Doc, key: str, spec: Mapping[str, Any]) -> tuple[Doc, str]:
     raise NotImplementedError(f"dictdb: positional update {key} without a matching array filter")
 
 
-def _apply_update(doc: Doc, update: Mapping[str, Any], inserting: bool, spec: Mapping[str, Any] = {}) -> None:  # noqa: B006
+def _apply_update(doc: Doc, update: Mapping[str, Any], inserting: bool, spec: Mapping[str, Any] = {}) -> None:
     for op, fields in update.items():
         if op == "$set" or (op == "$setOnInsert" and inserting):
             for k, v in fields.items():
@@ -384,7 +384,7 @@ class DictCollection:
     async def count_documents(self, spec: Mapping[str, Any]) -> int:
         return len(self._query(spec, None))
 
-    def _modify(self, doc: Doc, update: Mapping[str, Any], spec: Mapping[str, Any] = {}) -> None:  # noqa: B006
+    def _modify(self, doc: Doc, update: Mapping[str, Any], spec: Mapping[str, Any] = {}) -> None:
         new = _copy(doc)
         _apply_update(new, update, inserting=False, spec=spec)
         self._check_unique(new, ignore=doc["_id"])

@@ -28,13 +28,15 @@ from .errors import (
     WorkflowUsageError,
 )
 from .handlers import Workflow
+from .inspection import WorkflowPage
 from .metrics import Metrics
-from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
+from .records import AttemptRecord, ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttemptRecord",
     "Bluestreak",
     "BluestreakError",
     "Clock",
@@ -66,6 +68,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowNotFound",
+    "WorkflowPage",
     "WorkflowRecord",
     "WorkflowUsageError",
     "parse_duration",

@@ -25,7 +25,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
-from .inspection import Inspector
+from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .store import Doc, Store
@@ -481,6 +481,31 @@ class Bluestreak:
             created_before=created_before,
             limit=limit,
             skip=skip,
+        )
+
+    async def page_workflows(
+        self,
+        *,
+        status: str | Status | None = None,
+        handler_id: str | None = None,
+        id_prefix: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """Workflows newest first, a page at a time, paginated by index (no ``skip`` scan): for 100,000+ workflows.
+
+        Pass the returned ``next_cursor`` as ``cursor`` for the next page.
+        """
+        return await self._inspector.page_workflows(
+            status=status,
+            handler_id=handler_id,
+            id_prefix=id_prefix,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
         )
 
     async def stats(self) -> Stats:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .codec import restore
@@ -22,6 +26,15 @@ from .records import (
 from .store import Doc, Store
 
 MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPage:
+    """One page of :meth:`Bluestreak.page_workflows`: its workflows, and the cursor of the next page."""
+
+    items: list[WorkflowRecord]
+    next_cursor: str | None
+    """Pass it as ``cursor=`` for the next page; ``None`` on the last page."""
 
 
 class Inspector:
@@ -57,24 +70,38 @@ class Inspector:
         skip: int,
     ) -> list[WorkflowRecord]:
         """See :meth:`Bluestreak.list_workflows`."""
-        query: Doc = {}
-        if status is not None:
-            query["status"] = status_value(status)
-        if handler_id is not None:
-            query["handler"] = check_id(handler_id, "handler id")
-        window: Doc = {}
-        for op, when in (("$gte", created_after), ("$lt", created_before)):
-            if when is not None:
-                if not isinstance(when, datetime) or when.tzinfo is None:
-                    raise InvalidArgument(f"created_after/created_before must be aware datetimes, got {when!r}")
-                window[op] = when
-        if window:
-            query["created_at"] = window
+        query = _filters(status, handler_id, created_after, created_before)
         if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**62:
             raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidArgument(f"limit must be an int from 1 to {MAX_PAGE:,}, got {limit!r}")
         return [workflow_record(d) for d in await self.store.find_workflows(query, limit=limit, skip=skip)]
+
+    async def page_workflows(
+        self,
+        *,
+        status: str | Status | None,
+        handler_id: str | None,
+        id_prefix: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> WorkflowPage:
+        """See :meth:`Bluestreak.page_workflows`."""
+        query = _filters(status, handler_id, created_after, created_before)
+        if id_prefix is not None:
+            query["_id"] = {"$regex": f"^{re.escape(check_id(id_prefix, 'id prefix'))}"}
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be an int from 1 to 1,000, got {limit!r}")
+        if cursor is not None:
+            created, last_id = _decode_cursor(cursor)
+            after = {"$or": [{"created_at": {"$lt": created}}, {"created_at": created, "_id": {"$gt": last_id}}]}
+            query = {"$and": [query, after]} if query else after
+        docs = await self.store.find_workflows(query, limit=limit + 1)
+        items = [workflow_record(d) for d in docs[:limit]]
+        more = len(docs) > limit
+        return WorkflowPage(items, _encode_cursor(docs[limit - 1]) if more else None)
 
     async def stats(self) -> Stats:
         """See :meth:`Bluestreak.stats`."""
@@ -128,6 +155,44 @@ class Inspector:
             )
             for d in await self.store.list_events(workflow_id)
         ]
+
+
+def _filters(
+    status: str | Status | None, handler_id: str | None, created_after: datetime | None, created_before: datetime | None
+) -> Doc:
+    query: Doc = {}
+    if status is not None:
+        query["status"] = status_value(status)
+    if handler_id is not None:
+        query["handler"] = check_id(handler_id, "handler id")
+    window: Doc = {}
+    for op, when in (("$gte", created_after), ("$lt", created_before)):
+        if when is not None:
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise InvalidArgument(f"created_after/created_before must be aware datetimes, got {when!r}")
+            window[op] = when
+    if window:
+        query["created_at"] = window
+    return query
+
+
+def _encode_cursor(doc: Doc) -> str:
+    created: datetime = doc["created_at"]
+    raw = json.dumps([int(created.timestamp() * 1000), doc["_id"]], ensure_ascii=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        millis, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(millis, int) or not isinstance(last_id, str):
+            raise ValueError
+        return datetime.fromtimestamp(millis / 1000, UTC), last_id
+    except (ValueError, TypeError, OverflowError, OSError):
+        raise InvalidArgument(
+            f"cursor {cursor[:40]!r} is not one page_workflows() returned; pass next_cursor as it came"
+        ) from None
 
 
 def readable(stored: Any, tag: str | None) -> Any:

@@ -131,6 +131,9 @@ class Collections:
             [("status", ASCENDING), ("created_at", DESCENDING), ("_id", ASCENDING)], name="status_created"
         )
         await self.workflows.create_index(
+            [("handler", ASCENDING), ("created_at", DESCENDING), ("_id", ASCENDING)], name="handler_created"
+        )
+        await self.workflows.create_index(
             [("expire_at", ASCENDING)], name="retention", partialFilterExpression={"expire_at": {"$exists": True}}
         )
         await self.steps.create_index(

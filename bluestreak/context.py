@@ -60,15 +60,17 @@ DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
 
 @dataclass(eq=False, slots=True)
 class _Call:
-    """A step in flight: its body runs (or it retries, or records). Nested steps point at their parent."""
+    """A ctx call in progress (a step, sleep or wait); calls made inside a step's function point at it."""
 
     step_id: str
     parent: _Call | None
     blocked: bool = False
-    """A ctx call inside it parked: it cannot finish in this run, so a suspension does not wait for it."""
+    """It (or a call nested in it) parked: it cannot finish in this run, so a suspension does not wait for it."""
 
 
 _current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("bluestreak_step", default=None)
+_SETTLE_TICKS = 10
+"""Loop ticks a quiet run is given before it is unwound (a task that just ended wakes its awaiter in two)."""
 
 
 @dataclass(slots=True)
@@ -159,7 +161,10 @@ class WorkflowContext:
         self.settled: list[str] = []
         """Consumers whose wait is recorded: their reservations are dropped by the outcome write."""
         self._event_lock = asyncio.Lock()
-        self._inflight: list[_Call] = []
+        self._calls: dict[_Call, None] = {}  # ctx calls active now (ordered)
+        self._activity = 0
+        self._changed = asyncio.Event()
+        self._unwinder: asyncio.Task[None] | None = None
         self._unwind = _Unwind()
         self._handler: asyncio.Task[Any] | None = None
         self.interrupt: Interrupt | None = None
@@ -234,12 +239,15 @@ class WorkflowContext:
         timeout_s = None if timeout is None else parse_duration(timeout, name="step timeout").total_seconds()
         if timeout_s is not None and timeout_s <= 0:
             raise InvalidArgument(f"{self._where(step_id)}: timeout must be greater than zero, got {timeout!r}")
-        await self._boundary()
-        record = self._steps.get(step_id)
-        if record is not None and record.get("status") != "pending":
-            return self._replay(record)
-        body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-        return await self._run_step(step_id, body, record, retries, timeout_s, thread)
+        call = await self._begin(step_id)
+        try:
+            record = self._steps.get(step_id)
+            if record is not None and record.get("status") != "pending":
+                return self._replay(record)
+            body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+            return await self._attempts(call, body, record, retries, timeout_s, thread)
+        finally:
+            self._end(call)
 
     async def sleep(self, nap_id: str, duration: Duration) -> None:
         """Sleep durably for ``duration`` (seconds, ``timedelta`` or ``"2 hours"``).
@@ -250,15 +258,21 @@ class WorkflowContext:
         """
         self._claim_id(nap_id, "nap id")
         delta = parse_duration(duration, name=f"duration of nap {nap_id!r}")
-        await self._boundary()
-        await self._nap(nap_id, lambda now: now + delta)
+        call = await self._begin(nap_id)
+        try:
+            await self._nap(call, lambda now: now + delta)
+        finally:
+            self._end(call)
 
     async def sleep_until(self, nap_id: str, when: datetime | float | int) -> None:
         """Sleep durably until ``when``: an aware ``datetime`` or a Unix timestamp. A past time returns at once."""
         self._claim_id(nap_id, "nap id")
         target = self._until(nap_id, when)
-        await self._boundary()
-        await self._nap(nap_id, lambda _now: target)
+        call = await self._begin(nap_id)
+        try:
+            await self._nap(call, lambda _now: target)
+        finally:
+            self._end(call)
 
     async def wait_for_event(self, step_id: str, event_type: str, *, timeout: Duration = DEFAULT_EVENT_TIMEOUT) -> Any:
         """Wait for an event of ``event_type`` sent with ``Bluestreak.send_event``; return its payload.
@@ -282,12 +296,15 @@ class WorkflowContext:
             raise InvalidArgument(f"{self._where(step_id)}: event_types must be a non-empty list of str")
         types = [check_id(t, "event type") for t in event_types]
         limit = parse_duration(timeout, name="event timeout")
-        await self._boundary()
-        record = self._steps.get(step_id)
-        if record is not None and record.get("status") != "pending":
-            self._settle(self._consumer(step_id))
-            return self._replay_event(record)
-        return await self._wait_event(step_id, types, record, limit)
+        call = await self._begin(step_id)
+        try:
+            record = self._steps.get(step_id)
+            if record is not None and record.get("status") != "pending":
+                self._settle(self._consumer(step_id))
+                return self._replay_event(record)
+            return await self._wait_event(call, types, record, limit)
+        finally:
+            self._end(call)
 
     async def patched(self, patch_id: str) -> bool:
         """Whether this run takes the code path of a change made while runs were in flight.
@@ -302,12 +319,15 @@ class WorkflowContext:
         """
         step_id = f"patch:{check_id(patch_id, 'patch id')}"
         self._claim_id(step_id, "patch id")
-        await self._boundary()
-        record = self._steps.get(step_id)
-        if record is not None:
-            return bool(self._replay(record))
-        old_run = bool(self.unreached_records())
-        return bool(await self._record_step(step_id, not old_run, False, 1))
+        call = await self._begin(step_id)
+        try:
+            record = self._steps.get(step_id)
+            if record is not None:
+                return bool(self._replay(record))
+            old_run = bool(self.unreached_records())
+            return bool(await self._record_step(step_id, not old_run, False, 1, None, call))
+        finally:
+            self._end(call)
 
     def unreached_records(self) -> list[str]:
         """Ids recorded in an earlier execution of this run that this execution did not reach.
@@ -328,22 +348,28 @@ class WorkflowContext:
         """Return once the context has cancelled the handler (the run is unwinding)."""
         await self._unwind.event.wait()
 
-    async def _boundary(self) -> None:
-        """Entering a ctx call: park if the run is stopping; honour a pending pause at the top level."""
-        self._track()
-        if self._unwind.done:
-            raise asyncio.CancelledError()
-        if self.interrupt is not None:
-            await self._park()
-        if self.pause_requested and _current_call.get() is None:
-            await self._halt(Suspension(Status.PAUSED, None))
-
-    def _track(self) -> None:
+    async def _begin(self, call_id: str) -> _Call:
+        """Entering a ctx call: stop if the run is stopping; honour a pending pause at the top level."""
         task = asyncio.current_task()
         if task is not None and task is not self._handler:
             self._unwind.tasks[task] = None
+        if self._unwind.done:
+            raise asyncio.CancelledError()
+        parent = _current_call.get()
+        call = _Call(call_id, parent)
+        self._calls[call] = None
+        self._kick()
+        if isinstance(self.interrupt, Stop):
+            await self._park(call)
+        if self.pause_requested and parent is None:
+            await self._halt(Suspension(Status.PAUSED, None), call)
+        return call
 
-    async def _halt(self, interrupt: Interrupt, call: _Call | None = None) -> NoReturn:
+    def _end(self, call: _Call) -> None:
+        self._calls.pop(call, None)
+        self._kick()
+
+    async def _halt(self, interrupt: Interrupt, call: _Call | None) -> NoReturn:
         """Decide that the run stops (merging with what other branches decided), then park."""
         current = self.interrupt
         if isinstance(current, Stop):
@@ -354,23 +380,48 @@ class WorkflowContext:
             self.interrupt = current.merge(interrupt)
         await self._park(call)
 
-    async def _park(self, call: _Call | None = None) -> NoReturn:
-        """Never return: wait to be cancelled by :meth:`_unwind_if_ready`."""
-        blocked = call or _current_call.get()
+    async def _park(self, call: _Call | None) -> NoReturn:
+        """Never return: this ctx call (and the steps it is nested in) cannot finish in this run."""
+        blocked = call
         while blocked is not None:
             blocked.blocked = True
             blocked = blocked.parent
-        self._unwind_if_ready()
+        self._kick()
         await asyncio.get_running_loop().create_future()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _unwind_if_ready(self) -> None:
-        """Cancel the handler once the steps in flight are done (a suspension) or at once (a stop)."""
-        if self._unwind.done or self.interrupt is None:
+    def _kick(self) -> None:
+        """Something changed: unwind now (a stop), or once the run is quiet (a suspension)."""
+        self._activity += 1
+        self._changed.set()
+        if self.interrupt is None or self._unwind.done or self._handler is None:
             return
-        if isinstance(self.interrupt, Suspension) and any(not c.blocked for c in self._inflight):
-            return  # let the steps already running finish and be recorded
-        self.cancel_all()
+        if isinstance(self.interrupt, Stop):
+            self.cancel_all()
+        elif self._unwinder is None:
+            self._unwinder = asyncio.get_running_loop().create_task(self._unwind_when_quiet())
+
+    def _quiet(self) -> bool:
+        return all(c.blocked for c in self._calls)
+
+    async def _unwind_when_quiet(self) -> None:
+        """Cancel the handler once every ctx call still active is parked and nothing moved for a few ticks.
+
+        Steps already running finish and are recorded; a branch that is still
+        consuming an event or running steps keeps going; the handler gets the
+        loop ticks it needs to react to a branch that just returned (the
+        winner of an ``asyncio.wait``) before anything is cancelled.
+        """
+        while not self._unwind.done:
+            if not self._quiet():
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            stamp = self._activity
+            for _ in range(_SETTLE_TICKS):
+                await asyncio.sleep(0)
+            if stamp == self._activity and self._quiet() and not self._unwind.done:
+                self.cancel_all()
 
     def cancel_all(self) -> None:
         """Cancel the handler's task and every task that made a ctx call (idempotent)."""
@@ -381,6 +432,11 @@ class WorkflowContext:
         for task in self._unwind.tasks:
             if not task.done():
                 task.cancel()
+
+    @property
+    def unwound(self) -> bool:
+        """Whether the context cancelled the handler (the run stops with its interrupt)."""
+        return self._unwind.done
 
     async def _db(self, call: Awaitable[T], call_in: _Call | None = None) -> T:
         """A store call from the context: an outage stops the run (no failure is counted); a refusal fails it."""
@@ -400,28 +456,11 @@ class WorkflowContext:
                 await self._halt(Stop("store", exc), call_in)
             await self._halt(Stop("failure", exc), call_in)
 
-    async def _fenced(self, t: Transition, **args: Any) -> bool:
+    async def _fenced(self, call: _Call, t: Transition, **args: Any) -> bool:
         """A write on behalf of this execution, to the workflow document: only while it holds the lease."""
-        return await self._db(self._store.apply_quiet(t, self.workflow_id, self._token, **args))
+        return await self._db(self._store.apply_quiet(t, self.workflow_id, self._token, **args), call)
 
     # -- steps ---------------------------------------------------------------------
-
-    async def _run_step(
-        self,
-        step_id: str,
-        fn: Callable[[], Any],
-        record: Doc | None,
-        policy: RetryPolicy | None,
-        timeout: float | None,
-        thread: bool,
-    ) -> Any:
-        call = _Call(step_id, _current_call.get())
-        self._inflight.append(call)
-        try:
-            return await self._attempts(call, fn, record, policy, timeout, thread)
-        finally:
-            self._inflight.remove(call)
-            self._unwind_if_ready()
 
     async def _attempts(
         self,
@@ -606,7 +645,8 @@ class WorkflowContext:
                 ) from None
         raise InvalidArgument(f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}")
 
-    async def _nap(self, nap_id: str, wake: Callable[[datetime], datetime]) -> None:
+    async def _nap(self, call: _Call, wake: Callable[[datetime], datetime]) -> None:
+        nap_id = call.step_id
         record = self._naps.get(nap_id)
         if record is None:
             now = self._clock.now()
@@ -614,21 +654,20 @@ class WorkflowContext:
                 wake_at = wake(now)
             except OverflowError:
                 raise InvalidArgument(f"{self._where(nap_id)}: the wake-up time is past the year 9999") from None
-            call = _current_call.get()
             doc: Doc = {
                 "workflow_id": self.workflow_id,
                 "run": self.run,
                 "nap_id": nap_id,
-                "parent": call.step_id if call else None,
+                "parent": call.parent.step_id if call.parent else None,
                 "wake_at": wake_at,
                 "created_at": now,
             }
-            existing = await self._db(self._store.insert_record("naps", doc))
+            existing = await self._db(self._store.insert_record("naps", doc), call)
             record = existing if existing is not None else doc
             self._naps[nap_id] = record
-        await self._wait_until(record["wake_at"], Status.SLEEPING)
+        await self._wait_until(record["wake_at"], Status.SLEEPING, call)
 
-    async def _wait_until(self, when: datetime, status: Status, call: _Call | None = None) -> None:
+    async def _wait_until(self, when: datetime, status: Status, call: _Call) -> None:
         remaining = (when - self._clock.now()).total_seconds()
         if remaining <= 0:
             return
@@ -637,16 +676,15 @@ class WorkflowContext:
             return
         await self._halt(Suspension(status, when), call)
 
-    async def _wait_event(
-        self, step_id: str, types: list[str], record: Doc | None, limit: timedelta
-    ) -> tuple[str, Any]:
+    async def _wait_event(self, call: _Call, types: list[str], record: Doc | None, limit: timedelta) -> tuple[str, Any]:
+        step_id = call.step_id
         consumer = self._consumer(step_id)
-        event = await self._take_event(consumer, types)
+        event = await self._take_event(call, consumer, types)
         if event is not None:
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
             now = self._clock.now()
             fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
-            existing = await self._write_final(step_id, fields, record is not None, now)
+            existing = await self._write_final(step_id, fields, record is not None, now, call)
             self._settle(consumer)
             if existing is not None:
                 return self._replay_event(existing)
@@ -655,9 +693,7 @@ class WorkflowContext:
         deadline: datetime | None = record.get("deadline") if record else None
         if deadline is None:
             deadline = now + limit
-            existing = await self._mark_pending(
-                _Call(step_id, _current_call.get()), {"deadline": deadline, "event_types": types}
-            )
+            existing = await self._mark_pending(call, {"deadline": deadline, "event_types": types})
             if existing is not None:
                 return self._replay_event(existing)
         if now >= deadline:
@@ -665,10 +701,10 @@ class WorkflowContext:
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
                 f"within {limit.total_seconds():g}s"
             )
-            await self._fail_step(_Call(step_id, _current_call.get()), err, {"status": "pending"})
-        await self._halt(Suspension(Status.WAITING, deadline, inbox=self._inbox))
+            await self._fail_step(call, err, {"status": "pending"})
+        await self._halt(Suspension(Status.WAITING, deadline, inbox=self._inbox), call)
 
-    async def _take_event(self, consumer: str, types: list[str]) -> Doc | None:
+    async def _take_event(self, call: _Call, consumer: str, types: list[str]) -> Doc | None:
         """Take the oldest buffered event of ``types`` for one wait, or ``None``; fenced by the lease.
 
         The reservation (on the workflow document) comes first, then the mark
@@ -678,7 +714,7 @@ class WorkflowContext:
         async with self._event_lock:  # one consumption at a time in this execution: ordered, no self-races
             held = self._taken.get(consumer)
             if held is not None:
-                mine = await self._mark(held, consumer)
+                mine = await self._mark(call, held, consumer)
                 if mine is not None:
                     return mine
             elif self._inbox == 0:
@@ -686,42 +722,41 @@ class WorkflowContext:
             while True:
                 reserved = set(self._taken.values())
                 found = await self._db(
-                    self._store.event_candidates(self.workflow_id, types, self.run, limit=len(reserved) + 1)
+                    self._store.event_candidates(self.workflow_id, types, self.run, limit=len(reserved) + 1), call
                 )
                 free = [e for e in found if e["_id"] not in reserved]
                 if not free:
                     return None
                 event_id = free[0]["_id"]
-                if not await self._fenced(TAKE_EVENT, consumer=consumer, event=event_id):
-                    await self._reread_reservations()
-                    if consumer in self._taken:
-                        return await self._take_event_held(consumer)
+                if not await self._fenced(call, TAKE_EVENT, consumer=consumer, event=event_id):
+                    await self._reread_reservations(call)
+                    held = self._taken.get(consumer)
+                    if held is not None:
+                        mine = await self._mark(call, held, consumer)
+                        if mine is not None:
+                            return mine
                     continue
                 self._taken[consumer] = event_id
-                mine = await self._mark(event_id, consumer)
+                mine = await self._mark(call, event_id, consumer)
                 if mine is not None:
                     return mine
 
-    async def _take_event_held(self, consumer: str) -> Doc | None:
-        mine = await self._mark(self._taken[consumer], consumer)
-        return mine
-
-    async def _mark(self, event_id: Any, consumer: str) -> Doc | None:
+    async def _mark(self, call: _Call, event_id: Any, consumer: str) -> Doc | None:
         """Mark a reserved event consumed; if its sender withdrew it meanwhile, drop the reservation."""
         now = self._clock.now()
-        marked: Doc | None = await self._db(self._store.mark_consumed(event_id, consumer, self.run, now))
+        marked: Doc | None = await self._db(self._store.mark_consumed(event_id, consumer, self.run, now), call)
         if marked is not None:
             return marked
         self._taken.pop(consumer, None)
-        if not await self._fenced(DROP_EVENT, event=event_id):
-            await self._reread_reservations()
+        if not await self._fenced(call, DROP_EVENT, event=event_id):
+            await self._reread_reservations(call)
         return None
 
-    async def _reread_reservations(self) -> None:
+    async def _reread_reservations(self, call: _Call) -> None:
         """A fenced write missed: if the lease is gone, stop; else take the document's reservations as they are."""
-        doc = await self._db(self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "taken": 1}))
+        doc = await self._db(self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "taken": 1}), call)
         if doc is None or doc.get("lease") != self._token or doc.get("status") != Status.RUNNING.value:
-            await self._halt(Stop("lease_lost"))
+            await self._halt(Stop("lease_lost"), call)
         self._taken = {t["c"]: t["e"] for t in doc.get("taken") or []}
 
     def _settle(self, consumer: str) -> None:
@@ -774,6 +809,8 @@ class WorkflowContext:
         for task in self._unwind.tasks:
             if task is not current and not task.done():
                 task.cancel()
+        if self._unwinder is not None:
+            self._unwinder.cancel()
 
     def _fields(self, step_id: str | None) -> dict[str, Any]:
         """Structured log fields of a step (``extra=`` of each record)."""

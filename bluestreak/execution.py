@@ -235,9 +235,11 @@ class Execution:
                     extra=self.fields(),
                 )
             return
-        if isinstance(interrupt, Suspension):  # sticky: even if the handler swallowed its cancellation
-            await self._suspend(interrupt)
+        if isinstance(interrupt, Suspension) and (ctx.unwound or not handler.done()):
+            await self._suspend(interrupt)  # sticky: even if the handler swallowed its cancellation
             return
+        # Otherwise the handler ended by itself: a branch it abandoned (the loser of an asyncio.wait) may
+        # have decided to wait, but the handler's own result or error is the outcome.
         if not handler.done() or handler.cancelled():
             await self._fail(
                 StrayCancellation(

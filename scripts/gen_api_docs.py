@@ -23,7 +23,18 @@ SECTIONS: list[tuple[str, Any, list[str]]] = [
     (
         "Records",
         bluestreak,
-        ["WorkflowRecord", "StepRecord", "NapRecord", "EventRecord", "ErrorInfo", "Stats", "Status", "Metrics"],
+        [
+            "WorkflowRecord",
+            "WorkflowPage",
+            "AttemptRecord",
+            "StepRecord",
+            "NapRecord",
+            "EventRecord",
+            "ErrorInfo",
+            "Stats",
+            "Status",
+            "Metrics",
+        ],
     ),
     ("Time", bluestreak, ["parse_duration", "Clock", "SystemClock"]),
     (

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import InsertOne, UpdateOne
@@ -68,8 +69,13 @@ class MemoryDatabase:
         return MemoryCollection(self._db[name])
 
     async def command(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Only ``ping`` means anything here."""
-        return {"ok": 1.0}
+        """``ping``, and ``hello`` with the server's clock (this process's: see ``bluestreak.clock``)."""
+        now = datetime.now(UTC)
+        return {
+            "ok": 1.0,
+            "isWritablePrimary": True,
+            "localTime": now.replace(microsecond=now.microsecond // 1000 * 1000),
+        }
 
 
 @dataclass

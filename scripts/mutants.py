@@ -1,0 +1,329 @@
+"""Mutation check: each fix is reverted in a scratch copy, and the tests that guard it must fail.
+
+    python scripts/mutants.py                 # every mutant
+    python scripts/mutants.py d02 d03         # some of them
+    python scripts/mutants.py --list
+
+A mutant is a one-place edit of the library that brings a defect back (a
+write unfenced, a lease keyed by workflow id, an error left unbounded...).
+For each, the repository is copied to a temporary directory, the edit is
+applied, and the named tests run there (memory backend unless stated). The
+mutant is *killed* when they fail; a mutant that survives means the tests
+do not guard that fix. Prints one line per mutant and exits 1 if any
+survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    more: tuple[tuple[str, str], ...] = ()
+    """Further (old, new) edits of the same file."""
+    more_files: tuple[tuple[str, str, str], ...] = ()
+    """Further (path, old, new) edits of other files."""
+
+
+R = "tests/test_races.py::"
+MUTANTS = [
+    Mutant(
+        "d01",
+        "executions keyed by workflow id, not by lease",
+        "bluestreak/execution.py",
+        "        return self.workflow_id, self.token\n",
+        '        return self.workflow_id, ""\n',
+        (R + "test_01_a_worker_that_reclaims_a_workflow_it_still_runs_keeps_both_executions_apart",),
+    ),
+    Mutant(
+        "d02",
+        "event reservations unfenced, and an event taken by an older run counts as consumed",
+        "bluestreak/transitions.py",
+        """TAKE_EVENT = Transition(
+    "take_event",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,""",
+        """TAKE_EVENT = Transition(
+    "take_event",
+    ANY,
+    None,
+    fenced=False,""",
+        (R + "test_02_a_zombie_of_the_old_run_cannot_take_the_event_buffered_for_the_new_run",),
+        more_files=(
+            (
+                "bluestreak/store/events.py",
+                '"type": {"$in": list(types)}, "consumed_run": {"$lt": run}}',
+                '"type": {"$in": list(types)}, "consumed_run": UNCONSUMED}',
+            ),
+            (
+                "bluestreak/store/events.py",
+                '{"_id": event_id, "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}]}',
+                '{"_id": event_id, "$or": [{"consumed_run": UNCONSUMED}, {"consumed_by": consumer}]}',
+            ),
+        ),
+    ),
+    Mutant(
+        "d03",
+        "'already mine?' and 'take one' as separate unfenced steps (the old protocol)",
+        "bluestreak/transitions.py",
+        """TAKE_EVENT = Transition(
+    "take_event",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    guard=lambda a: {"taken.c": {"$ne": a["consumer"]}, "taken.e": {"$ne": a["event"]}},""",
+        """TAKE_EVENT = Transition(
+    "take_event",
+    ANY,
+    None,
+    fenced=False,
+    guard=lambda a: {"taken.e": {"$ne": a["event"]}},""",
+        (R + "test_03_a_zombie_and_the_new_owner_never_consume_two_events_for_one_wait",),
+        more_files=(
+            (
+                "bluestreak/store/events.py",
+                '{"_id": event_id, "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}]}',
+                '{"_id": event_id}',
+            ),
+            (
+                "bluestreak/context.py",
+                '        if doc is None or doc.get("lease") != self._token or doc.get("status") != '
+                "Status.RUNNING.value:",
+                "        if doc is None:",
+            ),
+        ),
+    ),
+    Mutant(
+        "d04",
+        "a batched claim returns the documents read before the claim",
+        "bluestreak/store/workflows.py",
+        '        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(limit).to_list(None)',
+        "        found = await self.workflows.find(query).sort(CLAIM_ORDER).limit(limit).to_list(None)\n"
+        "        stale = [{**d, 'lease': token, 'status': 'running'} for d in found]",
+        (R + "test_04_a_batched_claim_runs_the_workflow_as_claimed_not_as_read_before",),
+        more=(('        return sorted(mine, key=lambda d: order[d["_id"]])', "        return stale"),),
+    ),
+    Mutant(
+        "d05",
+        "close() does not wait for poll()'s graceful shutdown",
+        "bluestreak/engine.py",
+        "                await asyncio.wait_for(worker.finished.wait(), timeout=2 * self.settings.shutdown_grace + 10)",
+        "                pass",
+        (R + "test_05_leaving_async_with_while_poll_runs_lets_the_step_in_flight_be_recorded[server]",),
+    ),
+    Mutant(
+        "d06",
+        "worker clocks are not corrected to the database's",
+        "bluestreak/clock.py",
+        "    follows_server = True\n",
+        "    follows_server = False\n",
+        (R + "test_06_a_worker_whose_clock_is_a_minute_behind_keeps_its_leases",),
+    ),
+    Mutant(
+        "d07",
+        "a pause honoured at a boundary without checking it is still requested",
+        "bluestreak/transitions.py",
+        '    guard=lambda a: {**_logged(a), "control": "pause"},',
+        "    guard=_logged,",
+        (R + "test_07_resume_of_a_running_workflow_withdraws_its_pending_pause",),
+    ),
+    Mutant(
+        "d08",
+        "a pending pause stops nested ctx calls too",
+        "bluestreak/context.py",
+        "        if self.pause_requested and parent is None:",
+        "        if self.pause_requested:",
+        (R + "test_08_pause_lets_a_step_with_nested_steps_finish_and_be_recorded",),
+    ),
+    Mutant(
+        "d09",
+        "purge deletes history without first marking the workflows",
+        "bluestreak/store/__init__.py",
+        "        marked = await self.mark_purging(ids, now)",
+        "        marked = ids",
+        (R + "test_09_a_purge_racing_retry_or_restart_never_leaves_a_workflow_without_its_history",),
+    ),
+    Mutant(
+        "d10",
+        "send_event withdraws its event even when a wait took it",
+        "bluestreak/store/events.py",
+        '        result = await self.events.delete_one({"_id": event_id, "consumed_run": UNCONSUMED})',
+        '        result = await self.events.delete_one({"_id": event_id})',
+        (R + "test_10_send_event_reports_success_for_an_event_consumed_before_it_was_counted",),
+    ),
+    Mutant(
+        "d11",
+        "an input that cannot be restored escapes the failure path",
+        "bluestreak/execution.py",
+        '            value = restore(doc.get("input"), doc.get("input_type"))\n        except Exception as exc:',
+        "            pass\n        except Exception as exc:",
+        (R + "test_11_an_input_whose_model_cannot_be_imported_is_a_recorded_failure",),
+    ),
+    Mutant(
+        "d12",
+        "error text not made valid UTF-8",
+        "bluestreak/codec.py",
+        '        text = text.encode("utf-8", "backslashreplace").decode("utf-8")',
+        "        pass",
+        (R + "test_12_an_error_message_with_a_lone_surrogate_is_a_recorded_failure",),
+    ),
+    Mutant(
+        "d13",
+        "error messages not bounded",
+        "bluestreak/codec.py",
+        "    if len(text) > limit:\n",
+        "    if False:\n",
+        (R + "test_13_a_huge_unencodable_step_result_gives_a_bounded_error",),
+    ),
+    Mutant(
+        "d14",
+        "a result that cannot fit beside the input is not caught before the write",
+        "bluestreak/execution.py",
+        "    if size > MAX_DOCUMENT_BYTES - 64 * 1024:",
+        "    if False:",
+        (R + "test_14_input_and_result_together_over_16_mb_is_a_recorded_failure_and_logs_stay_small[server]",),
+    ),
+    Mutant(
+        "d15",
+        "a stray CancelledError from a step is taken for a real cancellation",
+        "bluestreak/context.py",
+        "            if task is not None and task.cancelling() > before:",
+        "            if True:",
+        (
+            R + "test_15_a_step_raising_cancelled_error_by_itself_is_a_recorded_failure",
+            R + "test_15b_a_stray_cancellation_is_retried_by_a_retry_policy",
+        ),
+    ),
+    Mutant(
+        "d16",
+        "a batch error fails every item of the group commit",
+        "bluestreak/batch.py",
+        "            if len(batch) > 1 and self._isolate(exc):",
+        "            if False:",
+        (R + "test_16_one_records_bad_data_never_fails_another_records_write",),
+    ),
+    Mutant(
+        "d16b",
+        "ids with lone surrogates accepted",
+        "bluestreak/handlers.py",
+        "    if not value.isascii():\n        try:",
+        "    if False:\n        try:",
+        (R + "test_16b_a_step_id_with_a_lone_surrogate_is_refused_where_it_is_made",),
+    ),
+    Mutant(
+        "d18",
+        "a suspension cancels the run at once instead of when it is quiet",
+        "bluestreak/context.py",
+        "        elif self._unwinder is None:",
+        "        elif True:\n            self.cancel_all()\n        elif self._unwinder is None:",
+        (
+            R + "test_18_parallel_branches_inside_a_nested_step_complete_once_across_a_suspension",
+            R + "test_18b_two_waits_raced_with_asyncio_wait_finish_with_the_first_event",
+        ),
+    ),
+    Mutant(
+        "d19",
+        "a write concern error on a record batch taken as success",
+        "bluestreak/store/history.py",
+        "            if write_concern_errors(exc.details):\n                raise\n            duplicates",
+        "            duplicates",
+        (R + "test_19_a_step_record_whose_write_concern_failed_is_not_taken_as_durable",),
+    ),
+    Mutant(
+        "d20",
+        "encoding errors other than InvalidDocument escape unexplained",
+        "bluestreak/codec.py",
+        "    except (InvalidDocument, TypeError, OverflowError, ValueError, RecursionError) as exc:",
+        "    except (InvalidDocument, TypeError, OverflowError) as exc:",
+        (R + "test_20_a_uuid_or_a_surrogate_step_result_names_the_workflow_and_the_step",),
+    ),
+    Mutant(
+        "d21",
+        "sleep_until lets OverflowError/OSError through",
+        "bluestreak/context.py",
+        "            except (OverflowError, OSError, ValueError):\n                raise InvalidArgument(",
+        "            except ZeroDivisionError:\n                raise InvalidArgument(",
+        (R + "test_21_sleep_until_an_out_of_range_timestamp_is_a_clear_error",),
+    ),
+    Mutant(
+        "d22",
+        "the change stream passes lease renewals",
+        "bluestreak/store/workflows.py",
+        '                        {"updateDescription.updatedFields.status": {"$in": runnable}},',
+        '                        {"updateDescription.updatedFields.due_at": {"$exists": True}},',
+        (R + "test_22_lease_renewals_do_not_wake_idle_workers_through_the_change_stream",),
+    ),
+]
+
+
+def run(mutant: Mutant, keep: bool) -> tuple[bool, float, str]:
+    scratch = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.name}-"))
+    try:
+        for item in ("bluestreak", "tests", "examples", "pyproject.toml", "scripts", "docs", "benchmarks"):
+            src = ROOT / item
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, scratch / item)
+        edits = [(mutant.path, mutant.old, mutant.new), *((mutant.path, o, n) for o, n in mutant.more)]
+        for path, old, new in [*edits, *mutant.more_files]:
+            target = scratch / path
+            text = target.read_text()
+            if text.count(old) != 1:
+                return False, 0.0, f"the mutation does not apply ({text.count(old)} matches): fix {mutant.name}"
+            target.write_text(text.replace(old, new))
+        env = {**os.environ, "PYTHONPATH": str(scratch)}
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *mutant.tests],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        elapsed = time.monotonic() - started
+        tail = (proc.stdout.strip().splitlines() or [""])[-1]
+        return proc.returncode != 0, elapsed, tail
+    finally:
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:6} {m.what}")
+        return 0
+    survived = 0
+    for m in chosen:
+        killed, elapsed, tail = run(m, args.keep)
+        survived += not killed
+        print(f"{m.name:6} {'killed  ' if killed else 'SURVIVED'} {elapsed:6.1f}s  {m.what}  [{tail}]", flush=True)
+    print(f"{len(chosen) - survived} of {len(chosen)} mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

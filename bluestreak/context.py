@@ -684,7 +684,17 @@ class WorkflowContext:
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
             now = self._clock.now()
             fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
-            existing = await self._write_final(step_id, fields, record is not None, now, call)
+            write = asyncio.ensure_future(self._write_final(step_id, fields, record is not None, now, call))
+            self._unwind.tasks[write] = None  # cancelled with the run, should the run unwind
+            try:
+                existing = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if not self._unwind.done:  # the handler cancelled this wait: the event is recorded, or given back
+                    await asyncio.wait({write}, timeout=self._threshold + 5)
+                    if not write.done() or write.cancelled() or write.exception() is not None:
+                        write.cancel()
+                        await self._release_event(consumer, event["_id"])
+                raise
             self._settle(consumer)
             if existing is not None:
                 return self._replay_event(existing)
@@ -711,6 +721,15 @@ class WorkflowContext:
         on the event; the reservation this wait already holds, from an
         earlier execution of this run, is used again.
         """
+        try:
+            return await self._take_event_locked(call, consumer, types)
+        except asyncio.CancelledError:
+            held = self._taken.get(consumer)
+            if held is not None and not self._unwind.done:  # the handler cancelled this wait: give the event back
+                await self._release_event(consumer, held)
+            raise
+
+    async def _take_event_locked(self, call: _Call, consumer: str, types: list[str]) -> Doc | None:
         async with self._event_lock:  # one consumption at a time in this execution: ordered, no self-races
             held = self._taken.get(consumer)
             if held is not None:
@@ -740,6 +759,32 @@ class WorkflowContext:
                 mine = await self._mark(call, event_id, consumer)
                 if mine is not None:
                     return mine
+
+    async def _release_event(self, consumer: str, event_id: Any) -> None:
+        """A wait cancelled by its handler after it took an event: drop the reservation, then the mark.
+
+        The mark stays only if another execution of this run owns the workflow
+        now: it may hold this very reservation, and its wait would lose the event.
+        """
+        self._taken.pop(consumer, None)
+        try:
+            if not await self._store.apply_quiet(DROP_EVENT, self.workflow_id, self._token, event=event_id):
+                doc = await self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "run": 1})
+                if (
+                    doc is not None
+                    and doc.get("run") == self.run
+                    and doc.get("status") == Status.RUNNING.value
+                    and doc.get("lease") != self._token
+                ):
+                    return
+            await self._store.unmark_event(event_id, consumer, self.run)
+        except Exception as exc:  # best effort: the next execution of this wait takes it again
+            log.info(
+                "workflow %r: could not give back the event of a cancelled wait (%s)",
+                self.workflow_id,
+                type(exc).__name__,
+                extra=self._fields(consumer),
+            )
 
     async def _mark(self, call: _Call, event_id: Any, consumer: str) -> Doc | None:
         """Mark a reserved event consumed; if its sender withdrew it meanwhile, drop the reservation."""

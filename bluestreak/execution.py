@@ -295,6 +295,11 @@ class Execution:
         self.metrics.finished += 1
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
+        if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
+            try:
+                await self.store.delete_history(self.workflow_id, before_run=self.run_number)
+            except Exception as exc:
+                log.info("workflow %r: could not delete old runs' records (%s)", self.workflow_id, type(exc).__name__)
 
     async def _fail(self, exc: BaseException, *, final: bool = False) -> None:
         failures = int(self.doc.get("failures", 0)) + 1

@@ -274,7 +274,7 @@ MUTANTS = [
 ]
 
 
-def run(mutant: Mutant, keep: bool) -> tuple[bool, float, str]:
+def run(mutant: Mutant, keep: bool, sim: int | None = None) -> tuple[bool, float, str]:
     scratch = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.name}-"))
     try:
         for item in ("bluestreak", "tests", "examples", "pyproject.toml", "scripts", "docs", "benchmarks"):
@@ -289,8 +289,13 @@ def run(mutant: Mutant, keep: bool) -> tuple[bool, float, str]:
             target.write_text(text.replace(old, new))
         env = {**os.environ, "PYTHONPATH": str(scratch)}
         started = time.monotonic()
+        command = (
+            [sys.executable, "-m", "tests.sim", "--seeds", str(sim)]
+            if sim
+            else [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *mutant.tests]
+        )
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *mutant.tests],
+            command,
             cwd=scratch,
             env=env,
             capture_output=True,
@@ -298,7 +303,11 @@ def run(mutant: Mutant, keep: bool) -> tuple[bool, float, str]:
             timeout=900,
         )
         elapsed = time.monotonic() - started
-        tail = (proc.stdout.strip().splitlines() or [""])[-1]
+        lines = proc.stdout.strip().splitlines() or [""]
+        tail = lines[-1]
+        if sim:
+            found = sorted({ln.split(":")[0].strip() for ln in lines if ln.startswith("    ")})
+            tail = f"{sum(' FAIL ' in ln for ln in lines)} of {sim} seeds failed: {', '.join(found) or '-'}"
         return proc.returncode != 0, elapsed, tail
     finally:
         if not keep:
@@ -310,6 +319,12 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument(
+        "--sim",
+        type=int,
+        metavar="SEEDS",
+        help="run the interleaving simulator with this many seeds instead of the tests",
+    )
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
     if args.list:
@@ -318,7 +333,7 @@ def main() -> int:
         return 0
     survived = 0
     for m in chosen:
-        killed, elapsed, tail = run(m, args.keep)
+        killed, elapsed, tail = run(m, args.keep, args.sim)
         survived += not killed
         print(f"{m.name:6} {'killed  ' if killed else 'SURVIVED'} {elapsed:6.1f}s  {m.what}  [{tail}]", flush=True)
     print(f"{len(chosen) - survived} of {len(chosen)} mutants killed")

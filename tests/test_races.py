@@ -569,8 +569,8 @@ async def test_18_parallel_branches_inside_a_nested_step_complete_once_across_a_
     @engine.handler("h")
     async def h(ctx: WorkflowContext, input: Any) -> list[str]:
         async def side(name: str) -> str:
+            effects.append(name)  # the side effect happens first: cancelling the body now would repeat it
             await asyncio.sleep(0.3)
-            effects.append(name)
             return name
 
         async def outer() -> list[str]:

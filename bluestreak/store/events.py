@@ -68,6 +68,14 @@ class EventQueries(Collections):
         )
         return doc
 
+    async def unmark_event(self, event_id: Any, consumer: str, run: int) -> bool:
+        """Give an event back to the inbox (a cancelled wait had taken it); whether it was ours to give."""
+        result = await self.events.update_one(
+            {"_id": event_id, "consumed_by": consumer, "consumed_run": run},
+            {"$set": {"consumed_by": None, "consumed_run": UNCONSUMED}, "$unset": {"consumed_at": ""}},
+        )
+        return bool(result.modified_count)
+
     async def list_events(self, workflow_id: str) -> list[Doc]:
         """Events of a workflow in the order sent."""
         docs: list[Doc] = (

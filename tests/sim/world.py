@@ -1,0 +1,459 @@
+"""One simulation: engines, a client, an operator and chaos on a virtual clock, then the checks.
+
+:func:`simulate` runs one seed and returns a :class:`Report`. Everything —
+which command runs when, which faults strike, which worker freezes or dies,
+what the operator does — is drawn from ``random.Random(seed)``, and the loop
+runs on virtual time, so a seed replays exactly (:attr:`Report.trace_hash`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import itertools
+import logging
+import random
+import time as real_time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bson
+from pymongo.errors import PyMongoError
+
+from bluestreak import Bluestreak, BluestreakError
+from bluestreak.memory import memory_database, reset_memory
+
+from .db import ACTOR, Faults, Scheduler, SimDatabase
+from .loop import VirtualTimeLoop
+from .workflows import KINDS, Key, Ledger, Workflows
+
+FINAL = {"finished", "aborted", "terminated"}
+
+
+@dataclass
+class Config:
+    """The shape of one simulation (the seed chooses everything else)."""
+
+    workers: int = 3
+    workflows: int = 14
+    duration: float = 25.0
+    """Virtual seconds of chaos before the settle phase."""
+    lease: float = 1.0
+    faults: Faults = field(default_factory=Faults)
+    freezes: bool = True
+    kills: bool = True
+    operator: bool = True
+    skew: float = 30.0
+    """Worker clocks are off by up to this many seconds (the engine corrects them to the database's)."""
+    settle_limit: float = 240.0
+
+
+@dataclass
+class Report:
+    seed: int
+    violations: list[str]
+    stats: dict[str, Any]
+    trace_hash: str
+    trace: list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class SimClock:
+    """A worker's clock: the true (virtual) time, off by a fixed skew; the engine corrects it."""
+
+    follows_server = True
+
+    def __init__(self, scheduler: Scheduler, skew: float) -> None:
+        self._scheduler = scheduler
+        self._skew = timedelta(seconds=skew)
+
+    def now(self) -> datetime:
+        now = self._scheduler.now() + self._skew
+        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class _VirtualMonotonic:
+    """``time`` for bluestreak.clock inside a simulation: monotonic time is the loop's."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(real_time, name)
+
+
+class World:
+    def __init__(self, seed: int, config: Config, trace: bool) -> None:
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.trace: list[str] | None = [] if trace else None
+        self._hash = hashlib.sha256()
+        self.base = datetime(2030, 1, 1, tzinfo=UTC)
+        self.scheduler = Scheduler(self.rng, config.faults, self.base, self)  # type: ignore[arg-type]
+        self.ledger = Ledger()
+        self.flows = Workflows(self.rng, self.scheduler, self.ledger, config.lease)
+        self.violations: list[str] = []
+        self.workers: dict[str, Bluestreak] = {}
+        self.polls: dict[str, asyncio.Task[None]] = {}
+        self.started: dict[str, str] = {}  # workflow id -> kind
+        self.sent: dict[str, list[tuple[str, Any, float]]] = {}  # workflow id -> [(type, payload, time)]
+        self.frozen_time: dict[str, list[tuple[float, float]]] = {}
+        self.records: dict[Key, tuple[str, Any]] = {}
+        self.counts: dict[str, int] = {"kills": 0, "freezes": 0, "operator_calls": 0, "events_sent": 0}
+        self.db_url = f"memory://sim-{seed}-{id(self)}"
+        self.shared: Any = None
+
+    # the scheduler's trace sink
+    def append(self, line: str) -> None:
+        self._hash.update(line.encode())
+        if self.trace is not None:
+            self.trace.append(line)
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def _engine(self, name: str, *, handlers: bool, skew: float = 0.0) -> Bluestreak:
+        engine = Bluestreak(
+            database=SimDatabase(self.shared, self.scheduler, name),
+            clock=SimClock(self.scheduler, skew),
+            worker_id=name,
+            lease_duration=self.config.lease,
+            poll_interval=0.05,
+            sleep_threshold=0.2,
+            retry_interval=0.05,
+            max_retry_interval=0.5,
+            shutdown_grace=0.5,
+            max_failures=25,
+            max_concurrency=4,
+        )
+        if handlers:
+            for kind, fn in self.flows.handlers().items():
+                engine.register_handler(kind, fn)
+        return engine
+
+    async def _spawn_worker(self, name: str) -> None:
+        skew = self.rng.uniform(-self.config.skew, self.config.skew) if self.rng.random() < 0.5 else 0.0
+        engine = self._engine(name, handlers=True, skew=skew)
+        context = contextvars.copy_context()
+        context.run(ACTOR.set, name)
+        task = asyncio.get_running_loop().create_task(self._run_worker(engine), context=context)
+        self.workers[name] = engine
+        self.polls[name] = task
+
+    async def _run_worker(self, engine: Bluestreak) -> None:
+        for _ in range(50):
+            try:
+                await engine.init()
+                break
+            except PyMongoError:
+                await asyncio.sleep(0.05)
+        await engine.poll()
+
+    def _live(self) -> list[str]:
+        return [n for n in self.workers if not self.scheduler.actor(n).dead]
+
+    # -- the actors ------------------------------------------------------------------------------
+
+    async def _client(self, engine: Bluestreak) -> None:
+        kinds = list(KINDS)
+        for i in range(self.config.workflows):
+            kind = kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(kinds)
+            wid = f"{kind}-{i}"
+            payload: dict[str, Any] = {"n": self.rng.randint(1, 4)}
+            if kind == "sleepy":
+                payload["nap"] = self.rng.choice((0.3, 1.0, 2.5))
+            if kind == "retry":
+                payload["delay"] = self.rng.choice((0.05, 0.4))
+            await self._try(lambda wid=wid, kind=kind, payload=payload: engine.start(wid, kind, payload))
+            self.started[wid] = kind
+            await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.4 / self.config.workflows))
+        # events: each waiting workflow gets its event at a random time; some get an extra one
+        for wid, kind in list(self.started.items()):
+            if kind in ("event", "race"):
+                asyncio.get_running_loop().create_task(self._send_later(engine, wid, kind))
+
+    async def _send_later(self, engine: Bluestreak, wid: str, kind: str) -> None:
+        await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.8))
+        for _ in range(2 if self.rng.random() < 0.2 else 1):
+            etype = "go" if kind == "event" else self.rng.choice(("A", "B"))
+            await self._send(engine, wid, etype)
+
+    async def _send(self, engine: Bluestreak, wid: str, etype: str) -> bool:
+        self.ledger.nonce += 1
+        payload = f"event#{self.ledger.nonce}"
+        ok = await self._try(lambda: engine.send_event(wid, etype, payload))
+        if ok:
+            self.counts["events_sent"] += 1
+            self.sent.setdefault(wid, []).append((etype, payload, asyncio.get_running_loop().time()))
+        return ok
+
+    async def _operator(self, engine: Bluestreak) -> None:
+        actions = ["pause", "resume", "pause", "resume", "restart", "retry", "terminate"]
+        while True:
+            await asyncio.sleep(self.rng.uniform(0.2, 1.5))
+            if not self.started:
+                continue
+            wid = self.rng.choice(sorted(self.started))
+            action = self.rng.choice(actions)
+            if action == "terminate" and self.rng.random() < 0.6:
+                action = "pause"
+            self.counts["operator_calls"] += 1
+            await self._try(lambda action=action, wid=wid: getattr(engine, action)(wid))
+
+    async def _chaos(self) -> None:
+        spawned = len(self.workers)
+        while True:
+            await asyncio.sleep(self.rng.uniform(0.5, 2.5))
+            live = self._live()
+            roll = self.rng.random()
+            if self.config.freezes and roll < 0.4 and live:
+                name = self.rng.choice(live)
+                actor = self.scheduler.actor(name)
+                if actor.frozen.is_set():
+                    length = self.rng.choice((0.3, self.config.lease * 1.5, self.config.lease * 3))
+                    actor.frozen.clear()
+                    self.counts["freezes"] += 1
+                    start = asyncio.get_running_loop().time()
+                    self.frozen_time.setdefault(name, []).append((start, start + length))
+                    asyncio.get_running_loop().call_later(length, actor.frozen.set)
+            elif self.config.kills and roll < 0.6 and len(live) > 1:
+                name = self.rng.choice(live)
+                self.scheduler.actor(name).dead = True
+                self.scheduler.actor(name).frozen.set()
+                self.counts["kills"] += 1
+                spawned += 1
+                await self._spawn_worker(f"w{spawned}")
+
+    async def _checker(self) -> None:
+        """Snapshot the final step records often: a recorded result must never change."""
+        while True:
+            await asyncio.sleep(0.1)
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
+        for d in docs:
+            key = (d["workflow_id"], d["run"], d["step_id"])
+            value = (d["status"], d.get("output") if d["status"] == "done" else (d.get("error") or {}).get("message"))
+            seen = self.records.get(key)
+            if seen is None:
+                self.records[key] = value
+            elif seen != value:
+                self.violations.append(f"records_never_change: {key} was {seen!r}, now {value!r}")
+
+    async def _try(self, call: Callable[[], Awaitable[Any]]) -> bool:
+        try:
+            await call()
+        except (BluestreakError, PyMongoError):
+            return False
+        return True
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        self.shared = memory_database(self.db_url, "sim")
+        client = self._engine("client", handlers=False)
+        operator = self._engine("operator", handlers=False)
+        for _ in range(50):
+            with contextlib.suppress(PyMongoError):
+                await client.init()
+                await operator.init()
+                break
+        for i in range(self.config.workers):
+            await self._spawn_worker(f"w{i}")
+        loop = asyncio.get_running_loop()
+        background = [loop.create_task(self._checker()), loop.create_task(self._client(client))]
+        if self.config.operator:
+            background.append(loop.create_task(self._operator(operator)))
+        background.append(loop.create_task(self._chaos()))
+        await asyncio.sleep(self.config.duration)
+        for task in background[2:]:
+            task.cancel()
+        await self._settle(client, operator)
+        background[0].cancel()
+        await self._snapshot()
+        await self._check()
+        await self._shutdown(background)
+        reset_memory(self.db_url[len("memory://") :])
+
+    async def _settle(self, client: Bluestreak, operator: Bluestreak) -> None:
+        """Faults off, everyone thawed, two live workers: every workflow must end."""
+        self.scheduler.enabled = False
+        for name in self.workers:
+            self.scheduler.actor(name).frozen.set()
+        live = self._live()
+        for i in range(max(0, 2 - len(live))):
+            await self._spawn_worker(f"settle{i}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.settle_limit
+        while loop.time() < deadline:
+            docs = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
+            pending = [wid for wid in self.started if wid in docs and docs[wid]["status"] not in FINAL]
+            if not pending:
+                return
+            for wid in pending:
+                doc = docs[wid]
+                if doc["status"] == "paused":
+                    await self._try(lambda wid=wid: operator.resume(wid))
+                elif doc["status"] == "waiting" and self.started[wid] in ("event", "race"):
+                    types = {"event": ["go"], "race": ["A", "B"]}[self.started[wid]]
+                    if not any(t in types and at > loop.time() - 5 for t, _, at in self.sent.get(wid, [])):
+                        await self._send(client, wid, self.rng.choice(types))
+            await asyncio.sleep(0.5)
+        docs = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
+        for wid in self.started:
+            if wid in docs and docs[wid]["status"] not in FINAL:
+                self.violations.append(
+                    f"stuck: {wid} is still {docs[wid]['status']} {self.config.settle_limit:g}s after the faults "
+                    f"stopped (lease {docs[wid].get('lease')}, due {docs[wid].get('due_at')})"
+                )
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        for task in background:
+            task.cancel()
+        for name, engine in self.workers.items():
+            if not self.scheduler.actor(name).dead:
+                engine.stop()
+        live = [self.polls[n] for n in self._live()]
+        if live:
+            await asyncio.wait(live, timeout=30)
+        self.scheduler.over = True
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=60)
+
+    # -- the checks ------------------------------------------------------------------------------
+
+    async def _check(self) -> None:
+        v = self.violations
+        workflows = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
+        steps = await self.shared["steps"].find({}).to_list(None)
+        naps = await self.shared["naps"].find({}).to_list(None)
+        events = await self.shared["events"].find({}).to_list(None)
+        current = {(d["workflow_id"], d["run"], d["step_id"]): d for d in steps}
+
+        # every value a ctx.step returned is the value recorded for that step
+        for key, value in self.ledger.returned:
+            seen = self.records.get(key)
+            if seen is not None and seen != ("done", value):
+                v.append(f"step_returns_recorded_value: {key} returned {value!r}, recorded {seen!r}")
+
+        for wid, doc in workflows.items():
+            status = doc["status"]
+            runnable = status in ("idle", "failed", "sleeping", "waiting", "running")
+            if ("due_at" in doc and doc["due_at"] is not None) != runnable:
+                v.append(f"legal_state: {wid} is {status} with due_at {doc.get('due_at')}")
+            if doc.get("control") is not None and status != "running":
+                v.append(f"legal_state: {wid} is {status} with a pending control {doc['control']!r}")
+            if status in FINAL and doc.get("taken"):
+                v.append(f"legal_state: {wid} ended with event reservations {doc['taken']}")
+            if doc.get("history_gc"):
+                v.append(f"no_half_applied_restart: {wid} still has history_gc={doc['history_gc']}")
+            if doc.get("purging"):
+                v.append(f"no_half_applied_purge: {wid} is still marked for purging")
+            if status == "aborted":
+                v.append(f"no_spurious_abort: {wid} aborted: {(doc.get('error') or {}).get('message')}")
+            if status == "finished":
+                for sid, value in (doc.get("result") or {}).items():
+                    record = current.get((wid, doc["run"], sid))
+                    if sid in ("wait", "race"):
+                        continue
+                    if record is None or record.get("output") != value:
+                        got = record.get("output") if record else None
+                        v.append(f"result_matches_records: {wid} returned {sid}={value!r}, recorded {got!r}")
+
+        for d in [*steps, *naps]:
+            doc = workflows.get(d["workflow_id"])
+            if doc is not None and d["run"] < doc.get("run", 0):
+                v.append(f"no_orphans: {d['workflow_id']} run {d['run']} record {d.get('step_id', d.get('nap_id'))}")
+
+        # events: each taken by at most one wait; every wait that got one got a distinct one
+        consumers: dict[Any, str] = {}
+        for e in events:
+            doc = workflows.get(e["workflow_id"])
+            run = doc.get("run", 0) if doc else -1
+            if e.get("consumed_run", -1) == run and e.get("consumed_by"):
+                record = current.get((e["workflow_id"], run, e["consumed_by"].partition(":")[2]))
+                got = (record or {}).get("output") or {}
+                if record is None and doc is not None and doc["status"] == "finished":
+                    v.append(f"event_consumed_by_its_wait: event {e['payload']} taken by {e['consumed_by']}, no record")
+                elif record is not None and got.get("payload") != e["payload"]:
+                    v.append(
+                        f"event_consumed_by_its_wait: {e['workflow_id']} {e['consumed_by']} recorded "
+                        f"{record.get('status')} {got.get('payload')!r} "
+                        f"({(record.get('error') or {}).get('type')}), but event {e['payload']!r} is marked "
+                        "taken by it "
+                        f"(workflow {doc['status'] if doc else None})"
+                    )
+                consumers[e["_id"]] = e["consumed_by"]
+        payloads = [
+            (d.get("output") or {}).get("payload")
+            for d in steps
+            if d.get("status") == "done" and isinstance(d.get("output"), dict) and "payload" in d["output"]
+        ]
+        if len(payloads) != len(set(payloads)):
+            v.append(f"one_event_per_wait: a payload was received twice: {sorted(payloads)}")
+
+        # a worker never runs one step twice at once (a zombie of its own lease is cancelled within a renewal)
+        by_actor: dict[tuple[str, Key], list[Any]] = {}
+        for body in self.ledger.bodies:
+            by_actor.setdefault((body.actor, body.key), []).append(body)
+        end = asyncio.get_running_loop().time()
+        for (actor, key), bodies in by_actor.items():
+            bodies.sort(key=lambda b: b.started)
+            for first, second in itertools.pairwise(bodies):
+                overlap = min(first.ended or end, second.ended or end) - second.started
+                frozen = sum(
+                    max(0.0, min(b, second.ended or end) - max(a, second.started))
+                    for a, b in self.frozen_time.get(actor, [])
+                )
+                if overlap - frozen > self.config.lease * 3:
+                    v.append(f"no_double_execution: {actor} ran {key} twice at once for {overlap:.1f}s")
+
+
+def simulate(seed: int, config: Config | None = None, *, trace: bool = False) -> Report:
+    """Run one seed to the end and check it."""
+    import bluestreak.clock as clock_module
+
+    config = config or Config()
+    world = World(seed, config, trace)
+    loop = VirtualTimeLoop()
+    saved_time = clock_module.time
+    saved_inc = bson.ObjectId._inc  # type: ignore[attr-defined]
+    clock_module.time = _VirtualMonotonic()  # type: ignore[assignment]
+    bson.ObjectId._inc = 0  # type: ignore[attr-defined]  # deterministic ids: a seed replays exactly
+    quiet = logging.getLogger("bluestreak")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(world.main())
+        stats = {
+            **world.counts,
+            "workflows": len(world.started),
+            "step_bodies": len(world.ledger.bodies),
+            "faults": world.scheduler.fault_count,
+            "commands": sum(a.commands for a in world.scheduler.actors.values()),
+            "virtual_seconds": round(loop.time(), 1),
+        }
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        clock_module.time = saved_time  # type: ignore[assignment]
+        bson.ObjectId._inc = saved_inc  # type: ignore[attr-defined]
+        quiet.setLevel(level)
+        loop.close()
+        asyncio.set_event_loop(None)
+    return Report(seed, world.violations, stats, world._hash.hexdigest()[:16], world.trace)

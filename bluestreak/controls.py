@@ -35,6 +35,8 @@ from .transitions import (
 from .worker import Worker
 
 FINAL = {s.value for s in FINAL_STATUSES}
+_RETRIES = 8
+"""How often a control tries again when the workflow changed status between its write and its read."""
 
 
 class Controls:
@@ -68,7 +70,7 @@ class Controls:
     async def pause(self, workflow_id: str) -> Status:
         """See :meth:`Bluestreak.pause`."""
         check_id(workflow_id, "workflow id")
-        for _ in range(5):
+        for _ in range(_RETRIES):
             now = self.settings.clock.now()
             if await self.store.apply(PAUSE, workflow_id, now=now) is not None:
                 return Status.PAUSED
@@ -87,35 +89,51 @@ class Controls:
     async def resume(self, workflow_id: str) -> Status:
         """See :meth:`Bluestreak.resume`."""
         check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        doc = await self.store.apply(RESUME, workflow_id, now=now)
-        if doc is not None:
-            self._wake(doc["handler"])
-            return Status.IDLE
-        if await self.store.apply(WITHDRAW_PAUSE, workflow_id, now=now) is not None:
-            worker = self._worker()
-            if worker is not None:
-                worker.pause_requested(workflow_id, requested=False)
-            return Status.RUNNING
-        status = await self.status(workflow_id)
-        if status in FINAL:
-            raise InvalidTransition(workflow_id, "resume", status)
-        return Status(status)
+        for _ in range(_RETRIES):
+            now = self.settings.clock.now()
+            doc = await self.store.apply(RESUME, workflow_id, now=now)
+            if doc is not None:
+                self._wake(doc["handler"])
+                return Status.IDLE
+            if await self.store.apply(WITHDRAW_PAUSE, workflow_id, now=now) is not None:
+                worker = self._worker()
+                if worker is not None:
+                    worker.pause_requested(workflow_id, requested=False)
+                return Status.RUNNING
+            status, control = await self._state(workflow_id)
+            if status in FINAL:
+                raise InvalidTransition(workflow_id, "resume", status)
+            if status != Status.PAUSED.value and control is None:
+                return Status(status)  # nothing to resume
+            # paused, or a pause pending, since the writes above looked: try again
+        raise InvalidTransition(workflow_id, "resume", await self.status(workflow_id))
 
     async def terminate(self, workflow_id: str) -> None:
         """See :meth:`Bluestreak.terminate`."""
         check_id(workflow_id, "workflow id")
-        now = self.settings.clock.now()
-        fields = expiry(now, self.settings.retention_failed)
-        doc = await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields)
-        if doc is None:
+        for _ in range(_RETRIES):
+            now = self.settings.clock.now()
+            fields = expiry(now, self.settings.retention_failed)
+            if await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields) is not None:
+                break
             status = await self.status(workflow_id)
-            if status != Status.TERMINATED.value:
+            if status == Status.TERMINATED.value:
+                break
+            if status in FINAL:
                 raise InvalidTransition(workflow_id, "terminate", status)
+            # restarted or retried since the write looked: try again
+        else:
+            raise InvalidTransition(workflow_id, "terminate", await self.status(workflow_id))
         worker = self._worker()
         if worker is not None:
             worker.lost(workflow_id)
         self._settled(workflow_id)
+
+    async def _state(self, workflow_id: str) -> tuple[str, str | None]:
+        doc = await self.store.get_workflow(workflow_id, {"status": 1, "control": 1, "purging": 1})
+        if doc is None or doc.get("purging"):
+            raise WorkflowNotFound(workflow_id)
+        return str(doc["status"]), doc.get("control")
 
     async def restart(self, workflow_id: str) -> None:
         """See :meth:`Bluestreak.restart`."""
@@ -171,6 +189,10 @@ class Controls:
         if doc is None:
             if await self.store.withdraw_event(event["_id"]):
                 raise InvalidTransition(workflow_id, f"send event {event_type!r} to", await self.status(workflow_id))
+            if await self.store.get_event(event["_id"]) is None:  # deleted meanwhile: purged, or taken and restarted
+                status = await self.status(workflow_id)  # WorkflowNotFound if it was purged
+                if status in FINAL:
+                    raise InvalidTransition(workflow_id, f"send event {event_type!r} to", status)
             return None  # taken by a wait of a run that ended since: delivered
         return str(doc["handler"])
 

@@ -55,6 +55,8 @@ from .transitions import (
 )
 
 log = logging.getLogger("bluestreak.worker")
+_RETRIES = 6
+"""How often an outcome write is retried while an operator's control flips under it."""
 StopReason = Literal["lost", "release"]
 
 
@@ -361,40 +363,44 @@ class Execution:
             )
 
     async def _runnable(self, t: Transition, outcome: str, fields: Doc, **guards: Any) -> Status | None:
-        """Write an outcome that leaves the workflow due later (failed, sleeping, waiting).
+        """Write an outcome that leaves the workflow due later (failed, sleeping, waiting), or paused.
 
-        If an operator asked to pause it meanwhile, it becomes ``paused``
-        instead (its due time is dropped; ``resume`` makes it due at once).
-        Returns the status written, or ``None`` if the lease is gone (or the
-        guards no longer match).
+        Each write is guarded on the workflow's control: with no pause
+        pending, ``t``; with one, ``paused`` instead (its due time dropped;
+        ``resume`` makes it due at once). An operator may request or withdraw
+        a pause between the two, and an event may arrive (a wait's ``inbox``
+        guard): the state is read again and the right write retried. Returns
+        the status written, or ``None`` if the lease is gone.
         """
-        if await self._write(t, outcome, fields, **guards):
-            return Status(t.target or fields.get("status") or Status.SLEEPING)
         paused = {k: v for k, v in fields.items() if k not in ("due_at", "status")}
-        if await self._write(PAUSE_AT_BOUNDARY, outcome, paused):
-            return Status.PAUSED
+        for _ in range(_RETRIES):
+            if t is not PAUSE_AT_BOUNDARY and await self._write(t, outcome, fields, **guards):
+                return Status(t.target or fields.get("status") or Status.SLEEPING)
+            if await self._write(PAUSE_AT_BOUNDARY, outcome, paused):
+                return Status.PAUSED
+            doc = await self.store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "control": 1, "inbox": 1})
+            if doc is None or doc.get("lease") != self.token or doc.get("status") != Status.RUNNING.value:
+                return None
+            if t is PAUSE_AT_BOUNDARY and doc.get("control") is None:
+                t, fields, guards = RUN_AGAIN, {}, {}  # the pause was withdrawn: run again now
+            elif "inbox" in guards and doc.get("inbox") != guards["inbox"]:
+                t, fields, guards = RUN_AGAIN, {}, {}  # an event arrived while deciding to wait: run again now
         return None
 
     async def _suspend(self, suspension: Suspension) -> None:
         if suspension.status is Status.PAUSED:
-            if await self._write(PAUSE_AT_BOUNDARY, "paused", {}):
-                self.metrics.suspended += 1
-                return
-            if await self._write(RUN_AGAIN, "paused", {}):  # the pause was withdrawn meanwhile
-                self._wake()
-                return
-            self._lost_before("pause")
+            written = await self._runnable(PAUSE_AT_BOUNDARY, "paused", {})
+        else:
+            fields: Doc = {"status": suspension.status.value, "due_at": suspension.due_at}
+            guards = {"inbox": suspension.inbox} if suspension.inbox is not None else {}
+            written = await self._runnable(SUSPEND, suspension.status.value, fields, **guards)
+        if written is None:
+            self._lost_before(suspension.status.value)
             return
-        fields: Doc = {"status": suspension.status.value, "due_at": suspension.due_at}
-        guards = {"inbox": suspension.inbox} if suspension.inbox is not None else {}
-        written = await self._runnable(SUSPEND, suspension.status.value, fields, **guards)
-        if written is not None:
+        if written is Status.SLEEPING and suspension.status is not Status.SLEEPING:
+            self._wake()  # run again now
+        else:
             self.metrics.suspended += 1
-            return
-        if suspension.inbox is not None and await self._write(RUN_AGAIN, suspension.status.value, {}):
-            self._wake()  # an event arrived while deciding to wait: run again now
-            return
-        self._lost_before(suspension.status.value)
 
     async def _release(self) -> None:
         try:

@@ -50,8 +50,9 @@ class Inspector:
 
     async def existing(self, workflow_id: str, projection: dict[str, Any] | None) -> Doc:
         """The workflow's fields in ``projection``; raises ``WorkflowNotFound``."""
-        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), projection)
-        if doc is None:
+        fields = None if projection is None else {**projection, "purging": 1}
+        doc = await self.store.get_workflow(check_id(workflow_id, "workflow id"), fields)
+        if doc is None or doc.get("purging"):  # one being purged is gone already (its history may be)
             raise WorkflowNotFound(workflow_id)
         return doc
 

@@ -146,18 +146,10 @@ RENEW = Transition(
     frozenset({Status.RUNNING}),
     None,
     fenced=True,
-    guard=lambda a: {"control": None},
+    guard=lambda a: {"control": a.get("control")},
     update=lambda a: {"$set": {"due_at": a["lease_until"], "updated_at": a["now"]}},
-    doc="The holder extends its lease; a pending control makes it miss, so the worker reads why.",
-)
-
-RENEW_CONTROLLED = Transition(
-    "renew_controlled",
-    frozenset({Status.RUNNING}),
-    None,
-    fenced=True,
-    update=lambda a: {"$set": {"due_at": a["lease_until"], "updated_at": a["now"]}},
-    doc="Renewal of a lease whose workflow has a pending control (the execution stops at a boundary).",
+    doc="The holder extends its lease, guarded on the control it believes pending (none, or a pause): a renewal "
+    "that misses tells the worker to read why — a lost lease, or a control that changed.",
 )
 
 FINISH = Transition(
@@ -222,7 +214,7 @@ RUN_AGAIN = Transition(
     frozenset({Status.RUNNING}),
     Status.SLEEPING,
     fenced=True,
-    guard=_logged,
+    guard=lambda a: {**_logged(a), "control": None},
     update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"]}), a),
     doc="Unwound but must run again now: an event arrived while deciding to wait, or a pause was withdrawn.",
 )
@@ -336,6 +328,7 @@ RESTART = Transition(
             "error": None,
             "finished_at": None,
             "updated_at": a["now"],
+            "run_started_at": a["now"],
         },
         "$unset": {"expire_at": ""},
         "$inc": {"run": 1, "history_gc": 1},
@@ -413,7 +406,6 @@ PURGE = Transition(
 EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CLAIM,
     RENEW,
-    RENEW_CONTROLLED,
     FINISH,
     FAIL,
     ABORT,

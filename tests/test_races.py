@@ -115,7 +115,8 @@ async def test_02_a_zombie_of_the_old_run_cannot_take_the_event_buffered_for_the
 
 async def test_03_a_zombie_and_the_new_owner_never_consume_two_events_for_one_wait(make_engine: EngineFactory) -> None:
     """The zombie is frozen between looking for events and taking one; its lease expires meanwhile."""
-    zombie_host = await make_engine(lease_duration=1, sleep_threshold=0.2)
+    # One slot: the frozen execution holds it, so the zombie's worker does not claim the workflow again itself.
+    zombie_host = await make_engine(lease_duration=1, sleep_threshold=0.2, max_concurrency=1)
     owner = await make_engine(lease_duration=1, sleep_threshold=0.2)
     frozen = asyncio.Event()
     thaw = asyncio.Event()

@@ -146,33 +146,47 @@ class WorkflowQueries(Collections):
 
         Returns the leases that are gone, and ``{lease: control}`` for
         workflows with a pending operator control (their lease is renewed
-        too; the execution stops at its next step boundary). Only when some
-        lease did not renew does this cost a second query, to tell the two apart.
+        too; the execution stops at its next step boundary). Each renewal is
+        guarded on the control it expects, so the control reported is the one
+        in force when the lease was extended. Only when some lease did not
+        renew does this cost more: a read to tell why, and a renewal of the
+        ones still held.
         """
-        if not leases:
-            return set(), {}
-        args = {"now": now, "lease_until": lease_until}
-
-        def ops(t: Transition, keys: Sequence[Lease]) -> list[UpdateOne]:
-            return [UpdateOne(t.filter(wid, token, args), t.update(args)) for wid, token in keys]
-
-        result = await self.workflows.bulk_write(ops(tr.RENEW, leases), ordered=False)
-        if result.matched_count == len(leases):
-            return set(), {}
-        ids = sorted({wid for wid, _ in leases})
-        docs = await self.workflows.find({"_id": {"$in": ids}}, {"lease": 1, "control": 1, "status": 1}).to_list(None)
-        current = {d["_id"]: d for d in docs}
+        expect: dict[Lease, str | None] = dict.fromkeys(leases)
+        pending = list(leases)
         lost: set[Lease] = set()
         controls: dict[Lease, str] = {}
-        for wid, token in leases:
-            doc = current.get(wid)
-            if doc is None or doc.get("lease") != token:
-                lost.add((wid, token))  # another claim, a terminate or a restart replaced the token
-            elif doc.get("status") == Status.RUNNING.value and doc.get("control"):
-                controls[(wid, token)] = doc["control"]
-            # Our token on a workflow no longer running: this very execution ended or suspended it meanwhile.
-        if controls:
-            await self.workflows.bulk_write(ops(tr.RENEW_CONTROLLED, list(controls)), ordered=False)
+        for _ in range(4):
+            ops = [
+                UpdateOne(
+                    tr.RENEW.filter(wid, token, {"control": expect[(wid, token)]}),
+                    tr.RENEW.update({"now": now, "lease_until": lease_until}),
+                )
+                for wid, token in pending
+            ]
+            result = await self.workflows.bulk_write(ops, ordered=False)
+            if result.matched_count == len(pending):
+                controls.update({k: c for k in pending if (c := expect[k])})
+                return lost, controls
+            ids = sorted({wid for wid, _ in pending})
+            fields = {"lease": 1, "control": 1, "status": 1, "due_at": 1}
+            current = {d["_id"]: d for d in await self.workflows.find({"_id": {"$in": ids}}, fields).to_list(None)}
+            still: list[Lease] = []
+            for key in pending:
+                doc = current.get(key[0])
+                if doc is None or doc.get("lease") != key[1]:
+                    lost.add(key)  # another claim, a terminate or a restart replaced the token
+                elif doc.get("status") != Status.RUNNING.value:
+                    pass  # our token on a workflow no longer running: this very execution ended it meanwhile
+                elif doc.get("due_at") == lease_until:
+                    if expect[key]:
+                        controls[key] = str(expect[key])  # renewed, under the control expected
+                else:
+                    expect[key] = doc.get("control")  # a control appeared or went: renew under the one in force
+                    still.append(key)
+            if not still:
+                return lost, controls
+            pending = still
         return lost, controls
 
     async def flush_outcomes(self, items: list[tuple[Transition, str, str, Doc]]) -> list[bool | BaseException]:

@@ -21,7 +21,7 @@ from bluestreak import RetryPolicy, WorkflowContext
 
 from .db import ACTOR, Scheduler
 
-KINDS = ("steps", "sleepy", "event", "race", "parallel", "group", "nested", "retry", "flaky")
+KINDS = ("steps", "sleepy", "event", "race", "parallel", "group", "nested", "retry", "flaky", "rude", "event")
 Key = tuple[str, int, str]
 
 
@@ -51,7 +51,7 @@ class Workflows:
         self.lease = lease
 
     def handlers(self) -> dict[str, Callable[[WorkflowContext, Any], Awaitable[Any]]]:
-        return {kind: getattr(self, f"_{kind}") for kind in KINDS}
+        return {kind: getattr(self, f"_{kind}") for kind in sorted(set(KINDS))}
 
     # -- the pieces ----------------------------------------------------------------------------
 
@@ -151,6 +151,20 @@ class Workflows:
     async def _retry(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
         delay = float(input.get("delay", 0.05))
         value = await self.step(ctx, "r", retries=RetryPolicy(limit=4, delay=delay, backoff="constant"), fail_first=2)
+        return {"r": value}
+
+    async def _rude(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        """A step whose first attempt raises CancelledError by itself: an ordinary, retried error."""
+        key = (ctx.workflow_id, ctx.run, "r")
+
+        async def rude() -> str:
+            self.ledger.attempts[key] = self.ledger.attempts.get(key, 0) + 1
+            if self.ledger.attempts[key] == 1:
+                raise asyncio.CancelledError()
+            return await self._body(key)
+
+        value: str = await ctx.step("r", rude, retries=RetryPolicy(limit=3, delay=0.01))
+        self.ledger.returned.append((key, value))
         return {"r": value}
 
     async def _flaky(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class Config:
     """The shape of one simulation (the seed chooses everything else)."""
 
     workers: int = 3
-    workflows: int = 14
+    workflows: int = 24
     duration: float = 25.0
     """Virtual seconds of chaos before the settle phase."""
     lease: float = 1.0
@@ -110,8 +110,13 @@ class World:
         self.sent: dict[str, list[tuple[str, Any, float]]] = {}  # workflow id -> [(type, payload, time)]
         self.frozen_time: dict[str, list[tuple[float, float]]] = {}
         self.records: dict[Key, tuple[str, Any]] = {}
+        self.dead_rewrites = 0
+        self.refused: list[str] = []  # payloads whose send_event raised
+        self.live_keys: dict[str, set[Key]] = {}  # workflow id -> final records of its current run last seen
+        self.zombie_orphans = 0
         self.counts: dict[str, int] = {"kills": 0, "freezes": 0, "operator_calls": 0, "events_sent": 0}
         self.db_url = f"memory://sim-{seed}-{id(self)}"
+        self.retention = self.rng.choice((None, None, 1.0, 3.0))  # some worlds purge ended workflows
         self.shared: Any = None
 
     # the scheduler's trace sink
@@ -135,6 +140,8 @@ class World:
             shutdown_grace=0.5,
             max_failures=25,
             max_concurrency=4,
+            retention_finished=self.retention,
+            retention_failed=self.retention,
         )
         if handlers:
             for kind, fn in self.flows.handlers().items():
@@ -166,24 +173,29 @@ class World:
 
     async def _client(self, engine: Bluestreak) -> None:
         kinds = list(KINDS)
-        for i in range(self.config.workflows):
-            kind = kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(kinds)
-            wid = f"{kind}-{i}"
-            payload: dict[str, Any] = {"n": self.rng.randint(1, 4)}
-            if kind == "sleepy":
-                payload["nap"] = self.rng.choice((0.3, 1.0, 2.5))
-            if kind == "retry":
-                payload["delay"] = self.rng.choice((0.05, 0.4))
-            await self._try(lambda wid=wid, kind=kind, payload=payload: engine.start(wid, kind, payload))
-            self.started[wid] = kind
-            await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.4 / self.config.workflows))
-        # events: each waiting workflow gets its event at a random time; some get an extra one
-        for wid, kind in list(self.started.items()):
-            if kind in ("event", "race"):
-                asyncio.get_running_loop().create_task(self._send_later(engine, wid, kind))
+        i = 0
+        while i < self.config.workflows:
+            burst = self.rng.choice((1, 1, 2, 6))  # start_many bursts make workers claim in batches
+            specs = []
+            for _ in range(min(burst, self.config.workflows - i)):
+                kind = kinds[i % len(kinds)] if i < len(kinds) else self.rng.choice(kinds)
+                wid = f"{kind}-{i}"
+                payload: dict[str, Any] = {"n": self.rng.randint(1, 4)}
+                if kind == "sleepy":
+                    payload["nap"] = self.rng.choice((0.3, 1.0, 2.5))
+                if kind == "retry":
+                    payload["delay"] = self.rng.choice((0.05, 0.4))
+                specs.append((wid, kind, payload))
+                self.started[wid] = kind
+                i += 1
+            await self._try(lambda specs=specs: engine.start_many(specs))
+            for wid, kind, _ in specs:
+                if kind in ("event", "race"):
+                    asyncio.get_running_loop().create_task(self._send_later(engine, wid, kind))
+            await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.4 / self.config.workflows * burst))
 
     async def _send_later(self, engine: Bluestreak, wid: str, kind: str) -> None:
-        await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.8))
+        await asyncio.sleep(self.rng.choice((0.0, 0.05, 0.3)) + self.rng.uniform(0.0, self.config.duration * 0.6))
         for _ in range(2 if self.rng.random() < 0.2 else 1):
             etype = "go" if kind == "event" else self.rng.choice(("A", "B"))
             await self._send(engine, wid, etype)
@@ -191,7 +203,14 @@ class World:
     async def _send(self, engine: Bluestreak, wid: str, etype: str) -> bool:
         self.ledger.nonce += 1
         payload = f"event#{self.ledger.nonce}"
-        ok = await self._try(lambda: engine.send_event(wid, etype, payload))
+        try:
+            await engine.send_event(wid, etype, payload)
+            ok = True
+        except BluestreakError:  # refused: the workflow has ended (or is gone)
+            self.refused.append(payload)
+            ok = False
+        except PyMongoError:  # a fault: the event may or may not have been buffered, as after any lost reply
+            ok = False
         if ok:
             self.counts["events_sent"] += 1
             self.sent.setdefault(wid, []).append((etype, payload, asyncio.get_running_loop().time()))
@@ -242,6 +261,19 @@ class World:
 
     async def _snapshot(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
+        wf = await self.shared["workflows"].find({}, {"run": 1, "purging": 1}).to_list(None)
+        runs = {d["_id"]: d.get("run", 0) for d in wf if not d.get("purging")}  # one being purged is gone already
+        present: dict[str, set[Key]] = {}
+        for d in docs:
+            present.setdefault(d["workflow_id"], set()).add((d["workflow_id"], d["run"], d["step_id"]))
+        for wid, keys in self.live_keys.items():
+            run = runs.get(wid)
+            if run is None:
+                continue  # purged: everything went, together
+            gone = {k for k in keys if k[1] == run} - present.get(wid, set())
+            if gone:
+                self.violations.append(f"history_kept: {wid} lives on (run {run}) but lost its records {sorted(gone)}")
+        self.live_keys = {w: {k for k in ks if k[1] == runs.get(w)} for w, ks in present.items()}
         for d in docs:
             key = (d["workflow_id"], d["run"], d["step_id"])
             value = (d["status"], d.get("output") if d["status"] == "done" else (d.get("error") or {}).get("message"))
@@ -249,7 +281,11 @@ class World:
             if seen is None:
                 self.records[key] = value
             elif seen != value:
-                self.violations.append(f"records_never_change: {key} was {seen!r}, now {value!r}")
+                if key[0] not in runs or runs[key[0]] > key[1]:
+                    self.dead_rewrites += 1  # a zombie of a restarted run rewrote a record the restart had deleted
+                    self.records[key] = value
+                else:
+                    self.violations.append(f"records_never_change: {key} was {seen!r}, now {value!r}")
 
     async def _try(self, call: Callable[[], Awaitable[Any]]) -> bool:
         try:
@@ -300,6 +336,9 @@ class World:
             docs = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
             pending = [wid for wid in self.started if wid in docs and docs[wid]["status"] not in FINAL]
             if not pending:
+                if self.retention is not None:
+                    await asyncio.sleep(self.retention)
+                    await self._try(operator.purge_expired)  # what the janitor does every minute
                 return
             for wid in pending:
                 doc = docs[wid]
@@ -339,14 +378,19 @@ class World:
     async def _check(self) -> None:
         v = self.violations
         workflows = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
+        for wid in [w for w, d in workflows.items() if d.get("purging")]:
+            v.append(f"no_half_applied_purge: {wid} is still marked for purging")
+            del workflows[wid]
         steps = await self.shared["steps"].find({}).to_list(None)
         naps = await self.shared["naps"].find({}).to_list(None)
         events = await self.shared["events"].find({}).to_list(None)
         current = {(d["workflow_id"], d["run"], d["step_id"]): d for d in steps}
 
-        # every value a ctx.step returned is the value recorded for that step
+        # every value a ctx.step returned (in the run that lives on) is the value recorded for that step
         for key, value in self.ledger.returned:
             seen = self.records.get(key)
+            if key[0] not in workflows or workflows[key[0]].get("run", 0) != key[1]:
+                continue  # a run that was restarted, or purged: what its executions saw is gone with it
             if seen is not None and seen != ("done", value):
                 v.append(f"step_returns_recorded_value: {key} returned {value!r}, recorded {seen!r}")
 
@@ -361,10 +405,13 @@ class World:
                 v.append(f"legal_state: {wid} ended with event reservations {doc['taken']}")
             if doc.get("history_gc"):
                 v.append(f"no_half_applied_restart: {wid} still has history_gc={doc['history_gc']}")
-            if doc.get("purging"):
-                v.append(f"no_half_applied_purge: {wid} is still marked for purging")
             if status == "aborted":
                 v.append(f"no_spurious_abort: {wid} aborted: {(doc.get('error') or {}).get('message')}")
+            if status == "finished" and self.started.get(wid) != "flaky" and doc.get("failures"):
+                v.append(
+                    f"no_spurious_failure: {wid} finished after {doc['failures']} failures: "
+                    f"{(doc.get('error') or {}).get('type')}"
+                )
             if status == "finished":
                 for sid, value in (doc.get("result") or {}).items():
                     record = current.get((wid, doc["run"], sid))
@@ -376,8 +423,17 @@ class World:
 
         for d in [*steps, *naps]:
             doc = workflows.get(d["workflow_id"])
-            if doc is not None and d["run"] < doc.get("run", 0):
-                v.append(f"no_orphans: {d['workflow_id']} run {d['run']} record {d.get('step_id', d.get('nap_id'))}")
+            if doc is None or d["run"] >= doc.get("run", 0):
+                continue
+            written = d.get("recorded_at") or d.get("started_at") or d.get("created_at")
+            restarted = doc.get("run_started_at")
+            if written is not None and restarted is not None and written > restarted - timedelta(seconds=1):
+                self.zombie_orphans += 1  # written by a zombie after the restart's clean-up: garbage, not lost work
+                continue
+            v.append(
+                f"no_orphans: {d['workflow_id']} run {d['run']} record {d.get('step_id', d.get('nap_id'))} "
+                f"written {written}, before the restart at {restarted}"
+            )
 
         # events: each taken by at most one wait; every wait that got one got a distinct one
         consumers: dict[Any, str] = {}
@@ -403,6 +459,9 @@ class World:
             for d in steps
             if d.get("status") == "done" and isinstance(d.get("output"), dict) and "payload" in d["output"]
         ]
+        delivered = set(payloads) & set(self.refused)
+        if delivered:
+            v.append(f"send_event_tells_the_truth: send_event raised for {sorted(delivered)}, which a wait received")
         if len(payloads) != len(set(payloads)):
             v.append(f"one_event_per_wait: a payload was received twice: {sorted(payloads)}")
 
@@ -447,6 +506,8 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "faults": world.scheduler.fault_count,
             "commands": sum(a.commands for a in world.scheduler.actors.values()),
             "virtual_seconds": round(loop.time(), 1),
+            "dead_rewrites": world.dead_rewrites,
+            "zombie_orphans": world.zombie_orphans,
         }
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.sleep(0))

@@ -501,7 +501,7 @@ async def _overview_context(request: Request, dash: Dashboard) -> dict[str, Any]
         "windows": list(charts.WINDOWS),
         "throughput": charts.bar_chart(finished, "finished"),
         "failures": charts.bar_chart(failures, "failed or aborted"),
-        "ages": charts.line_chart(ages, views.duration_text),
+        "ages": charts.line_chart(ages, views.duration_text, width=charts.WIDTH * 2),
         "finished_total": finished.total,
         "failures_total": failures.total,
         "sampled": sampled,

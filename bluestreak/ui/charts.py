@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -133,22 +133,22 @@ def nice_max(value: float) -> float:
     return float(10 * magnitude)  # pragma: no cover - the loop always returns
 
 
-def _x_labels(series: Series) -> list[tuple[float, str]]:
+def _x_labels(series: Series, width: float) -> list[tuple[float, str]]:
     n = len(series.values)
     labels = []
     for i in range(5):
         index = round(i * (n - 1) / 4) if n > 1 else 0
         when = series.start + timedelta(minutes=index)
-        x = (index + 0.5) / max(n, 1) * WIDTH
+        x = (index + 0.5) / max(n, 1) * width
         labels.append((x, when.strftime("%H:%M")))
     return labels
 
 
-def bar_chart(series: Series, unit: str, fmt: Any = None) -> Chart:
-    """Bars, one per minute, scaled to the window's peak."""
+def bar_chart(series: Series, unit: str, width: float = WIDTH) -> Chart:
+    """Bars, one per minute, scaled to the window's peak; ``width`` in SVG units (the height is fixed)."""
     n = max(len(series.values), 1)
     top = nice_max(series.peak)
-    slot = WIDTH / n
+    slot = width / n
     gap = min(slot * 0.2, 2.0)
     bars = []
     for i, value in enumerate(series.values):
@@ -165,15 +165,15 @@ def bar_chart(series: Series, unit: str, fmt: Any = None) -> Chart:
                 f"{when:%H:%M} UTC: {value:g} {unit}",
             )
         )
-    return Chart(bars, "", [], top, f"{top:g}", _x_labels(series))
+    return Chart(bars, "", [], top, f"{top:g}", _x_labels(series, width), width)
 
 
-def line_chart(series: Series, fmt: Any) -> Chart:
+def line_chart(series: Series, fmt: Callable[[float], str], width: float = WIDTH) -> Chart:
     """A polyline through the minutes that have a value (gaps where the dashboard saw nothing)."""
     n = max(len(series.values), 1)
     known = [v for v in series.values if v == v]
     top = nice_max(max(known, default=0.0))
-    slot = WIDTH / n
+    slot = width / n
     points = []
     dots = []
     for i, value in enumerate(series.values):
@@ -184,4 +184,4 @@ def line_chart(series: Series, fmt: Any) -> Chart:
         points.append(f"{x},{y}")
         when = series.start + timedelta(minutes=i)
         dots.append(BarGeometry(x, y, 0, 0, f"{when:%H:%M} UTC: {fmt(value)}"))
-    return Chart([], " ".join(points), dots, top, fmt(top), _x_labels(series))
+    return Chart([], " ".join(points), dots, top, fmt(top), _x_labels(series, width), width)

@@ -337,13 +337,18 @@ class _Scale:
         return Bar(round(x, 3), round(width, 3), kind, title, open_end)
 
 
-def step_kind(step: StepRow) -> tuple[str, str]:
-    """``(bar class, badge word)`` of a step: what it is doing or how it ended."""
+def step_kind(step: StepRow, waits: frozenset[str] = frozenset()) -> tuple[str, str]:
+    """``(bar class, badge word)`` of a step: what it is doing or how it ended.
+
+    ``waits``: ids of the steps that consumed an event (event waits whose event was already buffered
+    leave no ``event_types`` on their record).
+    """
+    wait = bool(step.event_types) or step.step_id in waits
     if step.status == "done":
-        return "done", "done"
+        return ("event-done", "received") if wait else ("done", "done")
     if step.status == "failed":
         return "failed", "failed"
-    if step.event_types:
+    if wait:
         return "event-wait", "waiting"
     if step.attempts > 1 or step.retry_at is not None:
         return "retrying", "retrying"
@@ -435,33 +440,35 @@ def timeline(
         rows.append(row)
 
     last_record: datetime | None = None
+    waits = frozenset(e.consumed_by for e in events if e.consumed_by)
+    history: list[tuple[datetime, TimelineRow]] = []
     for s in steps:
-        kind, word = step_kind(s)
+        kind, word = step_kind(s, waits)
         s_start = s.started_at or s.recorded_at or start
         if s.status in ("done", "failed"):
             s_end = s.recorded_at or s_start
-            detail = duration_text(s.duration)
+            took = duration_text(s.duration)
+            detail = f"received after {took}" if kind == "event-done" else took
             if s.attempts > 1:
                 detail += f" · {s.attempts} attempts"
             if s.status == "failed" and s.error_type:
-                detail += f" · {s.error_type}"
-            title = f"{s.step_id}: {word} in {duration_text(s.duration)}"
+                detail += f" · {s.error_type}: {s.error_message}"
+            title = f"{s.step_id}: {word} in {took}"
             last_record = s_end if last_record is None or utc(s_end) > utc(last_record) else last_record
         else:
             s_end = end if not final else (s.recorded_at or end)
             if kind == "event-wait":
-                until = f" until {absolute_text(s.deadline)}" if s.deadline else ""
+                until = f" · times out {relative_text(s.deadline, now)}" if s.deadline else ""
                 detail = f"waiting for {', '.join(s.event_types)}{until}"
             elif kind == "retrying":
-                nxt = f"; next attempt {relative_text(s.retry_at, now)}" if s.retry_at else ""
-                err = f" ({s.error_type}: {s.error_message})" if s.error_type else ""
-                detail = f"attempt {s.attempts} failed{err}{nxt}"
+                nxt = f"attempt {s.attempts + 1} {relative_text(s.retry_at, now)}" if s.retry_at else "retrying now"
+                err = f" · last: {s.error_type}: {s.error_message}" if s.error_type else ""
+                detail = f"{nxt} · {s.attempts} failed{err}"
             else:
                 detail = "in progress"
             title = f"{s.step_id}: {detail}"
-        rows.append(
-            TimelineRow("step", s.step_id, detail, [scale.bar(s_start, s_end, kind, title)], [], s.step_id, word)
-        )
+        bar = scale.bar(s_start, s_end, kind, title)
+        history.append((utc(s_start), TimelineRow("step", s.step_id, detail, [bar], [], s.step_id, word)))
 
     for n in naps:
         woke = utc(n.wake_at) <= utc(now)
@@ -469,7 +476,11 @@ def timeline(
         title = f"{n.nap_id}: sleep of {length} until {absolute_text(n.wake_at)}"
         detail = f"{length} · {'woke' if woke else 'wakes'} {relative_text(n.wake_at, now)}"
         bar = scale.bar(n.created_at, n.wake_at, "nap", title)
-        rows.append(TimelineRow("nap", n.nap_id, detail, [bar], [], None, "slept" if woke else "sleeping"))
+        history.append(
+            (utc(n.created_at), TimelineRow("nap", n.nap_id, detail, [bar], [], None, "slept" if woke else "sleeping"))
+        )
+    history.sort(key=lambda item: item[0])  # steps and sleeps in the order the run reached them
+    rows += [row for _, row in history]
 
     if events:
         row = TimelineRow("events", "events", f"{len(events)} sent")

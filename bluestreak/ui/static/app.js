@@ -68,6 +68,11 @@
       }
     });
     refreshTimes(region);
+    // Once the workflow has ended, hide what no longer applies to it (the send-event form).
+    const ended = !!document.querySelector("[data-final]");
+    document.querySelectorAll("[data-unless-final]").forEach((el) => {
+      el.hidden = ended;
+    });
     if (focusKey) {
       const again = region.querySelector('[data-key="' + CSS.escape(focusKey) + '"]');
       if (again) again.focus();
@@ -96,6 +101,7 @@
         }
         if (response.status >= 500) throw new Error("HTTP " + response.status);
         const html = await response.text();
+        if (document.querySelector("dialog[open]") || typing(region)) continue; // opened while fetching
         if (html !== region.dataset.last) {
           region.dataset.last = html;
           swap(region, html);
@@ -126,8 +132,12 @@
     const form = e.target;
     if (!(form instanceof HTMLFormElement) || !form.dataset.confirm || !dialog) return;
     e.preventDefault();
-    pending = form;
+    // What to send is taken now: a live update may replace the form while the dialog is open.
+    pending = { action: form.action, data: new FormData(form) };
     dialog.querySelector(".question").textContent = form.dataset.confirm;
+    dialog.querySelector(".subject .verb").textContent = form.dataset.label || "Confirm";
+    const target = form.elements.namedItem("id");
+    dialog.querySelector(".subject .target").textContent = target && "value" in target ? target.value : "";
     const preview = dialog.querySelector(".preview");
     const fields = (form.dataset.preview || "").split(",").filter(Boolean);
     preview.textContent = fields
@@ -147,11 +157,22 @@
   });
   if (dialog) {
     dialog.addEventListener("close", () => {
-      const form = pending;
+      const chosen = pending;
       pending = null;
-      if (dialog.returnValue !== "ok" || !form) return;
-      const confirmed = form.querySelector("input[name=confirmed]");
-      if (confirmed) confirmed.value = "yes";
+      if (dialog.returnValue !== "ok" || !chosen) return;
+      chosen.data.set("confirmed", "yes");
+      const form = document.createElement("form");
+      form.method = "post";
+      form.action = chosen.action;
+      form.hidden = true;
+      for (const [name, value] of chosen.data) {
+        const input = document.createElement("input");
+        input.type = "hidden";
+        input.name = name;
+        input.value = String(value);
+        form.appendChild(input);
+      }
+      document.body.appendChild(form);
       form.submit();
     });
   }

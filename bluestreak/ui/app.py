@@ -402,6 +402,7 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
         "actions": actions,
         "can_send": allowed["send-event"] and not dash.settings.read_only,
         "can_fork": dash.can("fork") and not dash.settings.read_only and bool(steps),
+        "awaited": sorted({t for s in steps if s.status == "pending" for t in s.event_types}),
         "input": views.json_text(record.input),
         "result": views.json_text(record.result) if record.status is Status.FINISHED else None,
     }

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TextIO
+
+import uvicorn
 
 from ..engine import Bluestreak
 from ..errors import InvalidArgument
@@ -76,23 +80,44 @@ async def serve(
     ``on_ready(url)`` is called once the socket listens (the CLI prints the address).
     Signal handlers are installed by uvicorn only in the main thread.
     """
-    import uvicorn
-
     check_binding(host, token)
     listening = sock or bind(host, port)
     port = listening.getsockname()[1]
     app = create_app(engine, read_only=read_only, token=token, live_interval=live_interval)
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, server_header=False)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     await engine.init()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop_serving)
+            handled.append(sig)
     try:
         if on_ready is not None:
             on_ready(url_of(host, port))
         await server.serve(sockets=[listening])
     finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         listening.close()
         with contextlib.suppress(Exception):
             await engine.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with SIGINT and SIGTERM left to :func:`serve`: both stop it gracefully, and the
+    process then exits 0 (uvicorn's own handlers re-raise the signal once it has stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.30
+        return None
+
+    def stop_serving(self) -> None:
+        self.should_exit = True
 
 
 def run(

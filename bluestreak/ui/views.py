@@ -414,9 +414,9 @@ def timeline(
     start = utc(workflow.created_at)
     final = workflow.status in FINAL_STATUSES
     end = utc(workflow.finished_at or workflow.updated_at) if final else utc(now)
-    for s in steps:
-        for when in (s.started_at, s.recorded_at):
-            if when is not None and final:
+    if final:  # records written just after the end (a step, the attempt's own close) stay inside the span
+        for when in [*(s.recorded_at for s in steps), *(a.ended_at for a in attempts)]:
+            if when is not None:
                 end = max(end, utc(when))
     if end <= start:
         end = start + timedelta(milliseconds=1)

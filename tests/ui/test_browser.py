@@ -116,6 +116,7 @@ def test_an_operator_filters_opens_pauses_resumes_and_sends_an_event(
     live.wait_status("order-1", "waiting")
 
     # Send the event it waits for; the page follows the workflow to its end by itself.
+    assert page.input_value("#event-type") == "approval"  # prefilled: the one type the workflow waits for
     page.fill("#event-type", "approval")
     page.fill("#event-payload", '{"approved": true, "by": "grace"}')
     page.get_by_role("button", name="Send event").click()

@@ -238,9 +238,13 @@ def chromium_or_skip() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session, driven by Playwright."""
+    """A headless Chromium for one test, driven by Playwright.
+
+    Not shared across tests: Playwright's sync API runs an event loop in this
+    thread while it is open, and the async tests that follow need the thread's loop free.
+    """
     executable = chromium_or_skip()
     try:
         from playwright.sync_api import sync_playwright

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint typecheck check bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy bluestreak
 
 check: lint typecheck test
+
+# The browser of the dashboard's tests (tests/ui): Debian's Chromium; Playwright never downloads one. Needs root.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks

@@ -190,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging level of the worker (default INFO)",
     )
+
+    p = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="serve the web dashboard (needs bluestreak[ui]); local only unless --host and --token are given",
+        description="Serve the web dashboard of the database: list, inspect and control workflows in a browser.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8233, help="port to listen on (default 8233)")
+    p.add_argument("--token", help="access token, required off loopback (default: $BLUESTREAK_UI_TOKEN)")
+    p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
     return parser
 
 
@@ -209,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "ui":
+            return _ui(args)
         return asyncio.run(_run(args))
     except CliError as exc:
         _fail(str(exc))
@@ -712,6 +725,20 @@ async def _worker(args: argparse.Namespace) -> int:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+# -- dashboard -------------------------------------------------------------------------
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """``bluestreak ui``: the web dashboard (:mod:`bluestreak.ui`), until Ctrl-C or SIGTERM."""
+    try:
+        from .ui.server import run
+    except ModuleNotFoundError as exc:
+        missing = f"'bluestreak ui' needs the ui extra ({exc.name} is missing): pip install 'bluestreak[ui]'"
+        raise CliError(missing, EXIT_USAGE) from None
+    token = args.token or os.environ.get("BLUESTREAK_UI_TOKEN") or None
+    return run(_open_engine(args), host=args.host, port=args.port, token=token, read_only=args.read_only)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ EXPECTED: dict[str, str] = {
     "parallel_steps.py": "parallel and nested steps: OK",
     "typed_workflows.py": "typed workflows: OK",
     "scheduling.py": "scheduling: OK",
+    "dashboard.py": "dashboard: OK",
 }
 
 

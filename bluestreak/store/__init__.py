@@ -22,12 +22,13 @@ from ..transitions import Transition
 from .base import Doc, is_transient, log
 from .events import UNCONSUMED, EventQueries
 from .history import HistoryQueries
+from .reports import ReportQueries
 from .workflows import FINAL, Lease, WorkflowQueries
 
 __all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log"]
 
 
-class Store(WorkflowQueries, HistoryQueries, EventQueries):
+class Store(WorkflowQueries, HistoryQueries, EventQueries, ReportQueries):
     """Typed operations on the four collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from

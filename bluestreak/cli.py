@@ -21,6 +21,7 @@ import enum
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -234,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{_PROG}: error: {printable(message)}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{_PROG}: note: {printable(message)}", file=sys.stderr)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -294,16 +301,60 @@ class Output:
         return self._stream or sys.stdout
 
     def line(self, text: str = "") -> None:
-        """Print one line of text."""
-        print(text, file=self.stream)
+        """Print one line of text; characters that are not printable are shown escaped (see :func:`printable`)."""
+        print(printable(text), file=self.stream)
 
     def document(self, value: Any) -> None:
-        """Print ``value`` as one JSON document."""
-        print(json.dumps(plain(value), indent=2, ensure_ascii=False), file=self.stream)
+        """Print ``value`` as one JSON document (strict JSON: no NaN, no raw control characters)."""
+        text = json.dumps(plain(value), indent=2, ensure_ascii=False, allow_nan=False)
+        print(strict_json_text(text), file=self.stream)
 
 
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready data: datetimes as ISO 8601, records and models as objects."""
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped as Python's ``repr`` does (``\\x1b``, ``\\n``).
+
+    Stored ids, messages and tracebacks come from whoever started the workflow: escape
+    sequences (ANSI colours, OSC window titles, terminal queries), bidi overrides and newlines
+    must reach a terminal as text, not act on it or forge lines.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    return repr(c)[1:-1]
+
+
+def strict_json_text(text: str) -> str:
+    """JSON text with every unprintable character inside its strings as a ``\\uXXXX`` escape.
+
+    ``json.dumps(ensure_ascii=False)`` escapes control characters below 0x20 only; DEL, the C1
+    controls (0x9b is CSI for some terminals), bidi overrides and lone surrogates would pass raw.
+    Outside strings JSON has only printable characters and the newlines of indentation.
+    """
+    lines = text.split("\n")
+    return "\n".join(line if line.isprintable() else "".join(map(_json_char, line)) for line in lines)
+
+
+def _json_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def plain(value: Any, *, strict: bool = True) -> Any:
+    """``value`` as JSON-ready data: datetimes as ISO 8601, records and models as objects.
+
+    ``strict``: floats JSON cannot hold (NaN, Infinity) become ``None`` (``null``), as
+    JavaScript's ``JSON.stringify`` does; text output (``strict=False``) keeps them.
+    """
+    if strict and isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, datetime):
@@ -311,18 +362,18 @@ def plain(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, enum.Enum):
-        return plain(value.value)
+        return plain(value.value, strict=strict)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name), strict=strict) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, strict=strict) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
+        return [plain(v, strict=strict) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return plain(dump(mode="json"))
+        return plain(dump(mode="json"), strict=strict)
     return str(value)
 
 
@@ -363,12 +414,13 @@ def _between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = json.dumps(plain(value), ensure_ascii=False, sort_keys=True)
+    text = json.dumps(plain(value, strict=False), ensure_ascii=False, sort_keys=True)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> list[str]:
     """Left-aligned columns, two spaces apart; the last column is not padded."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def fmt(cells: Sequence[str]) -> str:
@@ -560,7 +612,7 @@ def _print_error(out: Output, error: ErrorInfo, *, header: bool = True) -> None:
     else:
         out.line(f"  {error.type}: {error.message}")
     if error.traceback:
-        for text in error.traceback.rstrip().splitlines():
+        for text in error.traceback.rstrip().split("\n"):
             out.line(f"  | {text}")
 
 

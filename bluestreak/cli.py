@@ -267,7 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level of the worker (default INFO)",
+        help="level of bluestreak's own loggers (bluestreak.*); other libraries log warnings only (default INFO)",
+    )
+    p.add_argument(
+        "--allow-memory",
+        action="store_true",
+        help="run even if the engine uses the in-memory backend (memory://): for demos only, "
+        "since no other process can reach that data and it is lost on exit",
     )
     return parser
 
@@ -566,6 +572,8 @@ async def _list(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     )
     more = len(found) > args.limit
     workflows = found[: args.limit]
+    if not workflows:
+        await _note_if_empty(engine)
     if out.json:
         out.document({"page": args.page, "limit": args.limit, "has_more": more, "workflows": workflows})
         return EXIT_OK
@@ -621,10 +629,14 @@ def timeline(
     raw: list[tuple[datetime, str, str, str, float | None, str]] = [
         (created, "created", workflow.id, "", None, f"handler {workflow.handler}")
     ]
+    waits = event_waits(steps, events)
     for s in steps:
         at = s.started_at or s.recorded_at or created
         if s.error is not None:
             detail = f"{s.error.type}: {s.error.message}"
+        elif s.step_id in waits:
+            event_type, payload = waits[s.step_id]
+            detail = f"event {event_type!r} -> {_short(payload)}"
         elif s.status == "done":
             detail = f"-> {_short(s.output)}"
         else:
@@ -675,6 +687,38 @@ def timeline(
     ]
 
 
+_EVENT_RECORD_KEYS = {"type", "payload", "payload_type"}
+
+
+def event_waits(steps: Sequence[StepRecord], events: Sequence[EventRecord]) -> dict[str, tuple[str, Any]]:
+    """``{step_id: (event_type, payload)}`` for the ``wait_for_event`` steps that received an event.
+
+    Such a step stores the event it consumed in an internal form; shown as is it would read
+    ``{"payload": ..., "payload_type": ..., "type": ...}``. The event itself is in ``events``
+    (``consumed_by`` names the step), with its payload restored as the handler saw it.
+    """
+    consumed = {e.consumed_by: e for e in events if e.consumed_by}
+    found: dict[str, tuple[str, Any]] = {}
+    for s in steps:
+        if s.status != "done":
+            continue
+        event = consumed.get(s.step_id)
+        if event is not None:
+            found[s.step_id] = (event.type, event.payload)
+        elif isinstance(s.output, dict) and set(s.output) == _EVENT_RECORD_KEYS and isinstance(s.output["type"], str):
+            found[s.step_id] = (s.output["type"], s.output["payload"])  # its event was deleted since
+    return found
+
+
+def _step_view(step: StepRecord, waits: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """A step for ``--json``: its fields, with an event wait's output as the payload the handler received."""
+    view: dict[str, Any] = {f.name: getattr(step, f.name) for f in dataclasses.fields(step)}
+    event_type, payload = waits.get(step.step_id, (None, step.output))
+    view["output"] = payload
+    view["event_type"] = event_type
+    return view
+
+
 async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
     workflow = await engine.get_workflow(args.workflow_id)
     steps = await engine.list_steps(args.workflow_id)
@@ -682,7 +726,9 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     events = await engine.list_events(args.workflow_id)
     entries = timeline(workflow, steps, naps, events)
     if out.json:
-        out.document({"workflow": workflow, "steps": steps, "naps": naps, "events": events, "timeline": entries})
+        waits = event_waits(steps, events)
+        shown = [_step_view(step, waits) for step in steps]
+        out.document({"workflow": workflow, "steps": shown, "naps": naps, "events": events, "timeline": entries})
         return EXIT_OK
     w = workflow
     out.line(f"workflow  {w.id}")
@@ -791,9 +837,17 @@ async def _send_event(engine: Bluestreak, args: argparse.Namespace, out: Output)
     return EXIT_OK
 
 
+async def _note_if_empty(engine: Bluestreak) -> None:
+    """Say so when the database holds no workflow at all: most likely the wrong one was named."""
+    if not await engine.list_workflows(limit=1):
+        _note(f"database {engine.db_name!r} has no workflows — wrong --db-name?")
+
+
 async def _stats(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
     stats = await engine.stats()
     total = sum(stats.by_status.values())
+    if not total:
+        _note(f"database {engine.db_name!r} has no workflows — wrong --db-name?")
     if out.json:
         out.document(
             {
@@ -935,6 +989,13 @@ async def _run_worker(args: argparse.Namespace) -> int:
     engine = load_app(args.app)
     if not engine.handler_ids:
         raise CliError(f"--app {args.app}: the engine has no registered handlers", EXIT_USAGE)
+    if engine.db_url is not None and engine.db_url.startswith("memory://") and not args.allow_memory:
+        raise CliError(
+            f"--app {args.app}: the engine uses the in-memory backend ({engine.db_url!r}): no other process can "
+            "start or see its workflows and they are lost when the worker exits. Set BLUESTREAK_DB_URL=mongodb://... "
+            "(or pass db_url to the engine), or add --allow-memory to run on memory anyway",
+            EXIT_USAGE,
+        )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
 

@@ -127,19 +127,6 @@ def redact_url(url: str) -> str:
     return scheme + sep + _SECRET_OPTIONS.sub(r"\1****", rest)
 
 
-def url_secrets(url: str) -> list[str]:
-    """The secrets in ``url`` (password, password-like option values), to scrub from any text shown."""
-    found: list[str] = []
-    _, sep, rest = url.partition("://")
-    rest = rest if sep else url
-    if "@" in rest:
-        userinfo = rest.rpartition("@")[0]
-        if ":" in userinfo:
-            found.append(userinfo.partition(":")[2])
-    found += [m.group(0).split("=", 1)[1] for m in _SECRET_OPTIONS.finditer(rest)]
-    return [s for s in found if s]
-
-
 def check_db_url(db_url: object) -> str:
     """A ``mongodb://``, ``mongodb+srv://`` or ``memory://`` URL; the error never shows its password."""
     if not isinstance(db_url, str) or not db_url.startswith(URL_SCHEMES):

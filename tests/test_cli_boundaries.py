@@ -286,6 +286,46 @@ async def _status_is(engine: Bluestreak, workflow_id: str, status: str) -> bool:
     return (await engine.get_workflow(workflow_id)).status == status
 
 
+# -- show: event waits, as the handler saw them ---------------------------------------------------------------
+
+
+async def test_show_displays_a_received_event_not_its_storage_form(engine: Bluestreak, cli: Cli) -> None:
+    @engine.handler("approval")
+    async def approval(ctx: WorkflowContext, input: None) -> Any:
+        return await ctx.wait_for_event("wait-approval", "approved", timeout=30)
+
+    await engine.start("wf-ev", "approval")
+    await engine.send_event("wf-ev", "approved", {"by": "ada"})
+    async with running(engine):
+        assert await engine.wait("wf-ev", timeout=10) == {"by": "ada"}
+
+    code, out, _ = await cli("show", "wf-ev")
+    assert code == 0
+    wait = next(line for line in out.splitlines() if " step " in line and "wait-approval" in line)
+    assert """event 'approved' -> {"by": "ada"}""" in wait
+    assert "payload_type" not in out
+    doc = await cli.json("show", "wf-ev")
+    assert "payload_type" not in json.dumps(doc)
+    step = doc["steps"][0]
+    assert step["step_id"] == "wait-approval" and step["output"] == {"by": "ada"} and step["event_type"] == "approved"
+
+
+# -- list / stats on an empty database ----------------------------------------------------------------------
+
+
+async def test_an_empty_database_is_pointed_out(engine: Bluestreak, cli: Cli, db_name: str) -> None:
+    note = f"bluestreak: note: database {db_name!r} has no workflows — wrong --db-name?"
+    for args in (["list"], ["stats"], ["list", "--json"], ["stats", "--json"]):
+        code, out, err = await cli(*args)
+        assert code == 0 and note in err, args
+        if "--json" in args:
+            json.loads(out)  # stdout stays one JSON document
+    await engine.start("wf-1", "job")
+    for args in (["list"], ["stats"], ["list", "--status", "finished"], ["list", "--page", "5"]):
+        code, _, err = await cli(*args)
+        assert code == 0 and "no workflows —" not in err, args
+
+
 # -- credentials and names ----------------------------------------------------------------------------------
 
 
@@ -322,6 +362,19 @@ engine = Bluestreak({url}, poll_interval=0.05, shutdown_grace=1, should_stop={st
 async def greet(ctx: WorkflowContext, input: dict) -> str:
     return await ctx.step("greet", lambda: "hello " + input["name"])
 """
+
+
+def test_the_worker_refuses_the_in_memory_backend_unless_allowed(
+    app_dir: Path, capsys: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BLUESTREAK_DB_URL", raising=False)
+    for url in ("None", "'memory://'"):
+        module = f"mem_app_{uuid.uuid4().hex[:8]}"
+        (app_dir / f"{module}.py").write_text(textwrap.dedent(APP.format(url=url, stop="lambda: True")))
+        assert main(["worker", "--app", f"{module}:engine"]) == 2
+        err = capsys.readouterr().err
+        assert "in-memory backend" in err and "--allow-memory" in err and "BLUESTREAK_DB_URL" in err
+        assert main(["worker", "--app", f"{module}:engine", "--allow-memory"]) == 0
 
 
 @pytest.mark.server

@@ -1320,7 +1320,10 @@ def _accelerate(coll: Any) -> Any:
     filter_applies = mongomock.filtering.filter_applies
     original_ensure_uniques = coll._ensure_uniques
     original_update = coll._update
-    state: dict[str, Any] = {"updating": None}
+    # "record": where the next _iter_documents call notes the documents an update is about to change
+    # (only the first call of an update: later ones are mongomock's unique checks, which change nothing);
+    # "updating": how many updates are in progress (their results are checked against the server's limits).
+    state: dict[str, Any] = {"record": None, "updating": 0}
 
     def candidates(filter: Mapping[str, Any]) -> tuple[Callable[[], list[Doc]], Callable[[Doc], bool], Any]:
         """How to list the documents that may match ``filter`` (natural order), the exact test of
@@ -1341,8 +1344,8 @@ def _accelerate(coll: Any) -> Any:
     def iter_documents(filter: Mapping[str, Any]) -> Iterator[Doc]:
         listing, test, _ = candidates(filter)
         matched = filter_iter(test, listing())
-        updating = state["updating"]
-        return matched if updating is None else _recording(matched, *updating)
+        record, state["record"] = state["record"], None
+        return matched if record is None else _recording(matched, *record)
 
     def ensure_uniques(new_data: Doc) -> None:
         store = _indexed(coll)
@@ -1350,7 +1353,7 @@ def _accelerate(coll: Any) -> Any:
         key = mongomock.helpers.hashdict(key) if isinstance(key, dict) else key
         if store._documents.get(key) is new_data:
             store.bst_reindex(key, new_data)  # changed in place by an update: before the unique check
-        if state["updating"] is not None:
+        if state["updating"]:
             raw = bson.encode(new_data)
             refused = _storage_error(len(raw), new_data, update=True)
             if refused is not None:
@@ -1365,12 +1368,14 @@ def _accelerate(coll: Any) -> Any:
     def update(spec: Doc, document: Any, upsert: bool = False, *args: Any, **kwargs: Any) -> Any:
         incs = document.get("$inc") if isinstance(document, Mapping) else None
         touched: list[tuple[Doc, dict[str, Any]]] = []
-        previous = state["updating"]
-        state["updating"] = (touched, list(incs) if isinstance(incs, Mapping) else [])
+        previous = state["record"]
+        state["record"] = (touched, list(incs) if isinstance(incs, Mapping) else [])
+        state["updating"] += 1
         try:
             result = original_update(spec, document, upsert, *args, **kwargs)
         finally:
-            state["updating"] = previous
+            state["record"] = previous
+            state["updating"] -= 1
             store = _indexed(coll)
             for doc, _ in touched:  # also after a failure midway: mongomock does not undo a half-applied update
                 key = doc.get("_id")

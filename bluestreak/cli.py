@@ -21,18 +21,23 @@ import enum
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
+import bson
+from bson.errors import InvalidDocument
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
 
+from .config import redact_url
 from .durations import parse_duration
 from .engine import Bluestreak
-from .errors import InvalidArgument, InvalidTransition, WorkflowNotFound
+from .errors import InvalidArgument, InvalidTransition, WorkflowNotFound, WorkflowUsageError
 from .records import ErrorInfo, EventRecord, NapRecord, Status, StepRecord, WorkflowRecord
 
 EXIT_OK = 0
@@ -45,12 +50,18 @@ EXIT_NOT_FOUND = 3
 """No workflow has this id."""
 EXIT_UNAVAILABLE = 4
 """The database cannot be reached."""
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Whoever read stdout stopped reading (``bluestreak list | head``): 141, as for a process killed by SIGPIPE."""
 
 DEFAULT_DB_NAME = "bluestreak"
 CONNECT_TIMEOUT_MS = 5000
 """``serverSelectionTimeoutMS`` added to a ``mongodb://`` URL that does not set it."""
 
 _PROG = "bluestreak"
+MAX_PAYLOAD_DEPTH = 100
+"""Nesting levels a ``--payload`` may have (MongoDB documents its limit as 100 levels)."""
+MAX_SKIP = 2**63 - 1
+"""MongoDB counts skips and limits in signed 64-bit integers."""
 
 
 class CliError(Exception):
@@ -64,13 +75,36 @@ class CliError(Exception):
 # -- argument parsing ----------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, reporting usage errors as ``bluestreak: error: ...`` (also for sub-commands), values escaped."""
+
+    def error(self, message: str) -> NoReturn:
+        with contextlib.suppress(OSError, ValueError):
+            self.print_usage(sys.stderr)
+        _fail(message)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _text(text: str) -> str:
+    """A command-line string that is valid UTF-8 (a stray byte arrives as a lone surrogate and is refused)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"{printable(repr(text))} is not valid UTF-8 text (check the terminal's encoding)"
+        ) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {printable(repr(text))}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {printable(repr(text))}")
+    if value > MAX_SKIP:
+        raise argparse.ArgumentTypeError(f"expected a positive integer below 2**63, got {text}")
     return value
 
 
@@ -98,29 +132,72 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def _json_object(text: str) -> Any:
+    """The ``--payload`` value: JSON that MongoDB can store (checked here, before anything connects)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--payload is not valid JSON ({exc}): {text!r}") from None
+        shown = printable(repr(text[:200]))
+        raise argparse.ArgumentTypeError(f"--payload is not valid JSON ({exc}): {shown}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(
+            f"--payload is nested too deeply; at most {MAX_PAYLOAD_DEPTH} levels are allowed"
+        ) from None
+    depth = _depth(value)
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise argparse.ArgumentTypeError(
+            f"--payload is nested {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} levels are allowed"
+        )
+    try:
+        bson.encode({"payload": value})
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            "--payload holds an integer MongoDB cannot store (beyond 64 bits); send it as a string"
+        ) from None
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            "--payload holds a string that is not valid Unicode (a lone surrogate such as \\ud800)"
+        ) from None
+    except (InvalidDocument, ValueError, TypeError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"--payload cannot be stored: {exc}") from None
+    return value
 
 
-def _common_options(*, top: bool) -> argparse.ArgumentParser:
+def _depth(value: Any) -> int:
+    """Nesting levels of a JSON value (a scalar is 0, ``[]`` is 1), without recursion."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level + 1)
+        if level + 1 > MAX_PAYLOAD_DEPTH:
+            return level + 1
+        todo.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _common_options(*, top: bool) -> _Parser:
     """The connection and output options, accepted before or after the command.
 
     On sub-commands the defaults are suppressed so a value given before the
     command is not overwritten by the sub-parser's default.
     """
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(add_help=False)
     default: Any = None if top else argparse.SUPPRESS
     group = parser.add_argument_group("connection and output")
     group.add_argument(
         "--db-url",
+        type=_text,
         default=default,
         metavar="URL",
         help="mongodb://, mongodb+srv:// or memory:// URL (default: $BLUESTREAK_DB_URL)",
     )
     group.add_argument(
         "--db-name",
+        type=_text,
         default=default,
         metavar="NAME",
         help=f"database name (default: $BLUESTREAK_DB_NAME or {DEFAULT_DB_NAME!r})",
@@ -137,7 +214,7 @@ def _common_options(*, top: bool) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``bluestreak`` argument parser with all its sub-commands."""
     common = _common_options(top=False)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_PROG,
         parents=[_common_options(top=True)],
         description="Inspect and control bluestreak workflows, or run a worker.",
@@ -147,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", parents=[common], help="list workflows, newest first")
     p.add_argument("--status", choices=[s.value for s in Status], help="only workflows in this status")
-    p.add_argument("--handler", metavar="HANDLER_ID", help="only workflows of this handler")
+    p.add_argument("--handler", type=_text, metavar="HANDLER_ID", help="only workflows of this handler")
     p.add_argument(
         "--since", type=parse_when, metavar="WHEN", help="created at or after WHEN (ISO 8601, or a duration ago: 1h)"
     )
@@ -156,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page", type=_positive_int, default=1, metavar="N", help="page number, from 1 (default 1)")
 
     p = sub.add_parser("show", parents=[common], help="a workflow with its steps, naps and events as a timeline")
-    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("workflow_id", type=_text, metavar="ID")
 
     for name, text in (
         ("pause", "pause a workflow (a running one stops at its next step boundary)"),
@@ -166,11 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", "give an aborted (or failed) workflow another run now, keeping its steps"),
     ):
         p = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.add_argument("workflow_id", metavar="ID")
+        p.add_argument("workflow_id", type=_text, metavar="ID")
 
     p = sub.add_parser("send-event", parents=[common], help="send an event to a workflow")
-    p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("workflow_id", type=_text, metavar="ID")
+    p.add_argument("event_type", type=_text, metavar="TYPE")
     p.add_argument("--payload", type=_json_object, default=None, metavar="JSON", help="the event payload, as JSON")
 
     sub.add_parser("stats", parents=[common], help="counts by status and handler, and the oldest runnable age")
@@ -183,12 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
         "running handlers then get the engine's shutdown_grace to finish. The engine's own "
         "db_url and db_name are used; --db-url and --db-name do not apply.",
     )
-    p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="where the engine is, e.g. myapp.jobs:engine")
+    p.add_argument(
+        "--app", type=_text, required=True, metavar="MODULE:ATTR", help="where the engine is, e.g. myapp.jobs:engine"
+    )
     p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level of the worker (default INFO)",
+        help="level of bluestreak's own loggers (bluestreak.*); other libraries log warnings only (default INFO)",
+    )
+    p.add_argument(
+        "--allow-memory",
+        action="store_true",
+        help="run even if the engine uses the in-memory backend (memory://): for demos only, "
+        "since no other process can reach that data and it is lost on exit",
     )
 
     p = sub.add_parser(
@@ -209,6 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``bluestreak`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that went away fails the flush, not interpreter shutdown
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _discard_stdout() -> None:
+    """After EPIPE: point stdout at devnull, so the flush at exit raises nothing (Python's documented recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit, like stdout
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -218,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         # Pydantic inputs and results name their model class by module; find the caller's own modules.
         sys.path.insert(0, os.getcwd())
     try:
+        _check_args(args)
         if args.command == "worker":
             return asyncio.run(_worker(args))
         if args.command == "ui":
@@ -226,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         _fail(str(exc))
         return exc.code
-    except (InvalidArgument, InvalidURI) as exc:
+    except (InvalidArgument, InvalidURI, WorkflowUsageError) as exc:
         _fail(str(exc))
         return EXIT_USAGE
     except WorkflowNotFound as exc:
@@ -246,8 +352,23 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks across arguments, made before anything connects."""
+    if args.command == "list" and (args.page - 1) * args.limit + args.limit + 1 > MAX_SKIP:
+        raise CliError(
+            f"--page {args.page} with --limit {args.limit} lies beyond what MongoDB can skip (2**63 workflows)",
+            EXIT_USAGE,
+        )
+
+
 def _fail(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{_PROG}: error: {printable(message)}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{_PROG}: note: {printable(message)}", file=sys.stderr)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -273,18 +394,32 @@ def connection_url(url: str) -> str:
 
 
 def _open_engine(args: argparse.Namespace) -> Bluestreak:
-    url = args.db_url or os.environ.get("BLUESTREAK_DB_URL")
+    url = args.db_url or _text_env("BLUESTREAK_DB_URL")
     if not url:
         raise CliError("no database: pass --db-url mongodb://... or set BLUESTREAK_DB_URL", EXIT_USAGE)
-    name = args.db_name or os.environ.get("BLUESTREAK_DB_NAME") or DEFAULT_DB_NAME
+    name = args.db_name or _text_env("BLUESTREAK_DB_NAME") or DEFAULT_DB_NAME
     return Bluestreak(connection_url(url), name)
+
+
+def _text_env(name: str) -> str:
+    value = os.environ.get(name, "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError(f"${name} is not valid UTF-8 text", EXIT_USAGE) from None
+    return value
 
 
 async def _run(args: argparse.Namespace) -> int:
     engine = _open_engine(args)
     command: Callable[[Bluestreak, argparse.Namespace, Output], Awaitable[int]] = _COMMANDS[args.command]
     try:
-        await engine.init()
+        try:
+            await engine.init()
+        except InvalidArgument:
+            raise
+        except ValueError as exc:  # PyMongo's URI parser: "Port must be an integer between 0 and 65535"
+            raise CliError(f"invalid database URL {redact_url(engine.db_url or '')!r}: {exc}", EXIT_USAGE) from None
         return await command(engine, args, Output(args.json))
     finally:
         with contextlib.suppress(Exception):
@@ -307,16 +442,60 @@ class Output:
         return self._stream or sys.stdout
 
     def line(self, text: str = "") -> None:
-        """Print one line of text."""
-        print(text, file=self.stream)
+        """Print one line of text; characters that are not printable are shown escaped (see :func:`printable`)."""
+        print(printable(text), file=self.stream)
 
     def document(self, value: Any) -> None:
-        """Print ``value`` as one JSON document."""
-        print(json.dumps(plain(value), indent=2, ensure_ascii=False), file=self.stream)
+        """Print ``value`` as one JSON document (strict JSON: no NaN, no raw control characters)."""
+        text = json.dumps(plain(value), indent=2, ensure_ascii=False, allow_nan=False)
+        print(strict_json_text(text), file=self.stream)
 
 
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready data: datetimes as ISO 8601, records and models as objects."""
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped as Python's ``repr`` does (``\\x1b``, ``\\n``).
+
+    Stored ids, messages and tracebacks come from whoever started the workflow: escape
+    sequences (ANSI colours, OSC window titles, terminal queries), bidi overrides and newlines
+    must reach a terminal as text, not act on it or forge lines.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    return repr(c)[1:-1]
+
+
+def strict_json_text(text: str) -> str:
+    """JSON text with every unprintable character inside its strings as a ``\\uXXXX`` escape.
+
+    ``json.dumps(ensure_ascii=False)`` escapes control characters below 0x20 only; DEL, the C1
+    controls (0x9b is CSI for some terminals), bidi overrides and lone surrogates would pass raw.
+    Outside strings JSON has only printable characters and the newlines of indentation.
+    """
+    lines = text.split("\n")
+    return "\n".join(line if line.isprintable() else "".join(map(_json_char, line)) for line in lines)
+
+
+def _json_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    code = ord(c)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def plain(value: Any, *, strict: bool = True) -> Any:
+    """``value`` as JSON-ready data: datetimes as ISO 8601, records and models as objects.
+
+    ``strict``: floats JSON cannot hold (NaN, Infinity) become ``None`` (``null``), as
+    JavaScript's ``JSON.stringify`` does; text output (``strict=False``) keeps them.
+    """
+    if strict and isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, datetime):
@@ -324,18 +503,18 @@ def plain(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, enum.Enum):
-        return plain(value.value)
+        return plain(value.value, strict=strict)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name), strict=strict) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, strict=strict) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(v) for v in value]
+        return [plain(v, strict=strict) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return plain(dump(mode="json"))
+        return plain(dump(mode="json"), strict=strict)
     return str(value)
 
 
@@ -376,12 +555,13 @@ def _between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = json.dumps(plain(value), ensure_ascii=False, sort_keys=True)
+    text = json.dumps(plain(value, strict=False), ensure_ascii=False, sort_keys=True)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> list[str]:
     """Left-aligned columns, two spaces apart; the last column is not padded."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def fmt(cells: Sequence[str]) -> str:
@@ -405,6 +585,8 @@ async def _list(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     )
     more = len(found) > args.limit
     workflows = found[: args.limit]
+    if not workflows:
+        await _note_if_empty(engine)
     if out.json:
         out.document({"page": args.page, "limit": args.limit, "has_more": more, "workflows": workflows})
         return EXIT_OK
@@ -460,10 +642,14 @@ def timeline(
     raw: list[tuple[datetime, str, str, str, float | None, str]] = [
         (created, "created", workflow.id, "", None, f"handler {workflow.handler}")
     ]
+    waits = event_waits(steps, events)
     for s in steps:
         at = s.started_at or s.recorded_at or created
         if s.error is not None:
             detail = f"{s.error.type}: {s.error.message}"
+        elif s.step_id in waits:
+            event_type, payload = waits[s.step_id]
+            detail = f"event {event_type!r} -> {_short(payload)}"
         elif s.status == "done":
             detail = f"-> {_short(s.output)}"
         else:
@@ -514,6 +700,38 @@ def timeline(
     ]
 
 
+_EVENT_RECORD_KEYS = {"type", "payload", "payload_type"}
+
+
+def event_waits(steps: Sequence[StepRecord], events: Sequence[EventRecord]) -> dict[str, tuple[str, Any]]:
+    """``{step_id: (event_type, payload)}`` for the ``wait_for_event`` steps that received an event.
+
+    Such a step stores the event it consumed in an internal form; shown as is it would read
+    ``{"payload": ..., "payload_type": ..., "type": ...}``. The event itself is in ``events``
+    (``consumed_by`` names the step), with its payload restored as the handler saw it.
+    """
+    consumed = {e.consumed_by: e for e in events if e.consumed_by}
+    found: dict[str, tuple[str, Any]] = {}
+    for s in steps:
+        if s.status != "done":
+            continue
+        event = consumed.get(s.step_id)
+        if event is not None:
+            found[s.step_id] = (event.type, event.payload)
+        elif isinstance(s.output, dict) and set(s.output) == _EVENT_RECORD_KEYS and isinstance(s.output["type"], str):
+            found[s.step_id] = (s.output["type"], s.output["payload"])  # its event was deleted since
+    return found
+
+
+def _step_view(step: StepRecord, waits: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """A step for ``--json``: its fields, with an event wait's output as the payload the handler received."""
+    view: dict[str, Any] = {f.name: getattr(step, f.name) for f in dataclasses.fields(step)}
+    event_type, payload = waits.get(step.step_id, (None, step.output))
+    view["output"] = payload
+    view["event_type"] = event_type
+    return view
+
+
 async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
     workflow = await engine.get_workflow(args.workflow_id)
     steps = await engine.list_steps(args.workflow_id)
@@ -521,7 +739,9 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     events = await engine.list_events(args.workflow_id)
     entries = timeline(workflow, steps, naps, events)
     if out.json:
-        out.document({"workflow": workflow, "steps": steps, "naps": naps, "events": events, "timeline": entries})
+        waits = event_waits(steps, events)
+        shown = [_step_view(step, waits) for step in steps]
+        out.document({"workflow": workflow, "steps": shown, "naps": naps, "events": events, "timeline": entries})
         return EXIT_OK
     w = workflow
     out.line(f"workflow  {w.id}")
@@ -573,7 +793,7 @@ def _print_error(out: Output, error: ErrorInfo, *, header: bool = True) -> None:
     else:
         out.line(f"  {error.type}: {error.message}")
     if error.traceback:
-        for text in error.traceback.rstrip().splitlines():
+        for text in error.traceback.rstrip().split("\n"):
             out.line(f"  | {text}")
 
 
@@ -630,9 +850,17 @@ async def _send_event(engine: Bluestreak, args: argparse.Namespace, out: Output)
     return EXIT_OK
 
 
+async def _note_if_empty(engine: Bluestreak) -> None:
+    """Say so when the database holds no workflow at all: most likely the wrong one was named."""
+    if not await engine.list_workflows(limit=1):
+        _note(f"database {engine.db_name!r} has no workflows — wrong --db-name?")
+
+
 async def _stats(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
     stats = await engine.stats()
     total = sum(stats.by_status.values())
+    if not total:
+        _note(f"database {engine.db_name!r} has no workflows — wrong --db-name?")
     if out.json:
         out.document(
             {
@@ -676,14 +904,26 @@ _COMMANDS: dict[str, Callable[[Bluestreak, argparse.Namespace, Output], Awaitabl
 
 
 def load_app(spec: str) -> Bluestreak:
-    """Import ``module:attr`` (``attr`` defaults to ``engine``; dotted paths work) and return the engine."""
+    """Import ``module:attr`` (``attr`` defaults to ``engine``; dotted paths work) and return the engine.
+
+    A module that fails while importing (a syntax error, a missing environment variable, an
+    import deeper inside) has its traceback printed to stderr: it names the file and line.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name:
         raise CliError(f"--app must look like 'module:engine', got {spec!r}", EXIT_USAGE)
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"--app {spec}: cannot import {module_name!r}: {exc}", EXIT_USAGE) from None
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise CliError(
+                f"--app {spec}: cannot import {module_name!r}: {exc} "
+                "(run from your project directory, or set PYTHONPATH)",
+                EXIT_USAGE,
+            ) from None
+        raise _import_failed(spec, module_name, exc) from None
+    except Exception as exc:
+        raise _import_failed(spec, module_name, exc) from None
     for part in (attr or "engine").split("."):
         try:
             obj = getattr(obj, part)
@@ -694,14 +934,81 @@ def load_app(spec: str) -> Bluestreak:
     return obj
 
 
+def _import_failed(spec: str, module_name: str, exc: BaseException) -> CliError:
+    _print_import_failure(exc)
+    return CliError(f"--app {spec}: importing {module_name!r} failed: {_describe(exc)} (traceback above)", EXIT_USAGE)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _print_import_failure(exc: BaseException) -> None:
+    """The traceback of a failed ``--app`` import, without the frames of this module and of importlib."""
+    machinery = os.path.dirname(importlib.__file__ or "")
+    tb = exc.__traceback__
+    while tb is not None and (
+        (name := tb.tb_frame.f_code.co_filename) == __file__
+        or name.startswith("<frozen importlib")
+        or os.path.dirname(name) == machinery
+    ):
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(printable_lines("".join(lines)))
+        sys.stderr.flush()
+
+
+def printable_lines(text: str) -> str:
+    """Multi-line text with each line passed through :func:`printable`."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+@contextlib.contextmanager
+def worker_logging(level: str) -> Iterator[None]:
+    """Log ``bluestreak.*`` at ``level`` to stderr, other libraries at WARNING; restore everything afterwards.
+
+    The root logger is not set to ``level``: at DEBUG, PyMongo alone would log every command.
+    """
+    root = logging.getLogger()
+    ours = logging.getLogger("bluestreak")
+    handler: logging.Handler | None = None
+    saved = (root.level, ours.level)
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    ours.setLevel(level)
+    try:
+        yield
+    finally:
+        ours.setLevel(saved[1])
+        if handler is not None:
+            root.removeHandler(handler)
+            root.setLevel(saved[0])
+
+
 async def _worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with worker_logging(args.log_level):
+        return await _run_worker(args)
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
     log = logging.getLogger("bluestreak.cli")
     if getattr(args, "db_url", None) or getattr(args, "db_name", None):
         log.warning("--db-url/--db-name do not apply to 'worker': the app's engine names its own database")
     engine = load_app(args.app)
     if not engine.handler_ids:
         raise CliError(f"--app {args.app}: the engine has no registered handlers", EXIT_USAGE)
+    if engine.db_url is not None and engine.db_url.startswith("memory://") and not args.allow_memory:
+        raise CliError(
+            f"--app {args.app}: the engine uses the in-memory backend ({engine.db_url!r}): no other process can "
+            "start or see its workflows and they are lost when the worker exits. Set BLUESTREAK_DB_URL=mongodb://... "
+            "(or pass db_url to the engine), or add --allow-memory to run on memory anyway",
+            EXIT_USAGE,
+        )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
 

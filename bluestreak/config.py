@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .clock import Clock, ServerClock, SystemClock
@@ -82,10 +85,10 @@ class Settings:
             if not isinstance(given["worker_id"], str) or not given["worker_id"]:
                 raise InvalidArgument(f"worker_id must be a non-empty str, got {given['worker_id']!r}")
             values["worker_id"] = given["worker_id"]
-        if given.get("change_streams") is not None:
-            values["change_streams"] = bool(given["change_streams"])
+        if "change_streams" in given:
+            values["change_streams"] = check_change_streams(given["change_streams"])
         if given.get("clock") is not None:
-            values["clock"] = given["clock"]
+            values["clock"] = check_clock(given["clock"])
         clock = values.get("clock") or SystemClock()
         # Leases are compared across machines: a clock that follows the server's is corrected to it.
         values["clock"] = ServerClock(clock) if getattr(clock, "follows_server", False) else clock
@@ -103,3 +106,131 @@ class Settings:
                 f"({settings.lease_duration:g}s): in-process sleeps must not outlive the lease"
             )
         return settings
+
+
+# -- where the data lives: checked in Bluestreak(...), before anything connects -----------------------------
+
+URL_SCHEMES = ("mongodb://", "mongodb+srv://", "memory://")
+MAX_DB_NAME_BYTES = 63
+"""MongoDB: database names are shorter than 64 bytes."""
+DB_NAME_FORBIDDEN = '/\\. "$*<>:|?\x00'
+"""Characters MongoDB forbids in database names (``*<>:|?`` only on Windows; refused everywhere, for portability)."""
+MAX_NAMESPACE_BYTES = 255
+"""MongoDB: ``database.collection`` is at most 255 bytes."""
+_LONGEST_COLLECTION = "workflows"
+_SECRET_OPTIONS = re.compile(r"(?i)([?&](?:[^=&]*(?:password|secret|token)[^=&]*|authmechanismproperties)=)[^&]*")
+"""URL options whose value is a secret (``tlsCertificateKeyFilePassword``, ``authMechanismProperties``...)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its secrets: the password of ``user:password@`` and password-like options become ``****``.
+
+    Works on malformed URLs too (a mistyped scheme is exactly when a URL gets echoed in an error):
+    everything up to the last ``@`` after the scheme is taken as userinfo.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, sep, rest = "", "", url
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:****@{host}" if colon else f"{userinfo}@{host}"
+    return scheme + sep + _SECRET_OPTIONS.sub(r"\1****", rest)
+
+
+def check_db_url(db_url: object) -> str:
+    """A ``mongodb://``, ``mongodb+srv://`` or ``memory://`` URL; the error never shows its password."""
+    if not isinstance(db_url, str) or not db_url.startswith(URL_SCHEMES):
+        shown = repr(redact_url(db_url)) if isinstance(db_url, str) else repr(db_url)
+        raise InvalidArgument(f"db_url must start with mongodb://, mongodb+srv:// or memory://, got {shown}")
+    return db_url
+
+
+def _utf8(value: str, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text (it holds a lone surrogate): {value!r:.80}") from None
+
+
+def check_db_name(name: str) -> str:
+    """A database name MongoDB accepts on every platform (the caller has checked it is a non-empty str)."""
+    bad = sorted({c for c in name if c in DB_NAME_FORBIDDEN})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise InvalidArgument(
+            f"db_name {name!r:.80} contains {shown}: MongoDB database names cannot contain "
+            f"/ \\ . space \" $ * < > : | ? or NUL; use letters, digits, '_' or '-' (e.g. 'shop_orders')"
+        )
+    size = len(_utf8(name, "db_name"))
+    if size > MAX_DB_NAME_BYTES:
+        raise InvalidArgument(
+            f"db_name {name[:20]!r}... is {size} bytes long; MongoDB database names are at most "
+            f"{MAX_DB_NAME_BYTES} bytes: choose a shorter name"
+        )
+    return name
+
+
+def check_collection_prefix(prefix: object, db_name: str | None) -> str:
+    """The prefix of the four collection names: a str MongoDB accepts in a collection name."""
+    if not isinstance(prefix, str):
+        raise InvalidArgument(
+            f"collection_prefix must be a str ('' for none), got {type(prefix).__name__} {prefix!r:.80}"
+        )
+    if "\x00" in prefix or "$" in prefix:
+        raise InvalidArgument(
+            f"collection_prefix {prefix!r:.80} contains {'NUL' if chr(0) in prefix else repr('$')}: "
+            "MongoDB collection names cannot; use letters, digits, '_', '-' or '.' (e.g. 'jobs_')"
+        )
+    if prefix.startswith("system."):
+        raise InvalidArgument(
+            f"collection_prefix {prefix!r:.80} starts with 'system.', which MongoDB reserves; choose another prefix"
+        )
+    size = len(_utf8(f"{db_name or ''}.{prefix}{_LONGEST_COLLECTION}", "collection_prefix"))
+    if size > MAX_NAMESPACE_BYTES:
+        raise InvalidArgument(
+            f"collection_prefix is too long: '{db_name or ''}.{prefix[:20]}...{_LONGEST_COLLECTION}' would be "
+            f"{size} bytes; MongoDB namespaces are at most {MAX_NAMESPACE_BYTES}"
+        )
+    return prefix
+
+
+def check_change_streams(value: object) -> bool:
+    """``change_streams`` is a bool (``"false"`` would be true)."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"change_streams must be True or False, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def check_clock(clock: object) -> Any:
+    """An object with ``now()`` (an aware ``datetime``) and ``async sleep(seconds)``, like ``bluestreak.Clock``."""
+    now = getattr(clock, "now", None)
+    sleep = getattr(clock, "sleep", None)
+    if not callable(now) or not callable(sleep):
+        raise InvalidArgument(
+            f"clock must have now() and async sleep(seconds) (see bluestreak.Clock, bluestreak.testing.ManualClock), "
+            f"got {type(clock).__name__} {clock!r:.80}"
+        )
+    if not inspect.iscoroutinefunction(sleep):
+        raise InvalidArgument(
+            f"clock.sleep must be a coroutine function (async def sleep(self, seconds)), got {sleep!r:.80}"
+        )
+    current = now()
+    if not isinstance(current, datetime) or current.tzinfo is None:
+        raise InvalidArgument(f"clock.now() must return an aware datetime (tzinfo=UTC), got {current!r:.80}")
+    return clock
+
+
+def check_client_options(options: object) -> dict[str, Any]:
+    """``client_options`` is a mapping of ``AsyncMongoClient`` keyword arguments."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(
+            f"client_options must be a dict of AsyncMongoClient keyword arguments (e.g. {{'appname': 'shop'}}), "
+            f"got {type(options).__name__} {options!r:.80}"
+        )
+    keys = [k for k in options if not isinstance(k, str)]
+    if keys:
+        raise InvalidArgument(f"client_options keys must be str (AsyncMongoClient keyword arguments), got {keys[0]!r}")
+    return dict(options)

@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 
 from .clock import ServerClock
 from .codec import prepare, restore
-from .config import ErrorCallback, Settings
+from .config import (
+    ErrorCallback,
+    Settings,
+    check_client_options,
+    check_collection_prefix,
+    check_db_name,
+    check_db_url,
+)
 from .controls import Controls
 from .durations import parse_duration, to_seconds
 from .errors import (
@@ -107,11 +114,14 @@ class Bluestreak:
     ) -> None:
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
+        self._memory_fallback = False
         if database is None:
-            db_url = db_url or os.environ.get("BLUESTREAK_DB_URL") or "memory://"
-            if not isinstance(db_url, str) or not db_url.startswith(("mongodb://", "mongodb+srv://", "memory://")):
-                raise InvalidArgument(f"db_url must start with mongodb://, mongodb+srv:// or memory://, got {db_url!r}")
-            check_id(db_name, "db_name")
+            if not db_url and not os.environ.get("BLUESTREAK_DB_URL"):
+                self._memory_fallback = True  # logged by init(): nothing named a database
+            db_url = check_db_url(db_url or os.environ.get("BLUESTREAK_DB_URL") or "memory://")
+            check_db_name(check_id(db_name, "db_name"))
+        check_collection_prefix(collection_prefix, db_name if database is None else getattr(database, "name", None))
+        client_options = check_client_options(client_options)
         self.settings = Settings.build(
             lease_duration=lease_duration,
             poll_interval=poll_interval,
@@ -131,7 +141,7 @@ class Bluestreak:
         )
         self._env = env
         self._workflows: list[Workflow] = []
-        self._client_options = dict(client_options or {})
+        self._client_options = client_options
         self.db_url = db_url
         self.db_name = db_name
         self._database = database
@@ -217,6 +227,12 @@ class Bluestreak:
             if self.db_url.startswith("memory://"):
                 from .memory import memory_database
 
+                if self._memory_fallback:
+                    log.warning(
+                        "no db_url given and $BLUESTREAK_DB_URL is not set: using the in-memory backend "
+                        "(one process, lost on exit). Set BLUESTREAK_DB_URL=mongodb://... or pass db_url; "
+                        "pass db_url='memory://' to choose memory explicitly and silence this warning"
+                    )
                 database = memory_database(self.db_url, self.db_name)
             else:
                 from pymongo import AsyncMongoClient

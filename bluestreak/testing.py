@@ -77,12 +77,15 @@ async def in_memory_engine(**settings: Any) -> AsyncIterator[Bluestreak]:
     """
     settings.setdefault("clock", ManualClock())
     settings.setdefault("poll_interval", 0.01)
-    engine = Bluestreak(f"memory://testing-{uuid.uuid4().hex}", **settings)
-    async with engine:
-        yield engine
-    from .memory import reset_memory
+    name = f"testing-{uuid.uuid4().hex}"
+    engine = Bluestreak(f"memory://{name}", **settings)
+    try:
+        async with engine:
+            yield engine
+    finally:  # also when the test body fails: forget this engine's database, and only it
+        from .memory import reset_memory
 
-    reset_memory(engine.db_url[len("memory://") :] if engine.db_url else None)
+        reset_memory(name)
 
 
 async def run_workflow(

@@ -12,6 +12,11 @@ The endpoints:
 - ``POST /webhooks/payment`` is what a payment provider calls. It forwards the
   payload to the workflow with ``engine.send_event(order_id, "payment", ...)``:
   ``404`` for an unknown order, ``409`` for an order whose workflow has ended.
+
+An order id is checked where it enters, in the path or the body: 1 to 200
+characters, no NUL, no lone surrogate. Anything else is ``422`` with a message
+saying what is wrong, never a ``500``; so is anything the engine itself refuses
+(``InvalidArgument``).
 - ``GET /metrics`` exposes ``engine.metrics.snapshot()`` and ``engine.stats()``
   in the Prometheus text format (only if ``prometheus-client`` is installed:
   the rest of the service does not need it).
@@ -53,10 +58,13 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Response
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Path, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, Field
 
 from bluestreak import (
     Bluestreak,
@@ -71,10 +79,24 @@ from bluestreak import (
 # -- the workflow ------------------------------------------------------------------------
 
 
+def storable_id(value: str) -> str:
+    """An order id is also a workflow id: no NUL, and text MongoDB can store (no lone surrogate)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+OrderId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable_id)]
+
+
 class Order(BaseModel):
     """What a client posts; validated by ``engine.start`` because the handler's input is annotated."""
 
-    order_id: str = Field(min_length=1, max_length=200)
+    order_id: OrderId
     email: str
     items: list[str] = Field(min_length=1)
     amount_cents: int = Field(gt=0)
@@ -83,7 +105,7 @@ class Order(BaseModel):
 class PaymentWebhook(BaseModel):
     """What the payment provider posts (verify its signature in a real service)."""
 
-    order_id: str = Field(min_length=1, max_length=200)
+    order_id: OrderId
     payment_id: str
     status: Literal["succeeded", "failed"]
     amount_cents: int
@@ -202,6 +224,11 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
     app.state.engine = engine
     app.state.run_worker = run_worker
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with the rejected input escaped: a lone surrogate cannot be sent back as JSON."""
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(_printable(exc.errors()))})
+
     @app.post("/orders", status_code=202)
     async def create_order(order: Order, response: Response) -> dict[str, Any]:
         try:
@@ -213,11 +240,15 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
         return {"workflow_id": order.order_id, "created": created}
 
     @app.get("/orders/{order_id}")
-    async def get_order(order_id: str) -> dict[str, Any]:
+    async def get_order(
+        order_id: Annotated[str, Path(min_length=1, max_length=200), AfterValidator(storable_id)],
+    ) -> dict[str, Any]:
         try:
             record = await engine.get_workflow(order_id)
         except WorkflowNotFound:
             raise HTTPException(404, f"no order {order_id!r}") from None
+        except InvalidArgument as exc:  # an id the engine refuses is the client's mistake, not ours
+            raise HTTPException(422, str(exc)) from None
         return {
             "workflow_id": record.id,
             "status": record.status.value,
@@ -234,6 +265,8 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
             raise HTTPException(404, f"no order {payment.order_id!r}") from None
         except InvalidTransition as exc:  # the workflow has ended: a late or repeated webhook
             raise HTTPException(409, str(exc)) from None
+        except InvalidArgument as exc:
+            raise HTTPException(422, str(exc)) from None
         return {"delivered": True}
 
     exporter = prometheus_exporter(engine)
@@ -248,6 +281,17 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string encodable as UTF-8 (lone surrogates as ``\\udXXX`` escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
 
 
 engine = create_engine()

@@ -72,7 +72,7 @@ class Inspector:
     ) -> list[WorkflowRecord]:
         """See :meth:`Bluestreak.list_workflows`."""
         query = _filters(status, handler_id, created_after, created_before)
-        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**62:
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**63:
             raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise InvalidArgument(f"limit must be an int from 1 to {MAX_PAGE:,}, got {limit!r}")

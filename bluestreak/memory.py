@@ -500,7 +500,8 @@ class MemoryCollection:
 
     async def aggregate(self, pipeline: Sequence[Mapping[str, Any]], **kwargs: Any) -> _ListCursor:
         """Like ``AsyncCollection.aggregate``: await it, then ``to_list`` or ``async for`` on the cursor."""
-        stages = _wrapped(list(pipeline))
+        # mongomock evaluates a pipeline over documents as it returns them (aware datetimes): match that.
+        stages = bson.decode(bson.encode({"v": list(pipeline)}), codec_options=CODEC_OPTIONS)["v"]
         with self._lock:
             self.database._check()
             docs = [_out(d) for d in self._sync.aggregate(stages)]
@@ -649,7 +650,18 @@ class MemoryCollection:
                         change = {"_id": target[0]["_id"], **change}
                 result = self._sync.replace_one(query, change, upsert=upsert)
             elif many:
-                result = self._sync.update_many(query, change, upsert=upsert)
+                # Document by document, each with its own copy of the update: mongomock would share one
+                # pushed sub-document between every document it updates (a later $-update of one shows in all).
+                ids = [d["_id"] for d in _select(self._sync, query, None, 0, 0)]
+                if not ids:
+                    result = self._sync.update_many(query, change, upsert=upsert)
+                else:
+                    matched = modified = 0
+                    for doc_id in ids:
+                        one = self._sync.update_one({"$and": [{"_id": doc_id}, query]}, copy.deepcopy(change))
+                        matched += one.matched_count
+                        modified += one.modified_count
+                    return {"n": matched, "nModified": modified, "ok": 1.0, "updatedExisting": matched > 0}, None
             else:
                 result = self._sync.update_one(query, change, upsert=upsert)
         except _Refused as exc:

@@ -67,3 +67,16 @@ async def test_attempt_history_records_each_claim_and_how_it_ended(make_engine: 
         ("w-1", "finished"),
     ]
     assert all(a.ended_at is not None and a.ended_at >= a.claimed_at for a in record.attempts)
+
+
+async def test_workflows_claimed_in_one_batch_keep_attempt_histories_of_their_own(engine: Bluestreak) -> None:
+    """Found by the dashboard's screenshots: the fake once shared a $push-ed entry between documents."""
+    from bluestreak import transitions as tr
+
+    await engine.start_many([("a", "h"), ("b", "h"), ("c", "h")])
+    now = engine.settings.clock.now()
+    assert len(await engine.store.claim(["h"], now, now + timedelta(seconds=30), "T", "w", 3)) == 3
+    fields = {"due_at": now}
+    assert await engine.store.apply_quiet(tr.FAIL, "a", "T", now=now, logged=True, outcome="failed", fields=fields)
+    outcomes = {w: [a.outcome for a in (await engine.get_workflow(w)).attempts] for w in "abc"}
+    assert outcomes == {"a": ["failed"], "b": [None], "c": [None]}

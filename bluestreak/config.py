@@ -41,6 +41,7 @@ class Settings:
     purge_interval: float = 60.0
     change_streams: bool = False
     write_concern: str | int = "majority"
+    strict_replay: bool = True
     error_callback: ErrorCallback | None = None
     should_stop: Callable[[], bool] | None = None
     worker_id: str = field(default_factory=default_worker_id)
@@ -99,6 +100,10 @@ class Settings:
                     f"write_concern must be 'majority' (the default) or a number of nodes >= 1, got {wc!r}"
                 )
             values["write_concern"] = wc
+        if given.get("strict_replay") is not None:
+            if not isinstance(given["strict_replay"], bool):
+                raise InvalidArgument(f"strict_replay must be True or False, got {given['strict_replay']!r}")
+            values["strict_replay"] = given["strict_replay"]
         settings = cls(**values)
         if settings.sleep_threshold >= settings.lease_duration:
             raise InvalidArgument(

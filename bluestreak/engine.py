@@ -81,6 +81,8 @@ class Bluestreak:
         after they finish; ``None`` keeps them.
     :param retention_failed: the same for aborted and terminated workflows.
     :param env: shared dependencies handed to class-based workflows as ``self.env``.
+    :param strict_replay: pause a workflow whose code no longer replays its history (a step renamed,
+        removed or reordered) before the changed step runs; ``False`` runs on and only logs a warning.
     :param change_streams: let ``poll()`` watch a change stream and claim a workflow as soon as it
         becomes due anywhere (needs a replica set or sharded cluster; falls back to polling otherwise).
     :param client_options: keyword arguments for the ``AsyncMongoClient`` the engine creates from
@@ -111,6 +113,7 @@ class Bluestreak:
         env: Any = None,
         client_options: dict[str, Any] | None = None,
         change_streams: bool = False,
+        strict_replay: bool = True,
     ) -> None:
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
@@ -138,6 +141,7 @@ class Bluestreak:
             retention_finished=retention_finished,
             retention_failed=retention_failed,
             change_streams=change_streams,
+            strict_replay=strict_replay,
         )
         self._env = env
         self._workflows: list[Workflow] = []
@@ -351,7 +355,8 @@ class Bluestreak:
         if self._handlers and handler_id not in self._handlers:
             raise HandlerNotFound(
                 f"no handler {handler_id!r} is registered (known: {', '.join(self.handler_ids)}); "
-                "register it before starting workflows, or start from an engine with no handlers (a client)"
+                "register it before starting workflows, or start from an engine with no handlers (a client)",
+                handler_id=handler_id,
             )
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
             raise InvalidArgument(f"priority of workflow {workflow_id!r} must be an int, got {priority!r}")

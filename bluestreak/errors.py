@@ -30,7 +30,11 @@ class InvalidDuration(InvalidArgument):
 
 
 class HandlerNotFound(BluestreakError, LookupError):
-    """No handler is registered under this id."""
+    """No handler is registered under this id (``.handler_id``)."""
+
+    def __init__(self, message: str, handler_id: str | None = None) -> None:
+        super().__init__(message)
+        self.handler_id = handler_id
 
 
 class WorkflowNotFound(BluestreakError, LookupError):
@@ -138,6 +142,24 @@ class NonRetryableError(StepError):
 
 class EventTimeoutError(StepError, TimeoutError):
     """``ctx.wait_for_event`` timed out before an event of that type arrived."""
+
+
+class NondeterminismError(BluestreakError):
+    """The workflow's code no longer replays its recorded history.
+
+    Replay reached a step (``.step_id``) that is not in the history while
+    recorded steps (``.unreached``) were never reached: a step was renamed,
+    removed, reordered or moved behind a condition. Raised *before* the new
+    step runs, so no side effect happens twice; the workflow is paused with
+    this report, to be resumed once the code is fixed (or the change is put
+    behind :meth:`WorkflowContext.patched`).
+    """
+
+    def __init__(self, message: str, *, workflow_id: str, step_id: str, unreached: list[str]) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.step_id = step_id
+        self.unreached = unreached
 
 
 class StrayCancellation(BluestreakError):

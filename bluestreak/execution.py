@@ -45,6 +45,7 @@ from .store import Doc, Store, expiry, is_transient
 from .tracing import workflow_span
 from .transitions import (
     ABORT,
+    DIVERGED,
     FAIL,
     FINISH,
     PAUSE_AT_BOUNDARY,
@@ -177,6 +178,7 @@ class Execution:
             steps=steps,
             naps=naps,
             sleep_threshold=self.settings.sleep_threshold,
+            strict_replay=self.settings.strict_replay,
         )
         self.ctx = ctx
         if self.stop_reason is not None:  # lost before it began
@@ -223,7 +225,10 @@ class Execution:
             return
         interrupt = ctx.interrupt
         if isinstance(interrupt, Stop):
-            if interrupt.kind == "failure":
+            if interrupt.kind == "diverged":
+                assert interrupt.error is not None
+                await self._diverged(interrupt.error)
+            elif interrupt.kind == "failure":
                 assert interrupt.error is not None
                 await self._fail(interrupt.error)
             elif interrupt.kind == "lease_lost":
@@ -339,6 +344,19 @@ class Execution:
         if status is Status.ABORTED:
             self.metrics.aborted += 1
             self._on_settled(self.workflow_id)
+        await self._callback(exc)
+
+    async def _diverged(self, exc: BaseException) -> None:
+        info = error_info(exc).to_doc()
+        if not await self._write(DIVERGED, "paused", {"error": info}):
+            self._lost_before("pause on a diverged history")
+            return
+        log.error(
+            "workflow %r paused: its code no longer replays its history (%s)",
+            self.workflow_id,
+            short(info["message"]),
+            extra={**self.fields(), "error_type": info["type"]},
+        )
         await self._callback(exc)
 
     async def _write(self, t: Transition, outcome: str, fields: Doc, **guards: Any) -> bool:

@@ -209,6 +209,19 @@ PAUSE_AT_BOUNDARY = Transition(
     doc="A pending pause is honoured: at a step boundary, or instead of a failure/suspension outcome.",
 )
 
+DIVERGED = Transition(
+    "diverged",
+    frozenset({Status.RUNNING}),
+    Status.PAUSED,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.PAUSED), "control": None}, unset=("due_at",)),
+        a,
+    ),
+    doc="The code no longer replays the history: pause, with the report as the error, before anything runs twice.",
+)
+
 RUN_AGAIN = Transition(
     "run_again",
     frozenset({Status.RUNNING}),
@@ -411,6 +424,7 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     ABORT,
     SUSPEND,
     PAUSE_AT_BOUNDARY,
+    DIVERGED,
     RUN_AGAIN,
     RELEASE,
     TAKE_EVENT,

@@ -29,6 +29,7 @@ from .errors import (
     WorkflowUsageError,
 )
 from .handlers import Workflow
+from .handles import WorkflowHandle
 from .inspection import WorkflowPage
 from .metrics import Metrics
 from .records import AttemptRecord, ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
@@ -69,6 +70,7 @@ __all__ = [
     "Workflow",
     "WorkflowContext",
     "WorkflowFailed",
+    "WorkflowHandle",
     "WorkflowNotFound",
     "WorkflowPage",
     "WorkflowRecord",

@@ -7,10 +7,10 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .clock import ServerClock
 from .codec import prepare, restore
@@ -22,6 +22,7 @@ from .config import (
     check_db_name,
     check_db_url,
 )
+from .context import WorkflowContext
 from .controls import Controls
 from .durations import parse_duration, to_seconds
 from .errors import (
@@ -31,7 +32,8 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
+from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of, make_spec, name_handler
+from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
@@ -41,6 +43,7 @@ from .worker import Worker
 
 log = logging.getLogger("bluestreak")
 F = TypeVar("F", bound=HandlerFn)
+T = TypeVar("T")
 StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
 
 
@@ -170,12 +173,14 @@ class Bluestreak:
 
         If ``input`` is annotated (a pydantic model, ``dict[str, int]``, ...),
         ``start`` validates input against it and the handler receives the
-        validated value.
+        validated value. The function then names its handler on any engine:
+        ``engine.start("id", fn, input)``.
         """
         spec = make_spec(handler_id, fn)
         if handler_id in self._handlers and self._handlers[handler_id].fn is not fn:
             raise InvalidArgument(f"handler id {handler_id!r} is already registered to another function")
         self._handlers[handler_id] = spec
+        name_handler(fn, handler_id)
 
     def register(self, workflow: type[Workflow]) -> type[Workflow]:
         """Register a class-based workflow (a :class:`Workflow` subclass); usable as a class decorator.
@@ -192,6 +197,7 @@ class Bluestreak:
         instance.env = self._env
         self._workflows.append(instance)
         self.register_handler(workflow.handler_id or workflow.__name__, instance.run)
+        name_handler(workflow, workflow.handler_id or workflow.__name__)
         return workflow
 
     @property
@@ -285,27 +291,70 @@ class Bluestreak:
 
     # -- starting --------------------------------------------------------------------
 
+    @overload
     async def start(
         self,
         workflow_id: str,
-        handler_id: str,
+        handler: Callable[[WorkflowContext, Any], Awaitable[T]],
         input: Any = None,
         *,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: object | None = None,
-    ) -> bool:
-        """Create a workflow; ``False`` (and nothing created) if ``workflow_id`` exists.
+    ) -> WorkflowHandle[T]: ...
 
-        ``priority``: higher runs first among due workflows. ``run_at`` (an
-        aware datetime) or ``delay`` (a duration) postpone its first run.
+    @overload
+    async def start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow],
+        input: Any = None,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: object | None = None,
+    ) -> WorkflowHandle[Any]: ...
+
+    async def start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: object | None = None,
+    ) -> WorkflowHandle[Any]:
+        """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
+        ``workflow_id`` exists).
+
+        ``handler`` is the handler's id, or the handler function (or
+        :class:`Workflow` class) registered with :meth:`handler` on any
+        engine: then ``await handle.result()`` is typed by its return
+        annotation. ``priority``: higher runs first among due workflows.
+        ``run_at`` (an aware datetime) or ``delay`` (a duration) postpone its
+        first run.
         """
+        handler_id = handler_id_of(handler)
         doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)
         created = await self.store.insert_workflow(doc)
         if created:
             self.metrics.started += 1
             self._wake_local(handler_id)
-        return created
+        return WorkflowHandle(self, workflow_id, created)
+
+    @overload
+    def handle(
+        self, workflow_id: str, handler: Callable[[WorkflowContext, Any], Awaitable[T]]
+    ) -> WorkflowHandle[T]: ...
+
+    @overload
+    def handle(self, workflow_id: str, handler: str | type[Workflow] | None = None) -> WorkflowHandle[Any]: ...
+
+    def handle(self, workflow_id: str, handler: Any = None) -> WorkflowHandle[Any]:
+        """A handle on an existing workflow (typed by ``handler``'s return annotation if it is a function)."""
+        check_id(workflow_id, "workflow id")
+        return WorkflowHandle(self, workflow_id, created=False)
 
     async def start_many(self, workflows: Iterable[StartSpec]) -> StartResult:
         """Create many workflows with one unordered bulk insert per 1,000.

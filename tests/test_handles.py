@@ -48,7 +48,7 @@ async def test_an_unregistered_function_is_refused_with_the_fix(engine: Bluestre
     async def stray(ctx: WorkflowContext, input: Any) -> None:
         return None
 
-    with pytest.raises(InvalidArgument, match="stray is not a registered handler: register it with @engine.handler"):
+    with pytest.raises(InvalidArgument, match=r"stray is not a registered handler: register it with @engine\.handler"):
         await engine.start("s", stray)
     assert await engine.store.workflows.count_documents({}) == 0
 

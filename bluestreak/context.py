@@ -56,14 +56,6 @@ T = TypeVar("T")
 DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
 
 
-class HistoryEnd(Exception):
-    """Raised by a replay-only context at the first call the history does not hold (see ``testing.replay``)."""
-
-    def __init__(self, step_id: str) -> None:
-        super().__init__(step_id)
-        self.step_id = step_id
-
-
 class WorkflowContext:
     """What a handler receives as ``ctx``.
 
@@ -206,6 +198,8 @@ class WorkflowContext:
             record = self._steps.get(step_id)
             if record is not None and record.get("status") != "pending":
                 return self._replay(record)
+            if self._replay_only:  # a step in progress (retrying): the history ends here
+                await self._control.halt(Stop("history_end", None, step_id), call)
             fn = self._stubs.get(step_id, fn)  # a test's stand-in for this step (bluestreak.testing)
             body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
             return await self._attempts(call, body, record, retries, timeout_s, thread)
@@ -265,6 +259,8 @@ class WorkflowContext:
             if record is not None and record.get("status") != "pending":
                 self._events.settle(self._consumer(step_id))
                 return self._replay_event(record)
+            if self._replay_only:  # still waiting when the history was taken
+                await self._control.halt(Stop("history_end", None, step_id), call)
             return await self._wait_event(call, types, record, limit)
         finally:
             self._end(call)
@@ -291,7 +287,7 @@ class WorkflowContext:
                 await self._control.settle()  # let parallel branches replay their records first
             old_run = bool(self._overdue)
             if self._replay_only:
-                raise HistoryEnd(step_id)
+                await self._control.halt(Stop("history_end", None, step_id), call)
             return bool(await self._record_step(step_id, not old_run, False, 1, None, call))
         finally:
             self._end(call)
@@ -384,7 +380,7 @@ class WorkflowContext:
                 )
                 await self._control.halt(Stop("diverged", error), call)
         if self._replay_only:
-            raise HistoryEnd(call.step_id)
+            await self._control.halt(Stop("history_end", None, call.step_id), call)
 
     async def _db(self, call: Awaitable[T], call_in: Call | None = None) -> T:
         """A store call from the context: an outage stops the run (no failure is counted); a refusal fails it."""
@@ -612,6 +608,8 @@ class WorkflowContext:
         await self._wait_until(record["wake_at"], Status.SLEEPING, call)
 
     async def _wait_until(self, when: datetime, status: Status, call: Call) -> None:
+        if self._replay_only:
+            return  # a replay does not wait: the history says what came next
         remaining = (when - self._clock.now()).total_seconds()
         if remaining <= 0:
             return

@@ -159,6 +159,7 @@ class Bluestreak:
         self._worker: Worker | None = None
         self._settled: dict[str, asyncio.Event] = {}
         self._stop_requested = False
+        self._stubs: dict[str, dict[str, Callable[..., Any]]] = {}  # workflow id -> step stubs (bluestreak.testing)
         self.metrics = Metrics()
         """Counters of this engine and its worker: ``engine.metrics.snapshot()``."""
         self._controls = Controls(
@@ -507,7 +508,14 @@ class Bluestreak:
         """
         if self._worker is not None:
             raise InvalidArgument("poll() is already running on this engine")
-        worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled, metrics=self.metrics)
+        worker = Worker(
+            self.store,
+            self.settings,
+            self._handlers,
+            on_settled=self._on_settled,
+            metrics=self.metrics,
+            stubs=self._stubs,
+        )
         self._worker = worker
         if self._stop_requested:
             worker.stop()
@@ -593,6 +601,17 @@ class Bluestreak:
     async def list_events(self, workflow_id: str) -> list[EventRecord]:
         """Events sent to the workflow, buffered and consumed, in the order sent."""
         return await self._inspector.list_events(workflow_id)
+
+    async def export_history(self, workflow_id: str) -> dict[str, Any]:
+        """The current run of a workflow — its input, steps, naps and events — as a history to replay.
+
+        Replay it against today's code with :func:`bluestreak.testing.replay`
+        (``bluestreak export ID > history.json`` writes the same as JSON).
+        """
+        from .replay import export_history
+
+        doc = await self._inspector.existing(workflow_id, None)
+        return await export_history(self.store, workflow_id, doc)
 
     # -- events ----------------------------------------------------------------------
 

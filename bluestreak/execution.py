@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -74,6 +74,7 @@ class Execution:
         metrics: Metrics,
         on_settled: Callable[[str], None],
         wake: Callable[[], None],
+        stubs: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.doc = doc
         self.workflow_id: str = doc["_id"]
@@ -86,6 +87,7 @@ class Execution:
         self.metrics = metrics
         self._on_settled = on_settled
         self._wake = wake
+        self._stubs = stubs
         self.ctx: WorkflowContext | None = None
         self.stop_reason: StopReason | None = None
         self._aborted = asyncio.Event()
@@ -179,6 +181,7 @@ class Execution:
             naps=naps,
             sleep_threshold=self.settings.sleep_threshold,
             strict_replay=self.settings.strict_replay,
+            stubs=self._stubs,
         )
         self.ctx = ctx
         if self.stop_reason is not None:  # lost before it began

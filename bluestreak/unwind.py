@@ -68,11 +68,13 @@ class Stop:
     database failed (the run is retried after its lease, no failure
     counted); ``failure``: a write was refused (a recorded failure);
     ``diverged``: the code no longer replays its history (the workflow is
-    paused with a report).
+    paused with a report); ``history_end``: a replay-only run (``testing.replay``)
+    reached the first call its history does not hold.
     """
 
-    kind: Literal["lease_lost", "store", "failure", "diverged"]
+    kind: Literal["lease_lost", "store", "failure", "diverged", "history_end"]
     error: BaseException | None = None
+    step_id: str | None = None
 
 
 Interrupt = Suspension | Stop

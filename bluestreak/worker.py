@@ -27,8 +27,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -54,8 +55,10 @@ class Worker:
         handlers: dict[str, HandlerSpec],
         on_settled: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
+        stubs: Mapping[str, Mapping[str, Callable[..., Any]]] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self._stubs = stubs if stubs is not None else {}
         self.store = store
         self._on_settled = on_settled or (lambda _id: None)
         self.settings = settings
@@ -201,6 +204,7 @@ class Worker:
             metrics=self.metrics,
             on_settled=self._on_settled,
             wake=self.wake,
+            stubs=self._stubs.get(doc["_id"]),
         )
         log.debug(
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()

@@ -75,8 +75,9 @@ async def test_start_is_idempotent_and_changes_nothing(engine: Bluestreak) -> No
     after = await engine.get_workflow("same")
     assert after == before and after.input == {"v": 1}
 
-    result = await engine.start_many([("same", "h", {"v": 3}), ("new-1", "h", 1), {"workflow_id": "new-2",
-                                                                                  "handler_id": "h", "input": 2}])
+    result = await engine.start_many(
+        [("same", "h", {"v": 3}), ("new-1", "h", 1), {"workflow_id": "new-2", "handler_id": "h", "input": 2}]
+    )
     assert result.created == ["new-1", "new-2"] and result.existing == ["same"]
     assert (await engine.get_workflow("same")).input == {"v": 1}
 

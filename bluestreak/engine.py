@@ -15,12 +15,18 @@ from typing import Any, TypeVar, overload
 from .clock import ServerClock
 from .codec import prepare, restore
 from .config import (
+    BOOLS,
+    DEFAULT,
+    DURATIONS,
+    INTS,
+    STRINGS,
     ErrorCallback,
     Settings,
     check_client_options,
     check_collection_prefix,
     check_db_name,
     check_db_url,
+    from_environment,
 )
 from .context import WorkflowContext
 from .controls import Controls
@@ -95,29 +101,57 @@ class Bluestreak:
     def __init__(
         self,
         db_url: str | None = None,
-        db_name: str = "bluestreak",
+        db_name: Any = DEFAULT,
         *,
         database: Any = None,
-        collection_prefix: str = "",
-        lease_duration: object = 30,
-        poll_interval: object = 1,
-        retry_interval: object = 1,
-        max_retry_interval: object = "5 minutes",
-        max_failures: int | None = 5,
-        max_concurrency: int = 100,
-        sleep_threshold: object = 2,
-        shutdown_grace: object = 10,
+        collection_prefix: Any = DEFAULT,
+        lease_duration: object = DEFAULT,
+        poll_interval: object = DEFAULT,
+        retry_interval: object = DEFAULT,
+        max_retry_interval: object = DEFAULT,
+        max_failures: Any = DEFAULT,
+        max_concurrency: Any = DEFAULT,
+        sleep_threshold: object = DEFAULT,
+        shutdown_grace: object = DEFAULT,
         error_callback: ErrorCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
-        worker_id: str | None = None,
+        worker_id: Any = DEFAULT,
         clock: Any = None,
-        retention_finished: object | None = None,
-        retention_failed: object | None = None,
+        retention_finished: object = DEFAULT,
+        retention_failed: object = DEFAULT,
         env: Any = None,
         client_options: dict[str, Any] | None = None,
-        change_streams: bool = False,
-        strict_replay: bool = True,
+        change_streams: Any = DEFAULT,
+        strict_replay: Any = DEFAULT,
+        write_concern: Any = DEFAULT,
     ) -> None:
+        given = {
+            name: value
+            for name, value in {
+                "db_name": db_name,
+                "collection_prefix": collection_prefix,
+                "lease_duration": lease_duration,
+                "poll_interval": poll_interval,
+                "retry_interval": retry_interval,
+                "max_retry_interval": max_retry_interval,
+                "max_failures": max_failures,
+                "max_concurrency": max_concurrency,
+                "sleep_threshold": sleep_threshold,
+                "shutdown_grace": shutdown_grace,
+                "worker_id": worker_id,
+                "retention_finished": retention_finished,
+                "retention_failed": retention_failed,
+                "change_streams": change_streams,
+                "strict_replay": strict_replay,
+                "write_concern": write_concern,
+            }.items()
+            if value is not DEFAULT
+        }
+        # What the code does not say, $BLUESTREAK_<SETTING> may: the same names, upper-cased.
+        unset = [n for n in (*DURATIONS, *INTS, *BOOLS, *STRINGS, "write_concern") if n not in given]
+        given.update(from_environment(os.environ, unset))
+        db_name = given.pop("db_name", "bluestreak")
+        collection_prefix = given.pop("collection_prefix", "")
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
         self._memory_fallback = False
@@ -128,24 +162,7 @@ class Bluestreak:
             check_db_name(check_id(db_name, "db_name"))
         check_collection_prefix(collection_prefix, db_name if database is None else getattr(database, "name", None))
         client_options = check_client_options(client_options)
-        self.settings = Settings.build(
-            lease_duration=lease_duration,
-            poll_interval=poll_interval,
-            retry_interval=retry_interval,
-            max_retry_interval=max_retry_interval,
-            max_failures=max_failures,
-            max_concurrency=max_concurrency,
-            sleep_threshold=sleep_threshold,
-            shutdown_grace=shutdown_grace,
-            error_callback=error_callback,
-            should_stop=should_stop,
-            worker_id=worker_id,
-            clock=clock,
-            retention_finished=retention_finished,
-            retention_failed=retention_failed,
-            change_streams=change_streams,
-            strict_replay=strict_replay,
-        )
+        self.settings = Settings.build(**given, error_callback=error_callback, should_stop=should_stop, clock=clock)
         self._env = env
         self._workflows: list[Workflow] = []
         self._client_options = client_options

@@ -232,7 +232,7 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
     @app.post("/orders", status_code=202)
     async def create_order(order: Order, response: Response) -> dict[str, Any]:
         try:
-            created = await engine.start(order.order_id, "order", order)
+            created = (await engine.start(order.order_id, "order", order)).created
         except InvalidArgument as exc:
             raise HTTPException(422, str(exc)) from None
         if not created:

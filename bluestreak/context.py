@@ -46,7 +46,7 @@ from .metrics import Metrics
 from .records import Status
 from .retry import RetryPolicy
 from .store import Doc, Store, is_transient
-from .tracing import step_span
+from .tracing import event_span, step_span
 from .unwind import Call, Interrupt, RunControl, Stop, Suspension, current_call
 
 __all__ = ["Interrupt", "Stop", "Suspension", "WorkflowContext"]
@@ -623,6 +623,8 @@ class WorkflowContext:
         consumer = self._consumer(step_id)
         event = await self._events.take(call, consumer, types, lambda: self._control.done)
         if event is not None:
+            with event_span(self.workflow_id, event):  # linked to the send_event that sent it
+                pass
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
             now = self._clock.now()
             fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}

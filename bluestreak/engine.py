@@ -44,7 +44,7 @@ from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .store import Doc, Store
-from .tracing import carrier
+from .tracing import carrier, client_span
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
@@ -354,8 +354,9 @@ class Bluestreak:
         first run.
         """
         handler_id = handler_id_of(handler)
-        doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)
-        created = await self.store.insert_workflow(doc)
+        with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
+            doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)  # its trace: this span
+            created = await self.store.insert_workflow(doc)
         if created:
             self.metrics.started += 1
             self._wake_local(handler_id)
@@ -639,7 +640,8 @@ class Bluestreak:
         Raises :class:`WorkflowNotFound`, or :class:`InvalidTransition` if the
         workflow has ended.
         """
-        handler = await self._controls.send_event(workflow_id, event_type, payload)
+        with client_span(f"send event {event_type}", str(workflow_id), event_type=str(event_type)):
+            handler = await self._controls.send_event(workflow_id, event_type, payload)
         self.metrics.events_sent += 1
         if handler is not None:
             self._wake_local(handler)

@@ -90,6 +90,8 @@ class Execution:
         self._stubs = stubs
         self.ctx: WorkflowContext | None = None
         self.stop_reason: StopReason | None = None
+        self.outcome: str | None = None
+        """How this execution ended, once it has: its span and logs say so."""
         self._aborted = asyncio.Event()
         log_entries = doc.get("attempt_log") or []
         self._logged = any(e.get("token") == self.token for e in log_entries)
@@ -186,14 +188,13 @@ class Execution:
         self.ctx = ctx
         if self.stop_reason is not None:  # lost before it began
             return
-        handler = asyncio.create_task(self._handle(ctx, value), name=f"bluestreak:{self.workflow_id}:{self.token[:8]}")
-        ctx.bind(handler)
-        await self._await_handler(ctx, handler)
-        await self._outcome(ctx, handler)
-
-    async def _handle(self, ctx: WorkflowContext, value: Any) -> Any:
-        with workflow_span(self.doc, self.settings.worker_id):
-            return await self.spec.fn(ctx, value)
+        with workflow_span(self.doc, self.settings.worker_id) as span:  # the handler's steps are its children
+            name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
+            handler = asyncio.create_task(self._handle(ctx, value), name=name)
+            ctx.bind(handler)
+            await self._await_handler(ctx, handler)
+            await self._outcome(ctx, handler)
+            span.outcome(self.outcome)
 
     async def _await_handler(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
         """Until the handler ends; once it is cancelled, at most ``shutdown_grace`` more."""
@@ -218,10 +219,12 @@ class Execution:
                 extra=self.fields(),
             )
 
+    async def _handle(self, ctx: WorkflowContext, value: Any) -> Any:
+        return await self.spec.fn(ctx, value)
+
     async def _outcome(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
         if self.stop_reason == "lost":
-            self.metrics.lease_lost += 1
-            log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+            self._cancelled_as_lost()
             return
         if self.stop_reason == "release":
             await self._release()
@@ -235,9 +238,9 @@ class Execution:
                 assert interrupt.error is not None
                 await self._fail(interrupt.error)
             elif interrupt.kind == "lease_lost":
-                self.metrics.lease_lost += 1
-                log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+                self._cancelled_as_lost()
             else:
+                self.outcome = "database unavailable"
                 log.info(
                     "workflow %r stopped: the database failed (%s); it runs again after its lease",
                     self.workflow_id,
@@ -303,6 +306,7 @@ class Execution:
             self._lost_before("finish")
             return
         self.metrics.finished += 1
+        self.outcome = "finished"
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
         if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
@@ -335,6 +339,7 @@ class Execution:
             self._lost_before("record its failure")
             return
         self.metrics.failed += 1
+        self.outcome = status.value
         log.warning(
             "workflow %r %s (failure %d): %s: %s",
             self.workflow_id,
@@ -354,6 +359,7 @@ class Execution:
         if not await self._write(DIVERGED, "paused", {"error": info}):
             self._lost_before("pause on a diverged history")
             return
+        self.outcome = "diverged"
         log.error(
             "workflow %r paused: its code no longer replays its history (%s)",
             self.workflow_id,
@@ -418,6 +424,7 @@ class Execution:
         if written is None:
             self._lost_before(suspension.status.value)
             return
+        self.outcome = written.value
         if written is Status.SLEEPING and suspension.status is not Status.SLEEPING:
             self._wake()  # run again now
         else:
@@ -425,6 +432,7 @@ class Execution:
 
     async def _release(self) -> None:
         try:
+            self.outcome = "released"
             if await self._write(RELEASE, "released", {}):
                 log.info("workflow %r released for another worker (shutdown)", self.workflow_id, extra=self.fields())
         except Exception as exc:
@@ -448,7 +456,13 @@ class Execution:
 
     # -- log lines -----------------------------------------------------------------------
 
+    def _cancelled_as_lost(self) -> None:
+        self.outcome = "lost"
+        self.metrics.lease_lost += 1
+        log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+
     def _lost_before(self, what: str) -> None:
+        self.outcome = "lost"
         self.metrics.lease_lost += 1
         log.warning(
             "workflow %r: lease lost before it could %s; nothing recorded", self.workflow_id, what, extra=self.fields()

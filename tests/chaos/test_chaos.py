@@ -34,7 +34,7 @@ FAULT_KINDS = [
 @pytest.mark.parametrize("seed", SEEDS)
 def test_chaos_run_violates_nothing(seed: int, tmp_path: Path) -> None:
     if secantus_binary() is None:
-        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+        pytest.skip("secantusd-py not installed (make test (pip install --group dev))")
     report_path = tmp_path / "report.json"
     cmd = [
         sys.executable,

@@ -526,6 +526,7 @@ class WorkflowContext:
     async def _fail_step(self, call: Call, exc: BaseException, record: Doc | None) -> Any:
         info: Doc = dict(error_info(exc).to_doc())
         info["class"] = f"{type(exc).__module__}:{type(exc).__qualname__}"
+        info["step_id"] = call.step_id  # every recorded step error says which step it is about
         for attr in _ERROR_ATTRS:
             value = getattr(exc, attr, None)
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -655,6 +656,7 @@ class WorkflowContext:
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
                 f"within {limit.total_seconds():g}s"
             )
+            err.timeout = limit.total_seconds()
             await self._fail_step(call, err, {"status": "pending"})
         await self._halt(Suspension(Status.WAITING, deadline, inbox=self._inbox), call)
 

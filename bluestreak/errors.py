@@ -102,7 +102,12 @@ class DocumentTooLarge(WorkflowUsageError, ValueError):
 
 
 class StepError(BluestreakError):
-    """An error a step raised into the handler, recorded so replay raises it again."""
+    """An error a step raised into the handler, recorded so replay raises it again.
+
+    ``step_id`` names the step (also on replay); subclasses add what they are about.
+    """
+
+    step_id: str | None = None
 
 
 class StepTimeoutError(StepError, TimeoutError):
@@ -141,7 +146,9 @@ class NonRetryableError(StepError):
 
 
 class EventTimeoutError(StepError, TimeoutError):
-    """``ctx.wait_for_event`` timed out before an event of that type arrived."""
+    """``ctx.wait_for_event`` timed out before an event of that type arrived (``.timeout`` seconds, ``.step_id``)."""
+
+    timeout: float | None = None
 
 
 class NondeterminismError(BluestreakError):

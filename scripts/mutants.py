@@ -282,7 +282,9 @@ def misfits(mutant: Mutant) -> list[str]:
     for path, old in edits:
         count = (ROOT / path).read_text().count(old)
         if count != 1:
-            found.append(f"{mutant.name}: {path} holds the text to mutate {count} times, not once: {old.strip()[:60]!r}")
+            found.append(
+                f"{mutant.name}: {path} holds the text to mutate {count} times, not once: {old.strip()[:60]!r}"
+            )
     return found
 
 

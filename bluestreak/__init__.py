@@ -11,6 +11,7 @@ from .engine import Bluestreak, StartResult
 from .errors import (
     BluestreakError,
     DocumentTooLarge,
+    DuplicateWorkflow,
     EventTimeoutError,
     HandlerNotFound,
     InvalidArgument,
@@ -32,6 +33,7 @@ from .handlers import Workflow
 from .handles import WorkflowHandle
 from .inspection import WorkflowPage
 from .metrics import Metrics
+from .queues import Queue, RateLimit
 from .records import AttemptRecord, ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
@@ -43,6 +45,7 @@ __all__ = [
     "BluestreakError",
     "Clock",
     "DocumentTooLarge",
+    "DuplicateWorkflow",
     "Duration",
     "ErrorInfo",
     "EventRecord",
@@ -55,6 +58,8 @@ __all__ = [
     "NapRecord",
     "NondeterminismError",
     "NonRetryableError",
+    "Queue",
+    "RateLimit",
     "RetryPolicy",
     "StartResult",
     "Stats",

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .clock import ServerClock
-from .codec import prepare, restore
+from .codec import restore
 from .config import (
     BOOLS,
     DEFAULT,
@@ -30,9 +30,8 @@ from .config import (
 )
 from .context import WorkflowContext
 from .controls import Controls
-from .durations import parse_duration, to_seconds
+from .durations import to_seconds
 from .errors import (
-    HandlerNotFound,
     InvalidArgument,
     WaitTimeout,
     WorkflowFailed,
@@ -42,9 +41,11 @@ from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of,
 from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
+from .queues import Queue, make_queue
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
-from .store import Doc, Store
-from .tracing import carrier, client_span
+from .starting import OnDuplicate, Starter, spec_items
+from .store import Store
+from .tracing import client_span
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
@@ -54,14 +55,19 @@ StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
 
 
 class StartResult:
-    """What ``start_many`` did: the ids it created and the ids that already existed."""
+    """What ``start_many`` did: the ids it created, the ids that already existed, and the starts a queue's
+    deduplication refused (``{workflow_id: the id of the active workflow holding its deduplication id}``)."""
 
-    def __init__(self, created: list[str], existing: list[str]) -> None:
+    def __init__(
+        self, created: list[str], existing: list[str], deduplicated: dict[str, str | None] | None = None
+    ) -> None:
         self.created = created
         self.existing = existing
+        self.deduplicated = deduplicated or {}
 
     def __repr__(self) -> str:
-        return f"StartResult(created={len(self.created)}, existing={len(self.existing)})"
+        extra = f", deduplicated={len(self.deduplicated)}" if self.deduplicated else ""
+        return f"StartResult(created={len(self.created)}, existing={len(self.existing)}{extra})"
 
 
 class Bluestreak:
@@ -183,6 +189,8 @@ class Bluestreak:
             lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
         )
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
+        self._queues: dict[str, Queue] = {}
+        self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
 
     # -- handlers --------------------------------------------------------------------
 
@@ -319,6 +327,10 @@ class Bluestreak:
         priority: int = 0,
         run_at: datetime | None = None,
         delay: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
     ) -> WorkflowHandle[T]: ...
 
     @overload
@@ -331,6 +343,10 @@ class Bluestreak:
         priority: int = 0,
         run_at: datetime | None = None,
         delay: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
     ) -> WorkflowHandle[Any]: ...
 
     async def start(
@@ -342,6 +358,10 @@ class Bluestreak:
         priority: int = 0,
         run_at: datetime | None = None,
         delay: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
     ) -> WorkflowHandle[Any]:
         """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
         ``workflow_id`` exists).
@@ -349,18 +369,116 @@ class Bluestreak:
         ``handler`` is the handler's id, or the handler function (or
         :class:`Workflow` class) registered with :meth:`handler` on any
         engine: then ``await handle.result()`` is typed by its return
-        annotation. ``priority``: higher runs first among due workflows.
-        ``run_at`` (an aware datetime) or ``delay`` (a duration) postpone its
-        first run.
+        annotation. ``priority``: higher runs first among due workflows (of
+        its queue). ``run_at`` (an aware datetime) or ``delay`` (a duration)
+        postpone its first run.
+
+        ``queue``: a queue declared with :meth:`queue` (its limits apply);
+        ``partition``: its key within the queue (a tenant, a user), for
+        ``partition_concurrency`` and fair turns between partitions.
+        ``deduplication_id``: while a workflow of the queue with this id is
+        queued or running, another start with it raises
+        :class:`DuplicateWorkflow` (``on_duplicate="existing"``: returns the
+        holder's handle instead).
         """
         handler_id = handler_id_of(handler)
         with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
-            doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)  # its trace: this span
-            created = await self.store.insert_workflow(doc)
-        if created:
+            doc = self._starter.new_doc(  # its trace: this span
+                workflow_id,
+                handler_id,
+                input,
+                priority=priority,
+                run_at=run_at,
+                delay=delay,
+                queue=queue,
+                partition=partition,
+                deduplication_id=deduplication_id,
+            )
+            started = await self._starter.insert(doc, on_duplicate)
+        if started.created:
             self.metrics.started += 1
             self._wake_local(handler_id)
-        return WorkflowHandle(self, workflow_id, created)
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    async def debounce(
+        self,
+        key: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        period: object,
+        max_wait: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        priority: int = 0,
+    ) -> WorkflowHandle[Any]:
+        """Start a workflow ``period`` from now — or, if one for ``key`` is still pending, push it back.
+
+        Repeated calls with one ``key`` keep one workflow pending: each replaces
+        its input (it runs once, with the last) and moves its start to
+        ``period`` after the call, never later than ``max_wait`` after the
+        first. Once it starts, the next call begins a new one. Returns its
+        handle (``created`` on the call that began it).
+        """
+        started = await self._starter.debounce(
+            key,
+            handler_id_of(handler),
+            input,
+            period=period,
+            max_wait=max_wait,
+            queue=queue,
+            partition=partition,
+            priority=priority,
+        )
+        if started.created:
+            self.metrics.started += 1
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: tuple[int, object] | None = None,
+        partition_concurrency: int | None = None,
+        partition_rate_limit: tuple[int, object] | None = None,
+    ) -> Queue:
+        """Declare a queue (in code every process imports, like the handlers); returns it.
+
+        :param concurrency: at most this many of its workflows run at once, across every worker: enforced
+            by the database, each run holding a slot for as long as it holds its lease.
+        :param worker_concurrency: at most this many at once in one worker process.
+        :param rate_limit: ``(count, period)``: at most ``count`` of its workflows begin in any window of
+            ``period`` (a sliding window), e.g. ``(100, "1 minute")``.
+        :param partition_concurrency: at most this many at once per partition (``start(..., partition=)``).
+        :param partition_rate_limit: a ``(count, period)`` rate limit per partition.
+
+        Partitions always take fair turns: a partition with a long backlog does
+        not delay one with a single workflow. Declaring a name again with the
+        same limits returns the same queue.
+        """
+        declared = make_queue(
+            name,
+            concurrency=concurrency,
+            worker_concurrency=worker_concurrency,
+            rate_limit=rate_limit,
+            partition_concurrency=partition_concurrency,
+            partition_rate_limit=partition_rate_limit,
+        )
+        existing = self._queues.get(declared.name)
+        if existing is not None and existing != declared:
+            raise InvalidArgument(
+                f"queue {declared.name!r} is already declared with other limits ({existing.describe()}); "
+                "declare each queue once"
+            )
+        self._queues[declared.name] = declared
+        return declared
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        """The declared queues, by name."""
+        return dict(self._queues)
 
     @overload
     def handle(
@@ -381,94 +499,12 @@ class Bluestreak:
         Each item is ``(workflow_id, handler_id[, input])`` or a mapping with
         the keys of :meth:`start`. All are validated before anything is written.
         """
-        docs: list[Doc] = []
-        seen: set[str] = set()
-        for item in workflows:
-            if isinstance(item, Mapping):
-                kwargs = dict(item)
-                doc = self._new_doc(
-                    kwargs.pop("workflow_id", None),
-                    kwargs.pop("handler_id", None),
-                    kwargs.pop("input", None),
-                    kwargs.pop("priority", 0),
-                    kwargs.pop("run_at", None),
-                    kwargs.pop("delay", None),
-                )
-                if kwargs:
-                    raise InvalidArgument(f"start_many: unknown keys {sorted(kwargs)} for workflow {doc['_id']!r}")
-            elif isinstance(item, tuple) and len(item) in (2, 3):
-                doc = self._new_doc(item[0], item[1], item[2] if len(item) == 3 else None, 0, None, None)
-            else:
-                raise InvalidArgument(
-                    f"start_many takes (workflow_id, handler_id[, input]) tuples or mappings, got {item!r:.80}"
-                )
-            if doc["_id"] in seen:
-                raise InvalidArgument(f"start_many: workflow id {doc['_id']!r} appears twice")
-            seen.add(doc["_id"])
-            docs.append(doc)
-        created: list[str] = []
-        existing: list[str] = []
-        for i in range(0, len(docs), 1000):
-            chunk = docs[i : i + 1000]
-            for doc, ok in zip(chunk, await self.store.insert_workflows(chunk), strict=True):
-                (created if ok else existing).append(doc["_id"])
+        docs = spec_items(workflows, self._starter)
+        created, existing, duplicates = await self._starter.insert_many(docs)
         self.metrics.started += len(created)
         for handler_id in {d["handler"] for d in docs}:
             self._wake_local(handler_id)
-        return StartResult(created, existing)
-
-    def _new_doc(self, workflow_id: Any, handler_id: Any, input: Any, priority: Any, run_at: Any, delay: Any) -> Doc:
-        check_id(workflow_id, "workflow id")
-        check_id(handler_id, "handler id")
-        if self._handlers and handler_id not in self._handlers:
-            raise HandlerNotFound(
-                f"no handler {handler_id!r} is registered (known: {', '.join(self.handler_ids)}); "
-                "register it before starting workflows, or start from an engine with no handlers (a client)",
-                handler_id=handler_id,
-            )
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
-            raise InvalidArgument(f"priority of workflow {workflow_id!r} must be an int, got {priority!r}")
-        now = self.settings.clock.now()
-        due = now
-        if run_at is not None and delay is not None:
-            raise InvalidArgument("pass run_at or delay, not both")
-        if run_at is not None:
-            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
-                raise InvalidArgument(f"run_at must be an aware datetime (e.g. with tzinfo=UTC), got {run_at!r}")
-            due = max(now, run_at.astimezone(UTC))
-        elif delay is not None:
-            due = now + parse_duration(delay, name="delay")
-        spec = self._handlers.get(handler_id)
-        where = f"the input of workflow {workflow_id!r}"
-        if spec is not None and spec.input_adapter is not None:
-            stored, tag, _ = prepare(spec.dump_input(spec.validate_input(input, workflow_id)), where)
-        else:
-            stored, tag, _ = prepare(input, where)
-        return {
-            "_id": workflow_id,
-            "handler": handler_id,
-            "input": stored,
-            "input_type": tag,
-            "status": Status.IDLE.value,
-            "priority": priority,
-            "due_at": due,
-            "lease": None,
-            "worker": None,
-            "control": None,
-            "failures": 0,
-            "run": 0,
-            "attempt": 0,
-            "inbox": 0,
-            "taken": [],
-            "attempt_log": [],
-            "result": None,
-            "result_type": None,
-            "error": None,
-            "trace": carrier(),
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
-        }
+        return StartResult(created, existing, duplicates)
 
     def _wake_local(self, handler_id: str) -> None:
         if self._worker is not None and handler_id in self._handlers:
@@ -518,14 +554,18 @@ class Bluestreak:
 
     # -- running ---------------------------------------------------------------------
 
-    async def poll(self) -> None:
+    async def poll(self, queues: Iterable[str] | None = None) -> None:
         """Claim and run workflows of the registered handlers until :meth:`stop`.
 
         Runs at most ``max_concurrency`` handlers at once. A bad workflow or a
         passing database outage is logged and retried; it never ends the loop.
+        ``queues``: claim only from these declared queues (``"default"``: the
+        workflows started into no queue); ``None`` claims from all.
         """
         if self._worker is not None:
             raise InvalidArgument("poll() is already running on this engine")
+        if isinstance(queues, str):
+            raise InvalidArgument(f"poll(queues=...) takes a list of queue names, not the str {queues!r}")
         worker = Worker(
             self.store,
             self.settings,
@@ -533,6 +573,8 @@ class Bluestreak:
             on_settled=self._on_settled,
             metrics=self.metrics,
             stubs=self._stubs,
+            queues=self._queues,
+            listen=None if queues is None else list(queues),
         )
         self._worker = worker
         if self._stop_requested:

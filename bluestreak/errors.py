@@ -82,6 +82,26 @@ class InvalidTransition(BluestreakError):
         self.status = status
 
 
+class DuplicateWorkflow(BluestreakError, ValueError):
+    """A start with a deduplication id that an active workflow of the queue already holds.
+
+    ``queue``, ``deduplication_id``, and ``existing_id``: the workflow holding
+    it (queued or running). Pass ``on_duplicate="existing"`` to get its handle
+    instead of this error.
+    """
+
+    def __init__(self, queue: str | None, deduplication_id: str, existing_id: str | None) -> None:
+        where = f"queue {queue!r}" if queue is not None else "no queue"
+        holder = f"workflow {existing_id!r}" if existing_id else "another workflow"
+        super().__init__(
+            f"deduplication id {deduplication_id!r} in {where} is held by {holder}, which has not ended; "
+            "wait for it, or start with on_duplicate='existing' to get its handle"
+        )
+        self.queue = queue
+        self.deduplication_id = deduplication_id
+        self.existing_id = existing_id
+
+
 class WorkflowUsageError(BluestreakError):
     """A handler used the context wrongly (a step id twice, a value BSON cannot store).
 

@@ -97,6 +97,15 @@ class Execution:
         self._logged = any(e.get("token") == self.token for e in log_entries)
 
     @property
+    def lease_released(self) -> bool:
+        """Whether this execution no longer holds its lease: it wrote an outcome that released it, or lost it.
+
+        Only then may the queue slots it holds be freed (a lease whose outcome
+        could not be written is held until it expires, and so are its slots).
+        """
+        return self.outcome is not None and self.outcome != "database unavailable" and self.outcome != "release failed"
+
+    @property
     def key(self) -> tuple[str, str]:
         """The lease this execution is: ``(workflow_id, token)``."""
         return self.workflow_id, self.token
@@ -186,7 +195,11 @@ class Execution:
             stubs=self._stubs,
         )
         self.ctx = ctx
-        if self.stop_reason is not None:  # lost before it began
+        if self.stop_reason == "lost":  # lost before it began
+            self._cancelled_as_lost()
+            return
+        if self.stop_reason == "release":  # the worker stops before it began: give it back now
+            await self._release()
             return
         with workflow_span(self.doc, self.settings.worker_id) as span:  # the handler's steps are its children
             name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
@@ -432,10 +445,13 @@ class Execution:
 
     async def _release(self) -> None:
         try:
-            self.outcome = "released"
             if await self._write(RELEASE, "released", {}):
+                self.outcome = "released"
                 log.info("workflow %r released for another worker (shutdown)", self.workflow_id, extra=self.fields())
+            else:
+                self.outcome = "lost"
         except Exception as exc:
+            self.outcome = "release failed"
             log.warning(
                 "workflow %r: release failed (%s); its lease will expire",
                 self.workflow_id,

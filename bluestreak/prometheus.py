@@ -27,9 +27,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "bluestreak.prometheus needs prometheus-client: pip install 'bluestreak[prometheus]'"
-    ) from exc
+    raise ImportError("bluestreak.prometheus needs prometheus-client: pip install 'bluestreak[prometheus]'") from exc
 
 from .records import Stats
 

@@ -188,8 +188,11 @@ def check(
                     immut_inv.check(False, f"{key}: in snapshot {i}, gone in snapshot {i + 1 + j}")
 
     for item in anomalies:
-        seen_inv.check(False, f"{item['wf']} run {item['run']} step {item['step']}: ctx.step returned {item['value']} "
-                              f"to {item['worker']} (claim {item['attempt']})")
+        seen_inv.check(
+            False,
+            f"{item['wf']} run {item['run']} step {item['step']}: ctx.step returned {item['value']} "
+            f"to {item['worker']} (claim {item['attempt']})",
+        )
     seen_inv.checked = max(seen_inv.checked, sum(runs.values()))
 
     for worker_id, info in sorted(workers.items()):

@@ -70,7 +70,11 @@ async def main(args: argparse.Namespace) -> None:
     # A few terminations and restarts (about 5% and 4% of the workflows), the rest pause/resume/approve.
     budget = {"terminate": max(1, args.workflows // 20), "restart": max(1, args.workflows // 25)}
     weights: list[tuple[str, float]] = [
-        ("pause", 0.25), ("resume", 0.25), ("approve", 0.4), ("terminate", 0.05), ("restart", 0.05)
+        ("pause", 0.25),
+        ("resume", 0.25),
+        ("approve", 0.4),
+        ("terminate", 0.05),
+        ("restart", 0.05),
     ]
     engine = Bluestreak(args.url, args.db, client_options={"serverSelectionTimeoutMS": 3000})
     await engine.init()

@@ -124,9 +124,23 @@ class Chaos:
         skew = self.args.skew if slot == 0 else 0.0
         log_path = self.workdir / f"{worker_id}.log"
         args = [
-            sys.executable, "-m", "tests.chaos.worker", "--url", self.url, "--db", self.db_name,
-            "--ledger", str(self.ledger_path), "--worker-id", worker_id, "--skew", str(skew),
-            "--lease", str(self.args.lease), "--concurrency", str(self.args.concurrency),
+            sys.executable,
+            "-m",
+            "tests.chaos.worker",
+            "--url",
+            self.url,
+            "--db",
+            self.db_name,
+            "--ledger",
+            str(self.ledger_path),
+            "--worker-id",
+            worker_id,
+            "--skew",
+            str(skew),
+            "--lease",
+            str(self.args.lease),
+            "--concurrency",
+            str(self.args.concurrency),
         ]
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -139,10 +153,27 @@ class Chaos:
         args = self.args
         with open(self.workdir / "client.log", "wb") as out:
             self.client_proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.chaos.client", "--url", self.url, "--db", self.db_name,
-                 "--ops", str(self.ops_path), "--workflows", str(args.workflows), "--duration", str(args.duration),
-                 "--seed", str(args.seed + 1)],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.chaos.client",
+                    "--url",
+                    self.url,
+                    "--db",
+                    self.db_name,
+                    "--ops",
+                    str(self.ops_path),
+                    "--workflows",
+                    str(args.workflows),
+                    "--duration",
+                    str(args.duration),
+                    "--seed",
+                    str(args.seed + 1),
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill_worker(self, worker: Worker) -> None:
@@ -354,16 +385,22 @@ class Chaos:
             ids = [d["_id"] for d in docs]
             approved = {
                 (d["workflow_id"], int(d["run"]))
-                for d in await self.retry("settle", lambda ids=ids: db.steps.find(
-                    {"workflow_id": {"$in": ids}, "step_id": APPROVAL, "status": {"$in": ["done", "failed"]}},
-                    {"workflow_id": 1, "run": 1},
-                ).to_list(None))
+                for d in await self.retry(
+                    "settle",
+                    lambda ids=ids: db.steps.find(
+                        {"workflow_id": {"$in": ids}, "step_id": APPROVAL, "status": {"$in": ["done", "failed"]}},
+                        {"workflow_id": 1, "run": 1},
+                    ).to_list(None),
+                )
             }
             buffered = {
                 d["workflow_id"]
-                for d in await self.retry("settle", lambda ids=ids: db.events.find(
-                    {"workflow_id": {"$in": ids}, "type": EVENT_TYPE, "consumed_by": None}, {"workflow_id": 1}
-                ).to_list(None))
+                for d in await self.retry(
+                    "settle",
+                    lambda ids=ids: db.events.find(
+                        {"workflow_id": {"$in": ids}, "type": EVENT_TYPE, "consumed_by": None}, {"workflow_id": 1}
+                    ).to_list(None),
+                )
             }
             for doc in docs:
                 wf = doc["_id"]
@@ -439,12 +476,20 @@ class Chaos:
         anomalies = read_jsonl(Path(f"{self.ledger_path}.anomalies"))
         workers = {w.worker_id: w.stats() for w in self.workers.values()}
         invariants = checker.check(
-            workflows=workflows, steps=steps, snapshots=self.snapshots[:-1], ledger=ledger, ops=ops,
-            workers=workers, expected_ids=self.ids, anomalies=anomalies,
+            workflows=workflows,
+            steps=steps,
+            snapshots=self.snapshots[:-1],
+            ledger=ledger,
+            ops=ops,
+            workers=workers,
+            expected_ids=self.ids,
+            anomalies=anomalies,
         )
         invariants["no_unexpected_worker_exit"] = {
             "description": "no worker process exited unless the driver killed or stopped it",
-            "checked": self.count, "violations": len(self.unexpected_exits), "examples": self.unexpected_exits[:10],
+            "checked": self.count,
+            "violations": len(self.unexpected_exits),
+            "examples": self.unexpected_exits[:10],
         }
         hits: collections.Counter[str] = collections.Counter()
         for info in workers.values():
@@ -465,9 +510,11 @@ class Chaos:
             "failed_commands_seen_by_workers": dict(sorted(hits.items())),
             "client_ops": dict(sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops).items())),
             "final_status": dict(collections.Counter(w["status"] for w in workflows)),
-            "branches": dict(collections.Counter(
-                f"{w['result'].get('branch')}{'' if w['result'].get('charged') else '+refund'}" for w in finished
-            )),
+            "branches": dict(
+                collections.Counter(
+                    f"{w['result'].get('branch')}{'' if w['result'].get('charged') else '+refund'}" for w in finished
+                )
+            ),
             "restarted_runs": sum(int(w.get("run", 0)) for w in workflows),
             "claims": sum(int(w.get("attempt", 0)) for w in workflows),
             "step_bodies_run": len(ledger),
@@ -496,16 +543,20 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     print(SEPARATOR)
-    print(f"chaos report  seed={report['seed']}  workflows={report['workflows']}  "
-          f"worker processes={report['worker_processes']}  wall={report['wall_seconds']}s "
-          f"(chaos {report['chaos_seconds']}s, settle {report['settle_seconds']}s)")
+    print(
+        f"chaos report  seed={report['seed']}  workflows={report['workflows']}  "
+        f"worker processes={report['worker_processes']}  wall={report['wall_seconds']}s "
+        f"(chaos {report['chaos_seconds']}s, settle {report['settle_seconds']}s)"
+    )
     print(f"final status: {report['final_status']}  branches: {report['branches']}")
     print(f"faults injected: {report['faults']}")
     print(f"failed commands seen by workers: {report['failed_commands_seen_by_workers']}")
     print(f"client operations: {report['client_ops']}")
-    print(f"claims: {report['claims']}  step bodies run: {report['step_bodies_run']} "
-          f"(ran again: {report['step_bodies_run_more_than_once']})  "
-          f"peak RSS (MB): {report['worker_peak_rss_mb']}")
+    print(
+        f"claims: {report['claims']}  step bodies run: {report['step_bodies_run']} "
+        f"(ran again: {report['step_bodies_run_more_than_once']})  "
+        f"peak RSS (MB): {report['worker_peak_rss_mb']}"
+    )
     for name, inv in report["invariants"].items():
         mark = "ok  " if inv["violations"] == 0 else "FAIL"
         print(f"  {mark} {name:28} checked {inv['checked']:6}  violations {inv['violations']}")

@@ -531,3 +531,17 @@ async def _status(engine: Bluestreak, workflow_id: str, status: str) -> bool:
 
 async def _count(engine: Bluestreak, status: str, n: int) -> bool:
     return len(await engine.list_workflows(status=status, limit=1000)) >= n
+
+
+async def test_another_engine_opens_a_database_that_holds_queued_workflows(make_engine: EngineFactory) -> None:
+    """Creating the indexes again over existing documents: the partial unique ones constrain only their matches."""
+    first = await make_engine()
+    first.queue("q", concurrency=1)
+    for i in range(3):
+        await first.start(f"plain-{i}", "job", {}, queue="q")
+    await first.start("d-1", "job", {}, queue="q", deduplication_id="same")
+    second = await make_engine()  # init() creates every index again
+    second.queue("q", concurrency=1)
+    with pytest.raises(DuplicateWorkflow):
+        await second.start("d-2", "job", {}, queue="q", deduplication_id="same")
+    assert len(await second.list_workflows(queue="q")) == 4

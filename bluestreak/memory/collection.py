@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import bson
+import mongomock
+import mongomock.helpers
 from bson import ObjectId
 from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidOperation, OperationFailure
@@ -125,11 +127,34 @@ class MemoryCollection:
     # -- indexes -----------------------------------------------------------------------------------
 
     async def create_index(self, keys: Any, **kwargs: Any) -> str:
-        """Create an index (idempotent); its name."""
+        """Create an index (idempotent: an identical one changes nothing, as on a server); its name.
+
+        A unique index with a ``partialFilterExpression`` constrains only the
+        documents the filter matches: mongomock checks every document when it
+        builds one, so the check is made here and mongomock builds it without.
+        """
         kwargs = {k: wrapped(v) if k == "partialFilterExpression" else v for k, v in kwargs.items()}
         with self._lock:
             self.database._check()
-            return str(self._sync.create_index(keys, **kwargs))
+            index_list = mongomock.helpers.create_index_list(keys)  # type: ignore[no-untyped-call]
+            name = kwargs.get("name") or mongomock.helpers.gen_index_name(index_list)  # type: ignore[no-untyped-call]
+            partial = kwargs.get("partialFilterExpression")
+            if not (kwargs.get("unique") and partial is not None):
+                return str(self._sync.create_index(keys, **kwargs))
+            spec: Doc = {"key": index_list, "unique": True, "partialFilterExpression": partial}
+            existing = self._sync._store.indexes.get(name)
+            if existing is not None:
+                if existing != spec:
+                    raise OperationFailure(f"Index with name: {name} already exists with different options", 85)
+                return str(name)
+            seen: set[Any] = set()
+            for doc in self._sync.find(partial):
+                key = tuple(_dotted(doc, k) for k, _ in index_list)
+                if key in seen:
+                    raise DuplicateKeyError(f"E11000 duplicate key error building index {name}", DUPLICATE_KEY)
+                seen.add(key)
+            self._sync._store.create_index(name, spec)
+            return str(name)
 
     async def drop_index(self, index: Any, **kwargs: Any) -> None:
         with self._lock:
@@ -400,3 +425,12 @@ def _encoded_with_id(document: Doc) -> bytes:
     if "_id" not in document:
         document["_id"] = ObjectId()
     return bson.encode(document)
+
+
+def _dotted(doc: Mapping[str, Any], dotted: str) -> str:
+    """The value at a dotted path, as a comparable key (absent is indexed as null, as on a server)."""
+    try:
+        value = mongomock.helpers.get_value_by_dot(doc, dotted)  # type: ignore[no-untyped-call]
+    except KeyError:
+        value = None
+    return repr(value)

@@ -19,6 +19,7 @@ from .errors import (
     InvalidTransition,
     NondeterminismError,
     NonRetryableError,
+    ScheduleNotFound,
     StepError,
     StepIdReused,
     StepRetriesExceededError,
@@ -34,8 +35,20 @@ from .handles import WorkflowHandle
 from .inspection import WorkflowPage
 from .metrics import Metrics
 from .queues import Queue, RateLimit
-from .records import AttemptRecord, ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
+from .records import (
+    AttemptRecord,
+    ErrorInfo,
+    EventRecord,
+    NapRecord,
+    QueueStats,
+    ScheduleRecord,
+    Stats,
+    Status,
+    StepRecord,
+    WorkflowRecord,
+)
 from .retry import RetryPolicy
+from .schedules import Schedule
 
 __version__ = "0.1.0"
 
@@ -59,8 +72,12 @@ __all__ = [
     "NondeterminismError",
     "NonRetryableError",
     "Queue",
+    "QueueStats",
     "RateLimit",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleNotFound",
+    "ScheduleRecord",
     "StartResult",
     "Stats",
     "Status",

@@ -61,7 +61,8 @@ class WorkflowContext:
 
     Attributes: ``workflow_id``, ``handler_id``, ``run`` (0, then +1 per
     restart), ``attempt`` (1 for the first claim of this run, +1 per claim),
-    ``worker_id``.
+    ``worker_id``, ``scheduled_at`` (the tick, in UTC, of a workflow a cron
+    schedule started; else ``None``).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class WorkflowContext:
         self.run = run
         self.attempt = attempt
         self.worker_id = worker_id
+        self.scheduled_at: datetime | None = None
         self._store = store
         self._clock = clock
         self._token = token

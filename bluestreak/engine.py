@@ -42,7 +42,8 @@ from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
 from .queues import Queue, make_queue
-from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
+from .records import ErrorInfo, EventRecord, NapRecord, ScheduleRecord, Stats, Status, StepRecord, WorkflowRecord
+from .schedules import Schedule, Schedules, make_schedule
 from .starting import OnDuplicate, Starter, spec_items
 from .store import Store
 from .tracing import client_span
@@ -191,6 +192,7 @@ class Bluestreak:
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
         self._queues: dict[str, Queue] = {}
         self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
+        self._schedules = Schedules(lambda: self.store, self._starter, self.settings.clock)
 
     # -- handlers --------------------------------------------------------------------
 
@@ -254,8 +256,10 @@ class Bluestreak:
     # -- lifecycle -------------------------------------------------------------------
 
     async def init(self) -> None:
-        """Connect and create indexes. Called by ``async with engine``; safe to call twice."""
+        """Connect, create indexes, store declared schedules. Called by ``async with engine``; safe to call twice
+        (a second call stores the schedules declared since)."""
         if self._store is not None:
+            await self._schedules.sync()
             return
         database = self._database
         if database is None:
@@ -281,6 +285,7 @@ class Bluestreak:
         if isinstance(self.settings.clock, ServerClock):
             await self.settings.clock.synchronize(store.server_time)
         self._store = store
+        await self._schedules.sync()
 
     async def close(self) -> None:
         """Stop a running ``poll()`` — gracefully, as :meth:`stop` does — then close the connection.
@@ -480,6 +485,84 @@ class Bluestreak:
         """The declared queues, by name."""
         return dict(self._queues)
 
+    # -- schedules ---------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        handler: Any,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        input: Any = None,
+        overlap: str = "skip",
+        catch_up: object = "1 minute",
+        jitter: object | None = None,
+        queue: str | Queue | None = None,
+        priority: int = 0,
+    ) -> Schedule:
+        """Declare a cron schedule (in code every worker imports, like the handlers); returns it.
+
+        Each tick of ``cron`` in ``timezone`` starts one workflow of ``handler``
+        with ``input``, id ``"<name>@<tick, UTC ISO 8601>"``: exactly one per tick,
+        however many workers run it. Stored at ``init()`` (or the next ``poll()``);
+        declaring it again unchanged, at every restart and deploy, changes nothing.
+
+        :param cron: five fields (``"0 3 * * *"``: 03:00 daily) or six with seconds first.
+        :param timezone: an IANA zone; daylight-saving gaps and repeats follow Debian cron (docs/schedules.md).
+        :param overlap: while an earlier tick's workflow has not ended: ``"skip"`` the tick,
+            ``"buffer_one"`` (start it when the earlier one ends; one kept at most) or ``"allow"``.
+        :param catch_up: a tick missed by more than this (every worker down, or paused) is skipped, not run late.
+        :param jitter: start each tick's workflow up to this much later (a stable amount per tick).
+        :param queue: start the ticks' workflows into this declared queue.
+        """
+        declared = make_schedule(
+            name,
+            handler,
+            cron=cron,
+            timezone=timezone,
+            input=input,
+            overlap=overlap,
+            catch_up=catch_up,
+            jitter=jitter,
+            queue=queue,
+            priority=priority,
+            queues=self._queues,
+        )
+        return self._schedules.declare(declared)
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        """Every stored schedule, with its next runs."""
+        return await self._schedules.all()
+
+    async def get_schedule(self, name: str) -> ScheduleRecord:
+        """One schedule; raises :class:`ScheduleNotFound`."""
+        return await self._schedules.get(name)
+
+    async def pause_schedule(self, name: str) -> None:
+        """Stop starting ticks of the schedule (its running workflows go on); survives restarts and deploys."""
+        await self._schedules.pause(name)
+
+    async def resume_schedule(self, name: str) -> None:
+        """Start ticks again from the next one; the ticks missed while paused are not run."""
+        await self._schedules.resume(name)
+
+    async def delete_schedule(self, name: str) -> None:
+        """Remove the schedule (its workflows stay). A process that declares it again at startup stores it anew."""
+        await self._schedules.delete(name)
+
+    async def trigger_schedule(self, name: str) -> WorkflowHandle[Any]:
+        """Start a run of the schedule now, outside its ticks (id ``"<name>@<now>~manual-..."``)."""
+        return WorkflowHandle(self, await self._schedules.trigger(name), True)
+
+    async def backfill_schedule(self, name: str, start: datetime, end: datetime) -> list[str]:
+        """Start the workflows of the ticks in ``[start, end)`` that do not exist yet; their ids.
+
+        Ids are the ticks' own, so a backfill repeated, or overlapping ticks
+        that already ran, starts nothing twice.
+        """
+        return await self._schedules.backfill(name, start, end)
+
     @overload
     def handle(
         self, workflow_id: str, handler: Callable[[WorkflowContext, Any], Awaitable[T]]
@@ -575,6 +658,7 @@ class Bluestreak:
             stubs=self._stubs,
             queues=self._queues,
             listen=None if queues is None else list(queues),
+            schedules=self._schedules,
         )
         self._worker = worker
         if self._stop_requested:
@@ -610,8 +694,11 @@ class Bluestreak:
         created_before: datetime | None = None,
         limit: int = 100,
         skip: int = 0,
+        queue: str | None = None,
+        schedule: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflows, newest first, filtered by status, handler and creation time; paginate with ``skip``."""
+        """Workflows, newest first, filtered by status, handler, creation time, queue (``"default"``: none)
+        and schedule; paginate with ``skip``."""
         return await self._inspector.list_workflows(
             status=status,
             handler_id=handler_id,
@@ -619,6 +706,8 @@ class Bluestreak:
             created_before=created_before,
             limit=limit,
             skip=skip,
+            queue=queue,
+            schedule=schedule,
         )
 
     async def page_workflows(
@@ -631,6 +720,8 @@ class Bluestreak:
         created_before: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        queue: str | None = None,
+        schedule: str | None = None,
     ) -> WorkflowPage:
         """Workflows newest first, a page at a time, paginated by index (no ``skip`` scan): for 100,000+ workflows.
 
@@ -644,6 +735,8 @@ class Bluestreak:
             created_before=created_before,
             limit=limit,
             cursor=cursor,
+            queue=queue,
+            schedule=schedule,
         )
 
     async def stats(self) -> Stats:

@@ -45,6 +45,14 @@ class WorkflowNotFound(BluestreakError, LookupError):
         self.workflow_id = workflow_id
 
 
+class ScheduleNotFound(BluestreakError, LookupError):
+    """No schedule has this name (declare it with ``engine.schedule``)."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(f"schedule {name!r} does not exist; declare it with engine.schedule({name!r}, ...)")
+        self.name = name
+
+
 class WaitTimeout(BluestreakError, TimeoutError):
     """``Bluestreak.wait`` gave up before the workflow ended."""
 

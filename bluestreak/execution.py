@@ -194,6 +194,7 @@ class Execution:
             strict_replay=self.settings.strict_replay,
             stubs=self._stubs,
         )
+        ctx.scheduled_at = doc.get("scheduled_at")
         self.ctx = ctx
         if self.stop_reason == "lost":  # lost before it began
             self._cancelled_as_lost()

@@ -69,9 +69,11 @@ class Inspector:
         created_before: datetime | None,
         limit: int,
         skip: int,
+        queue: str | None = None,
+        schedule: str | None = None,
     ) -> list[WorkflowRecord]:
         """See :meth:`Bluestreak.list_workflows`."""
-        query = _filters(status, handler_id, created_after, created_before)
+        query = _filters(status, handler_id, created_after, created_before, queue=queue, schedule=schedule)
         if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**63:
             raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
@@ -88,9 +90,11 @@ class Inspector:
         created_before: datetime | None,
         limit: int,
         cursor: str | None,
+        queue: str | None = None,
+        schedule: str | None = None,
     ) -> WorkflowPage:
         """See :meth:`Bluestreak.page_workflows`."""
-        query = _filters(status, handler_id, created_after, created_before)
+        query = _filters(status, handler_id, created_after, created_before, queue=queue, schedule=schedule)
         if id_prefix is not None:
             query["_id"] = {"$regex": f"^{re.escape(check_id(id_prefix, 'id prefix'))}"}
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
@@ -159,9 +163,19 @@ class Inspector:
 
 
 def _filters(
-    status: str | Status | None, handler_id: str | None, created_after: datetime | None, created_before: datetime | None
+    status: str | Status | None,
+    handler_id: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    *,
+    queue: str | None = None,
+    schedule: str | None = None,
 ) -> Doc:
     query: Doc = {}
+    if queue is not None:
+        query["queue"] = None if queue == "default" else check_id(queue, "queue name")
+    if schedule is not None:
+        query["schedule"] = check_id(schedule, "schedule name")
     if status is not None:
         query["status"] = status_value(status)
     if handler_id is not None:
@@ -241,4 +255,8 @@ def workflow_record(doc: Doc) -> WorkflowRecord:
             for e in doc.get("attempt_log") or []
             if e.get("claimed_at") is not None
         ),
+        queue=doc.get("queue"),
+        partition=doc.get("partition"),
+        schedule=doc.get("schedule"),
+        scheduled_at=doc.get("scheduled_at"),
     )

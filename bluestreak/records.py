@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -84,6 +84,14 @@ class WorkflowRecord:
     """The worker that last claimed it."""
     attempts: tuple[AttemptRecord, ...] = ()
     """The latest claims of the workflow (at most 20), oldest first: who ran it, when, and how it ended."""
+    queue: str | None = None
+    """The queue it was started into (``None``: no queue)."""
+    partition: str | None = None
+    """Its partition in that queue."""
+    schedule: str | None = None
+    """The cron schedule that started it."""
+    scheduled_at: datetime | None = None
+    """The tick of that schedule it runs for (UTC)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +153,53 @@ class Stats:
     """``{status: count}`` over all handlers."""
     oldest_due_age: float | None
     """Seconds since the oldest due, not yet running workflow became due; ``None`` if none is waiting."""
+    queues: dict[str, QueueStats] = field(default_factory=dict)
+    """Per declared queue (of the engine asking): depth, running, rate limiting, oldest wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue in :attr:`Stats.queues`, counted from the database (every worker's share)."""
+
+    name: str
+    running: int
+    """Workflows of the queue holding a lease now."""
+    waiting: int
+    """Due and waiting for a slot or a worker (the queue's depth)."""
+    scheduled: int
+    """Started with a later due time (a delay, a retry's backoff, a sleep), not due yet."""
+    slots_held: int
+    """Concurrency slots held now (equal to ``running`` but for an instant; 0 for a queue without a limit)."""
+    concurrency: int | None
+    rate_limit: tuple[int, float] | None
+    """``(count, period in seconds)``, as declared."""
+    rate_limited_until: datetime | None
+    """While the queue's rate window is full: when it admits the next workflow; else ``None``."""
+    oldest_wait: float | None
+    """Seconds the longest-waiting due workflow has waited; ``None`` if none waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A cron schedule as stored: what ``Bluestreak.get_schedule`` and ``list_schedules`` return."""
+
+    name: str
+    handler: str
+    cron: str
+    timezone: str
+    input: Any
+    overlap: str
+    catch_up: timedelta
+    jitter: timedelta | None
+    queue: str | None
+    paused: bool
+    next_runs: tuple[datetime, ...]
+    """The next ticks to run (UTC), empty while paused."""
+    last_tick: datetime | None
+    """The latest tick that started a workflow."""
+    buffered: datetime | None
+    """A tick kept to start when the running one ends (``overlap="buffer_one"``)."""
+    fired: int
+    """Ticks that started a workflow."""
+    skipped: int
+    """Ticks skipped: missed by more than ``catch_up``, or overlapping a run that had not ended."""

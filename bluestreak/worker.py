@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -47,6 +47,9 @@ from .metrics import Metrics
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
 from .store import Doc, Lease, Store
+
+if TYPE_CHECKING:
+    from .schedules import Schedules
 
 log = logging.getLogger("bluestreak.worker")
 
@@ -64,6 +67,7 @@ class Worker:
         stubs: Mapping[str, Mapping[str, Callable[..., Any]]] | None = None,
         queues: Mapping[str, Queue] | None = None,
         listen: Sequence[str] | None = None,
+        schedules: Schedules | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self._stubs = stubs if stubs is not None else {}
@@ -85,6 +89,7 @@ class Worker:
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}
         self.finished = asyncio.Event()
+        self.schedules = schedules
         """Set when ``run()`` has returned (after its graceful shutdown)."""
 
     # -- control from the engine -----------------------------------------------------
@@ -131,6 +136,12 @@ class Worker:
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
             asyncio.create_task(self._watch_loop(), name="bluestreak-watch"),
         ]
+        if self.schedules is not None:
+            helpers.append(
+                asyncio.create_task(
+                    self.schedules.run(self.handlers, self._should_stop, self._wake.set), name="bluestreak-schedules"
+                )
+            )
         failures = 0
         try:
             while not self._should_stop():
@@ -299,6 +310,8 @@ class Worker:
             self._wake.set()  # a place of this worker's share of its queue opened
         if len(self._running) == self.settings.max_concurrency - 1:
             self._wake.set()  # a slot opened on a full worker: claim again now
+        if execution is not None and execution.doc.get("schedule") is not None and self.schedules is not None:
+            self.schedules.changed.set()  # a run of a schedule ended: a buffered tick may start now
 
     async def _free(self, slots: list[str], token: str, queue: str | None) -> None:
         try:

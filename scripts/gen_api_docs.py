@@ -20,6 +20,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 SECTIONS: list[tuple[str, Any, list[str]]] = [
     ("The engine", bluestreak, ["Bluestreak", "WorkflowHandle", "StartResult"]),
     ("Inside a workflow", bluestreak, ["WorkflowContext", "RetryPolicy", "Workflow"]),
+    ("Queues and schedules", bluestreak, ["Queue", "RateLimit", "Schedule"]),
     (
         "Records",
         bluestreak,
@@ -32,6 +33,8 @@ SECTIONS: list[tuple[str, Any, list[str]]] = [
             "EventRecord",
             "ErrorInfo",
             "Stats",
+            "QueueStats",
+            "ScheduleRecord",
             "Status",
             "Metrics",
         ],

@@ -97,7 +97,7 @@ class Collections:
 
     def __init__(self, database: Any, collection_prefix: str = "", write_concern: str | int = "majority") -> None:
         self.database = database
-        names = {n: f"{collection_prefix}{n}" for n in ("workflows", "steps", "naps", "events", "queues")}
+        names = {n: f"{collection_prefix}{n}" for n in ("workflows", "steps", "naps", "events", "queues", "schedules")}
         if hasattr(database, "get_collection"):  # PyMongo: the engine decides durability, not the caller's defaults
             wc = WriteConcern(w=write_concern)
             get = database.get_collection
@@ -106,6 +106,7 @@ class Collections:
             self.naps = get(names["naps"], write_concern=wc)
             self.events = get(names["events"], write_concern=wc)
             self.queues = get(names["queues"], write_concern=wc)
+            self.schedules = get(names["schedules"], write_concern=wc)
             majority = ReadConcern("majority")
             self.steps_committed = get(names["steps"], write_concern=wc, read_concern=majority)
             self.naps_committed = get(names["naps"], write_concern=wc, read_concern=majority)
@@ -115,6 +116,7 @@ class Collections:
             self.naps = database[names["naps"]]
             self.events = database[names["events"]]
             self.queues = database[names["queues"]]
+            self.schedules = database[names["schedules"]]
             self.steps_committed = self.steps
             self.naps_committed = self.naps
 

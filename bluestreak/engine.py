@@ -740,8 +740,9 @@ class Bluestreak:
         )
 
     async def stats(self) -> Stats:
-        """Counts by handler and status, and how long the oldest due workflow has waited for a worker."""
-        return await self._inspector.stats()
+        """Counts by handler and status, how long the oldest due workflow has waited for a worker, and per
+        declared queue its depth, running, slots held, rate limiting and oldest wait (:class:`QueueStats`)."""
+        return await self._inspector.stats(self._queues)
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """The recorded steps of the workflow's current run, in order."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import restore
 from .errors import InvalidArgument, WorkflowNotFound
@@ -18,12 +18,16 @@ from .records import (
     ErrorInfo,
     EventRecord,
     NapRecord,
+    QueueStats,
     Stats,
     Status,
     StepRecord,
     WorkflowRecord,
 )
-from .store import Doc, Store
+from .store import Doc, Store, rate_id
+
+if TYPE_CHECKING:
+    from .queues import Queue
 
 MAX_PAGE = 10_000
 
@@ -108,7 +112,7 @@ class Inspector:
         more = len(docs) > limit
         return WorkflowPage(items, _encode_cursor(docs[limit - 1]) if more else None)
 
-    async def stats(self) -> Stats:
+    async def stats(self, queues: Mapping[str, Queue] | None = None) -> Stats:
         """See :meth:`Bluestreak.stats`."""
         counts: dict[str, dict[str, int]] = {}
         by_status: dict[str, int] = {}
@@ -118,7 +122,42 @@ class Inspector:
             by_status[status] = by_status.get(status, 0) + row["count"]
         now = self._now()
         oldest = await self.store.oldest_due(now)
-        return Stats(counts, by_status, None if oldest is None else (now - oldest).total_seconds())
+        per_queue = await self._queue_stats(queues or {}, now)
+        return Stats(counts, by_status, None if oldest is None else (now - oldest).total_seconds(), per_queue)
+
+    async def _queue_stats(self, queues: Mapping[str, Queue], now: datetime) -> dict[str, QueueStats]:
+        """Per queue declared here or holding workflows that have not ended: two reads, plus one per rate limit.
+
+        The limits are those declared on this engine (a queue only seen in the database shows none)."""
+        rows = {row["_id"]: row for row in await self.store.queue_counts(now)}
+        names = sorted(set(queues) | set(rows))
+        if not names:
+            return {}
+        held = await self.store.held_slot_counts(names, now)
+        out: dict[str, QueueStats] = {}
+        for name in names:
+            queue, row = queues.get(name), rows.get(name, {})
+            limited_until = None
+            rate = None if queue is None else queue.rate_limit
+            if rate is not None:
+                window = await self.store.rate_window(rate_id(name))
+                if len(window) >= rate.limit and window[-rate.limit] + rate.period > now:
+                    limited_until = window[-rate.limit] + rate.period
+            oldest: datetime | None = row.get("oldest")
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            out[name] = QueueStats(
+                name=name,
+                running=int(row.get("running", 0)),
+                waiting=int(row.get("due", 0)),
+                scheduled=int(row.get("later", 0)),
+                slots_held=held.get(name, 0),
+                concurrency=None if queue is None else queue.concurrency,
+                rate_limit=None if rate is None else (rate.limit, rate.period.total_seconds()),
+                rate_limited_until=limited_until,
+                oldest_wait=None if oldest is None else max(0.0, (now - oldest).total_seconds()),
+            )
+        return out
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """See :meth:`Bluestreak.list_steps`."""

@@ -29,6 +29,10 @@ class Metrics:
     """Failed step attempts that a retry policy retried."""
     lease_lost: int = 0
     events_sent: int = 0
+    queue_rate_limited: int = 0
+    """Claims that found a queue's (or partition's) rate-limit window full: the worker waits for it, not polls."""
+    queue_slots_full: int = 0
+    """Claims that found every concurrency slot of a queue (or partition) held."""
     claim_rounds: int = 0
     """Claim round trips (a round may claim several workflows)."""
     claim_seconds: float = 0.0

@@ -72,6 +72,29 @@ class BluestreakCollector(Collector):
                 "How long the oldest due workflow has waited for a worker (0 if none).",
                 value=stats.oldest_due_age or 0.0,
             )
+            if stats.queues:
+                families = {
+                    "running": GaugeMetricFamily(
+                        "bluestreak_queue_running", "Workflows of the queue holding a lease.", labels=["queue"]
+                    ),
+                    "waiting": GaugeMetricFamily(
+                        "bluestreak_queue_waiting", "Due workflows of the queue waiting (its depth).", labels=["queue"]
+                    ),
+                    "oldest": GaugeMetricFamily(
+                        "bluestreak_queue_oldest_wait_seconds",
+                        "How long the queue's longest-waiting due workflow has waited (0 if none).",
+                        labels=["queue"],
+                    ),
+                    "limited": GaugeMetricFamily(
+                        "bluestreak_queue_rate_limited", "1 while the queue's rate window is full.", labels=["queue"]
+                    ),
+                }
+                for name, q in sorted(stats.queues.items()):
+                    families["running"].add_metric([name], q.running)
+                    families["waiting"].add_metric([name], q.waiting)
+                    families["oldest"].add_metric([name], q.oldest_wait or 0.0)
+                    families["limited"].add_metric([name], 1.0 if q.rate_limited_until is not None else 0.0)
+                yield from families.values()
 
 
 @dataclass

@@ -7,12 +7,14 @@ concurrency=20, ...)``) and workflows are started into it
 A queue with limits is claimed by :class:`Admission`, one workflow at a
 time, in this order, each step undone if a later one fails:
 
-1. on a workflow's first claim only, one admission in each rate-limit window
-   (queue, then partition) — a rate-limited workflow never holds a slot, and
-   the worker stays away from the queue until the window frees, without
-   asking the database again;
-2. a slot of its partition, then a slot of the queue, each with the lease
-   expiry the workflow will get;
+1. a slot of its partition, then a slot of the queue, each with the lease
+   expiry the workflow will get — with every slot held, nothing else is
+   touched, and the worker looks again when a slot of its own frees or after
+   ``poll_interval``;
+2. on a workflow's first claim only, one admission in each rate-limit window
+   (queue, then partition). A full window gives the slots back at once — a
+   rate-limited workflow never holds a slot — and the worker stays away from
+   the queue until the window frees, without asking the database again;
 3. the workflow itself, by id, fenced as every claim is.
 
 The worker renews an execution's slots before its lease and frees them
@@ -38,6 +40,7 @@ from .clock import Clock
 from .durations import parse_duration
 from .errors import InvalidArgument
 from .handlers import check_id
+from .metrics import Metrics
 from .store import Doc, Store, rate_id
 
 DEFAULT_QUEUE = "default"
@@ -192,17 +195,22 @@ class _QueueState:
 class Admission:
     """Claims workflows of queues with limits for one worker (see the module docstring)."""
 
-    def __init__(self, store: Store, clock: Clock, lease: timedelta, worker_id: str, poll_interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        lease: timedelta,
+        worker_id: str,
+        poll_interval: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.clock = clock
         self.lease = lease
         self.worker_id = worker_id
         self.poll_interval = poll_interval
         self._state: dict[str, _QueueState] = {}
-        self.rate_limited = 0
-        """How often a claim found a rate-limit window full (for metrics)."""
-        self.slots_full = 0
-        """How often a claim found every slot of a queue or partition held."""
 
     def state(self, queue: str) -> _QueueState:
         """This worker's memory of one queue."""
@@ -256,22 +264,6 @@ class Admission:
         rates: list[str] = []
         slots: list[str] = []
         try:
-            if not admitted:
-                for key, rate in ((rate_id(queue.name), queue.rate_limit), (None, queue.partition_rate_limit)):
-                    if rate is None or (key is None and partition is None):
-                        continue
-                    key = key or rate_id(queue.name, partition)
-                    free_at = await self.store.take_rate(key, rate.limit, rate.period, token=token, now=now)
-                    if free_at is not None:
-                        self.rate_limited += 1
-                        wait = max(0.001, (free_at - now).total_seconds())
-                        if key == rate_id(queue.name):
-                            state.blocked_until = time.monotonic() + wait
-                            state.rate_limited_until = free_at
-                            return "queue blocked"
-                        state.full_partitions[str(partition)] = time.monotonic() + wait
-                        return None
-                    rates.append(key)
             wanted: list[tuple[str | None, int]] = []
             if queue.partition_concurrency is not None and partition is not None:
                 wanted.append((str(partition), queue.partition_concurrency))
@@ -290,13 +282,31 @@ class Admission:
                 )
                 state.known_slots.add((part, capacity))
                 if sid is None:
-                    self.slots_full += 1
+                    self.metrics.queue_slots_full += 1
+                    await self._undo(slots, rates, token)  # a partition slot taken before is given back
                     if part is None:
                         state.blocked_until = time.monotonic() + self.poll_interval
                         return "queue blocked"
                     state.full_partitions[part] = time.monotonic() + self.poll_interval
                     return None
                 slots.append(sid)
+            if not admitted:
+                for key, rate in ((rate_id(queue.name), queue.rate_limit), (None, queue.partition_rate_limit)):
+                    if rate is None or (key is None and partition is None):
+                        continue
+                    key = key or rate_id(queue.name, partition)
+                    free_at = await self.store.take_rate(key, rate.limit, rate.period, token=token, now=now)
+                    if free_at is not None:
+                        self.metrics.queue_rate_limited += 1
+                        await self._undo(slots, rates, token)  # hold nothing while the window is full
+                        wait = max(0.001, (free_at - now).total_seconds())
+                        if key == rate_id(queue.name):
+                            state.blocked_until = time.monotonic() + wait
+                            state.rate_limited_until = free_at
+                            return "queue blocked"
+                        state.full_partitions[str(partition)] = time.monotonic() + wait
+                        return None
+                    rates.append(key)
             # With admissions taken, the claim requires the workflow still unadmitted (one admission, one
             # claim); without, in a rate-limited queue, that it was admitted before (a restart readmits).
             rated = queue.rate_limit is not None or queue.partition_rate_limit is not None

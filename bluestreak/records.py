@@ -154,7 +154,8 @@ class Stats:
     oldest_due_age: float | None
     """Seconds since the oldest due, not yet running workflow became due; ``None`` if none is waiting."""
     queues: dict[str, QueueStats] = field(default_factory=dict)
-    """Per declared queue (of the engine asking): depth, running, rate limiting, oldest wait."""
+    """Per queue (declared on the engine asking, or holding workflows not ended): depth, running, rate
+    limiting, oldest wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +172,9 @@ class QueueStats:
     slots_held: int
     """Concurrency slots held now (equal to ``running`` but for an instant; 0 for a queue without a limit)."""
     concurrency: int | None
+    """As declared on the engine asking (``None``: no limit, or not declared there)."""
     rate_limit: tuple[int, float] | None
-    """``(count, period in seconds)``, as declared."""
+    """``(count, period in seconds)``, as declared on the engine asking."""
     rate_limited_until: datetime | None
     """While the queue's rate window is full: when it admits the next workflow; else ``None``."""
     oldest_wait: float | None

@@ -84,7 +84,9 @@ class Worker:
         self.queues = dict(queues or {})
         self.listen = _listened(self.queues, listen)
         """The queues this worker claims from (``None``: workflows started into no queue)."""
-        self.admission = Admission(store, self.clock, self._lease, settings.worker_id, settings.poll_interval)
+        self.admission = Admission(
+            store, self.clock, self._lease, settings.worker_id, settings.poll_interval, self.metrics
+        )
         self._slots: dict[Lease, list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}

@@ -469,3 +469,55 @@ def test_worker_rejects_a_bad_app(tmp_path: Path, capsys: Capture, monkeypatch: 
     assert "no attribute" in capsys.readouterr().err
     assert main(["worker", "--app", "not_an_engine:empty"]) == 2
     assert "no registered handlers" in capsys.readouterr().err
+
+
+# -- queues and schedules --------------------------------------------------------------
+
+
+async def test_queues_in_stats_and_list_filters(engine: Bluestreak, cli: Cli) -> None:
+    engine.queue("emails", concurrency=2)
+    for i in range(3):
+        await engine.start(f"mail-{i}", "alpha", queue="emails", partition="t1")
+    await engine.start("plain", "alpha")
+    doc = await cli.json("stats")
+    emails = doc["queues"]["emails"]
+    assert (emails["running"], emails["waiting"], emails["concurrency"]) == (0, 3, None)  # limits: declared in code
+    code, out, _ = await cli("stats")
+    assert code == 0
+    row = next(line.split() for line in out.splitlines() if line.startswith("emails"))
+    assert row[:4] == ["emails", "0", "3", "0"]
+    listed = await cli.json("list", "--queue", "emails")
+    assert sorted(w["id"] for w in listed["workflows"]) == ["mail-0", "mail-1", "mail-2"]
+    assert (await cli.json("list", "--queue", "default"))["workflows"][0]["id"] == "plain"
+    code, out, _ = await cli("show", "mail-0")
+    assert "queue     emails    partition t1" in out
+
+
+async def test_schedules_list_and_control(engine: Bluestreak, cli: Cli) -> None:
+    engine.schedule("nightly", "alpha", cron="0 3 * * *", timezone="Europe/Paris", input={"k": 1})
+    await engine.init()  # stores it
+    code, out, _ = await cli("schedules")
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["NAME", "HANDLER", "CRON"]
+    assert row.split()[:2] == ["nightly", "alpha"] and "Europe/Paris" in row and "active" in row
+    doc = await cli.json("schedules")
+    (schedule,) = doc["schedules"]
+    assert schedule["cron"] == "0 3 * * *" and len(schedule["next_runs"]) == 3
+    assert (await cli("schedule", "pause", "nightly"))[0] == 0
+    assert (await engine.get_schedule("nightly")).paused
+    assert (await cli("schedule", "resume", "nightly"))[0] == 0
+    assert not (await engine.get_schedule("nightly")).paused
+    started = await cli.json("schedule", "trigger", "nightly")
+    assert started["workflow_id"].startswith("nightly@")
+    assert (await engine.get_workflow(started["workflow_id"])).input == {"k": 1}
+    filled = await cli.json("schedule", "backfill", "nightly", "--start", "3d")
+    assert len(filled["created"]) in (2, 3)  # the 03:00 Paris ticks of the last three days
+    again = await cli.json("schedule", "backfill", "nightly", "--start", "3d")
+    assert again["created"] == []
+    code, _, err = await cli("schedule", "backfill", "nightly")
+    assert code == 2 and "needs --start" in err
+    code, _, err = await cli("schedule", "pause", "nope")
+    assert code == 3 and "schedule 'nope' does not exist" in err
+    assert (await cli("schedule", "delete", "nightly"))[0] == 0
+    assert (await cli.json("schedules"))["schedules"] == []

@@ -545,3 +545,50 @@ async def test_another_engine_opens_a_database_that_holds_queued_workflows(make_
     with pytest.raises(DuplicateWorkflow):
         await second.start("d-2", "job", {}, queue="q", deduplication_id="same")
     assert len(await second.list_workflows(queue="q")) == 4
+
+
+async def test_stats_show_each_queue_as_the_database_holds_it(make_engine: EngineFactory) -> None:
+    engines = await _workers(
+        make_engine, 2, lambda e: e.queue("q", concurrency=2, rate_limit=(3, "1 minute")), max_concurrency=5
+    )
+    engines[0].queue("idle")
+    await engines[0].start_many(
+        [{"workflow_id": f"j{i}", "handler_id": "job", "input": {"queue": "q", "d": 30}, "queue": "q"} for i in range(5)]
+    )
+    await engines[0].start("later", "job", {"queue": "q"}, queue="q", delay="1 hour")
+    async with polling(*engines):
+
+        async def three_admitted() -> bool:
+            stats = await engines[0].stats()
+            return stats.queues["q"].running == 2
+
+        await eventually(three_admitted)
+        await asyncio.sleep(0.3)  # the rest wait for a slot, or for the rate window
+        stats = await engines[0].stats()
+        q = stats.queues["q"]
+        assert (q.running, q.slots_held, q.waiting, q.scheduled) == (2, 2, 3, 1)
+        assert (q.concurrency, q.rate_limit) == (2, (3, 60.0))
+        assert q.oldest_wait is not None and q.oldest_wait > 0.2
+        assert q.rate_limited_until is None  # two of three admissions used
+        idle = stats.queues["idle"]
+        assert (idle.running, idle.waiting, idle.slots_held, idle.oldest_wait) == (0, 0, 0, None)
+        await engines[0].terminate("j0")  # a third admission, and then the window is full
+
+        async def rate_limited() -> bool:
+            q = (await engines[0].stats()).queues["q"]
+            return q.rate_limited_until is not None and q.running == 2
+
+        await eventually(rate_limited)
+        q = (await engines[0].stats()).queues["q"]
+        assert (q.running, q.waiting) == (2, 2)
+        assert q.rate_limited_until is not None
+        assert timedelta(seconds=55) < q.rate_limited_until - datetime.now(UTC) <= timedelta(seconds=60)
+        assert sum(e.metrics.queue_slots_full for e in engines) > 0
+        await asyncio.sleep(0.3)  # a slot frees when j0's lease is released: the next claim meets the window
+        await engines[0].terminate("j1")
+
+        async def met_the_window() -> bool:
+            return sum(e.metrics.queue_rate_limited for e in engines) > 0
+
+        await eventually(met_the_window)
+        assert (await engines[0].stats()).queues["q"].running == 1  # j1's slot stays free: the window is full

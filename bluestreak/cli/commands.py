@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ..config import redact_url
@@ -49,6 +50,8 @@ async def _list(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
         created_before=args.until,
         limit=args.limit + 1,
         skip=skip,
+        queue=args.queue,
+        schedule=args.schedule,
     )
     more = len(found) > args.limit
     workflows = found[: args.limit]
@@ -108,6 +111,11 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     out.line(f"status    {w.status.value}")
     out.line(f"handler   {w.handler}")
     out.line(f"attempt   {w.attempt}    failures {w.failures}    run {w.run}    priority {w.priority}")
+    if w.queue is not None:
+        out.line(f"queue     {w.queue}" + (f"    partition {w.partition}" if w.partition is not None else ""))
+    if w.schedule is not None:
+        tick = format_time(w.scheduled_at, millis=False) if w.scheduled_at else "?"
+        out.line(f"schedule  {w.schedule}    tick {tick}")
     out.line(f"created   {format_time(w.created_at, millis=True)}")
     out.line(f"updated   {format_time(w.updated_at, millis=True)}")
     if w.finished_at is not None:
@@ -223,6 +231,7 @@ async def _stats(engine: Bluestreak, args: argparse.Namespace, out: Output) -> i
                 "by_status": stats.by_status,
                 "by_handler": stats.counts,
                 "oldest_due_age_seconds": stats.oldest_due_age,
+                "queues": stats.queues,
             }
         )
         return EXIT_OK
@@ -239,6 +248,77 @@ async def _stats(engine: Bluestreak, args: argparse.Namespace, out: Output) -> i
         out.line("oldest runnable: none waiting")
     else:
         out.line(f"oldest runnable: due {format_duration(stats.oldest_due_age)} ago")
+    if stats.queues:
+        out.line()
+        rows = [
+            [
+                q.name,
+                str(q.running),
+                str(q.waiting),
+                str(q.scheduled),
+                "-" if q.oldest_wait is None else format_duration(q.oldest_wait),
+                "yes, until " + format_time(q.rate_limited_until) if q.rate_limited_until else "no",
+            ]
+            for q in stats.queues.values()
+        ]
+        for text in table(rows, ["QUEUE", "RUNNING", "WAITING", "LATER", "OLDEST WAIT", "RATE-LIMITED"]):
+            out.line(text)
+    return EXIT_OK
+
+
+async def _schedules(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
+    schedules = await engine.list_schedules()
+    if out.json:
+        out.document({"schedules": schedules})
+        return EXIT_OK
+    if not schedules:
+        out.line("no schedules (they are stored when a worker that declares them starts)")
+        return EXIT_OK
+    rows = [
+        [
+            s.name,
+            s.handler,
+            s.cron,
+            s.timezone,
+            "paused" if s.paused else "active",
+            ", ".join(format_time(t) for t in s.next_runs[:2]) or "-",
+            format_time(s.last_tick) if s.last_tick else "-",
+            str(s.fired),
+            str(s.skipped),
+        ]
+        for s in schedules
+    ]
+    headers = ["NAME", "HANDLER", "CRON", "TIME ZONE", "STATE", "NEXT RUNS (UTC)", "LAST TICK", "FIRED", "SKIPPED"]
+    for text in table(rows, headers):
+        out.line(text)
+    return EXIT_OK
+
+
+async def _schedule(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
+    name, action = args.name, args.action
+    detail: dict[str, Any] = {}
+    if action == "pause":
+        await engine.pause_schedule(name)
+        message = f"paused schedule {name}"
+    elif action == "resume":
+        await engine.resume_schedule(name)
+        message = f"resumed schedule {name}"
+    elif action == "trigger":
+        handle = await engine.trigger_schedule(name)
+        detail["workflow_id"] = handle.workflow_id
+        message = f"started {handle.workflow_id}"
+    elif action == "delete":
+        await engine.delete_schedule(name)
+        message = f"deleted schedule {name} (its workflows stay)"
+    else:
+        end = args.end or datetime.now(UTC)
+        created = await engine.backfill_schedule(name, args.start, end)
+        detail["created"] = created
+        message = f"backfill of {name}: started {len(created)} workflow(s)" + "".join(f"\n  {i}" for i in created)
+    if out.json:
+        out.document({"schedule": name, "action": action, **detail})
+    else:
+        out.line(message)
     return EXIT_OK
 
 
@@ -252,4 +332,6 @@ COMMANDS: dict[str, Callable[[Bluestreak, argparse.Namespace, Output], Awaitable
     "retry": _control,
     "send-event": _send_event,
     "stats": _stats,
+    "schedules": _schedules,
+    "schedule": _schedule,
 }

@@ -13,7 +13,7 @@ import sys
 
 from pymongo.errors import ConfigurationError, ConnectionFailure, InvalidURI, PyMongoError
 
-from ..errors import InvalidArgument, InvalidTransition, WorkflowNotFound, WorkflowUsageError
+from ..errors import InvalidArgument, InvalidTransition, ScheduleNotFound, WorkflowNotFound, WorkflowUsageError
 from .commands import run
 from .dashboard import run_ui
 from .errors import (
@@ -73,7 +73,7 @@ def _main(argv: list[str] | None) -> int:
     except (InvalidArgument, InvalidURI, WorkflowUsageError) as exc:
         fail(str(exc))
         return EXIT_USAGE
-    except WorkflowNotFound as exc:
+    except (WorkflowNotFound, ScheduleNotFound) as exc:
         fail(str(exc))
         return EXIT_NOT_FOUND
     except InvalidTransition as exc:

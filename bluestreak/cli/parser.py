@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="list workflows, newest first")
     p.add_argument("--status", choices=[s.value for s in Status], help="only workflows in this status")
     p.add_argument("--handler", type=_text, metavar="HANDLER_ID", help="only workflows of this handler")
+    p.add_argument("--queue", type=_text, metavar="NAME", help="only workflows of this queue ('default': none)")
+    p.add_argument("--schedule", type=_text, metavar="NAME", help="only workflows started by this cron schedule")
     p.add_argument(
         "--since", type=parse_when, metavar="WHEN", help="created at or after WHEN (ISO 8601, or a duration ago: 1h)"
     )
@@ -205,7 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("event_type", type=_text, metavar="TYPE")
     p.add_argument("--payload", type=_json_object, default=None, metavar="JSON", help="the event payload, as JSON")
 
-    sub.add_parser("stats", parents=[common], help="counts by status and handler, and the oldest runnable age")
+    sub.add_parser(
+        "stats", parents=[common], help="counts by status and handler, the oldest runnable age, and each queue"
+    )
+
+    sub.add_parser("schedules", parents=[common], help="cron schedules with their next runs")
+    p = sub.add_parser("schedule", parents=[common], help="control a cron schedule: pause, resume, trigger, ...")
+    p.add_argument("action", choices=["pause", "resume", "trigger", "delete", "backfill"], help="what to do")
+    p.add_argument("name", type=_text, metavar="NAME", help="the schedule's name")
+    p.add_argument("--start", type=parse_when, metavar="WHEN", help="backfill: the first tick (ISO 8601, or 1h...)")
+    p.add_argument("--end", type=parse_when, metavar="WHEN", help="backfill: before this (default: now)")
 
     p = sub.add_parser(
         "worker",
@@ -246,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Checks across arguments, made before anything connects."""
+    if args.command == "schedule":
+        if args.action == "backfill" and args.start is None:
+            raise CliError("schedule backfill needs --start WHEN (and optionally --end WHEN)", EXIT_USAGE)
+        if args.action != "backfill" and (args.start is not None or args.end is not None):
+            raise CliError("--start and --end apply to 'schedule backfill' only", EXIT_USAGE)
     if args.command == "list" and (args.page - 1) * args.limit + args.limit + 1 > MAX_SKIP:
         raise CliError(
             f"--page {args.page} with --limit {args.limit} lies beyond what MongoDB can skip (2**63 workflows)",

@@ -143,6 +143,16 @@ class QueueQueries(Collections):
             {"$set": {"token": None, "holder": None, "until": EPOCH}},
         )
 
+    async def held_slot_counts(self, queues: Sequence[str], now: datetime) -> dict[str, int]:
+        """Per queue: how many of its own slots (not its partitions') are held now."""
+        docs = await self.queues.find(
+            {"kind": "slot", "queue": {"$in": list(queues)}, "partition": None, "until": {"$gt": now}}, {"queue": 1}
+        ).to_list(None)
+        counts: dict[str, int] = {}
+        for d in docs:
+            counts[d["queue"]] = counts.get(d["queue"], 0) + 1
+        return counts
+
     async def held_slots(self, queue: str) -> list[Doc]:
         """The slots of a queue (and its partitions) held now or expired but not yet freed."""
         docs: list[Doc] = await self.queues.find(
@@ -241,10 +251,11 @@ class QueueQueries(Collections):
         )
         return doc
 
-    async def queue_counts(self, queues: Sequence[str], now: datetime) -> list[Doc]:
-        """Per queue: how many are due and waiting, running, and the oldest due time of those waiting."""
+    async def queue_counts(self, now: datetime) -> list[Doc]:
+        """Per queue that holds workflows not ended: how many are running, due and waiting, due later, and the
+        oldest due time of those waiting (one aggregation over the claim index)."""
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"queue": {"$in": list(queues)}, "due_at": {"$exists": True}}},
+            {"$match": {"queue": {"$type": "string"}, "due_at": {"$exists": True}}},
             {
                 "$group": {
                     "_id": "$queue",
@@ -258,7 +269,11 @@ class QueueQueries(Collections):
                             ]
                         }
                     },
-                    "later": {"$sum": {"$cond": [{"$gt": ["$due_at", now]}, 1, 0]}},
+                    "later": {
+                        "$sum": {
+                            "$cond": [{"$and": [{"$ne": ["$status", "running"]}, {"$gt": ["$due_at", now]}]}, 1, 0]
+                        }
+                    },
                     "oldest": {
                         "$min": {
                             "$cond": [

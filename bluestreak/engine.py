@@ -529,6 +529,9 @@ class Bluestreak:
             priority=priority,
             queues=self._queues,
         )
+        spec = self._handlers.get(declared.handler)
+        if spec is not None and spec.input_adapter is not None:  # refuse now what the handler would refuse each tick
+            spec.validate_input(declared.input, f"{declared.name}@<tick>")
         return self._schedules.declare(declared)
 
     async def list_schedules(self) -> list[ScheduleRecord]:

@@ -324,7 +324,12 @@ class Schedules:
         now = self.clock.now()
         for doc in docs:
             if doc["next_tick"] <= now or doc.get("buffered") is not None:
-                await self._fire(doc)
+                try:
+                    await self._fire(doc)
+                except PyMongoError:
+                    raise
+                except Exception:  # this schedule's fault (say, input today's handler refuses): not the others'
+                    log.exception("schedule %r: could not start its tick; trying again at the next pass", doc["_id"])
         if not docs:
             return None
         earliest: datetime = min(d["next_tick"] for d in docs)
@@ -391,10 +396,11 @@ class Schedules:
     async def _insert(
         self, doc: Doc, workflow_id: str, tick: datetime, *, due: datetime, created_only: bool = False
     ) -> Any:
+        payload = readable(doc.get("input"), doc.get("input_type"))
         new = self._starter.new_doc(
-            workflow_id, doc["handler"], None, priority=doc.get("priority", 0), queue=doc.get("queue")
+            workflow_id, doc["handler"], payload, priority=doc.get("priority", 0), queue=doc.get("queue")
         )
-        new.update(input=doc.get("input"), input_type=doc.get("input_type"), due_at=due)
+        new["due_at"] = due
         new["schedule"] = doc["_id"]
         new["scheduled_at"] = tick
         started = await self._starter.insert(new)
@@ -417,10 +423,13 @@ class Schedules:
             try:
                 wake_at = await self.fire_due(handlers)
                 failures = 0
-            except PyMongoError as exc:
+            except Exception as exc:  # a database outage, or a schedule this code cannot handle: never stop firing
                 failures += 1
                 pause = backoff_delay(timedelta(seconds=0.5), failures, cap=timedelta(seconds=30)).total_seconds()
-                log.warning("firing schedules failed (%s); retrying in %.1fs", type(exc).__name__, pause)
+                if isinstance(exc, PyMongoError):
+                    log.warning("firing schedules failed (%s); retrying in %.1fs", type(exc).__name__, pause)
+                else:
+                    log.exception("firing schedules failed; retrying in %.1fs", pause)
                 await asyncio.sleep(pause)
                 continue
             if self.started != before:

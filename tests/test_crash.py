@@ -90,6 +90,8 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: list[tuple[str, int]] = []  # (worker id, pid)
         self._count = 0
+        self.module = "tests.crash_worker"
+        """The worker program (``tests/flow_worker.py`` takes the same arguments)."""
 
     # -- processes ------------------------------------------------------------------
 
@@ -102,7 +104,7 @@ class Cluster:
         args = [
             sys.executable,
             "-m",
-            "tests.crash_worker",
+            self.module,
             "--url",
             self.url,
             "--db",
@@ -196,12 +198,21 @@ class Cluster:
 
     # -- the database ---------------------------------------------------------------
 
-    def start(self, specs: Sequence[tuple[str, str, Any]]) -> None:
-        """Start workflows through the public API, from a client engine (no handlers)."""
+    def start(
+        self, specs: Sequence[tuple[str, str, Any]], queue: str | None = None, partition: str | None = None
+    ) -> None:
+        """Start workflows through the public API, from a client engine (no handlers), into ``queue`` if given."""
 
         async def go() -> None:
             async with Bluestreak(self.url, self.db_name) as client:
-                result = await client.start_many(specs)
+                items: list[Any] = list(specs)
+                if queue is not None:
+                    client.queue(queue)  # a client needs the name only; the limits live in the workers' code
+                    items = [
+                        {"workflow_id": w, "handler_id": h, "input": i, "queue": queue, "partition": partition}
+                        for w, h, i in specs
+                    ]
+                result = await client.start_many(items)
                 assert not result.existing
 
         asyncio.run(go())

@@ -553,7 +553,10 @@ async def test_stats_show_each_queue_as_the_database_holds_it(make_engine: Engin
     )
     engines[0].queue("idle")
     await engines[0].start_many(
-        [{"workflow_id": f"j{i}", "handler_id": "job", "input": {"queue": "q", "d": 30}, "queue": "q"} for i in range(5)]
+        [
+            {"workflow_id": f"j{i}", "handler_id": "job", "input": {"queue": "q", "d": 30}, "queue": "q"}
+            for i in range(5)
+        ]
     )
     await engines[0].start("later", "job", {"queue": "q"}, queue="q", delay="1 hour")
     async with polling(*engines):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from bluestreak import Bluestreak, InvalidArgument, ScheduleNotFound, UnencodableValue, WorkflowContext
 from bluestreak.schedules import tick_id, ticks
@@ -25,6 +26,10 @@ from bluestreak.testing import ManualClock
 from .conftest import EngineFactory, eventually
 
 T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Report(BaseModel):
+    region: str
 
 
 @contextlib.asynccontextmanager
@@ -260,3 +265,22 @@ async def test_pause_resume_trigger_backfill_delete(make_engine: EngineFactory) 
     with pytest.raises(ScheduleNotFound):
         await engine.get_schedule("hourly")
     assert len(await engine.list_workflows(schedule="hourly")) == 1 + 1 + 4  # its workflows stay
+
+
+async def test_a_typed_handler_gets_its_model_and_bad_input_is_refused_at_declaration(
+    make_engine: EngineFactory,
+) -> None:
+    runs: list[Any] = []
+    engine = await make_engine()
+
+    @engine.handler("typed")
+    async def typed(ctx: WorkflowContext, input: Report) -> str:
+        runs.append(input)
+        return input.region
+
+    with pytest.raises(InvalidArgument, match="does not fit handler 'typed'"):
+        engine.schedule("bad", typed, cron="* * * * * *", input={"wrong": 1})
+    engine.schedule("good", typed, cron="* * * * * *", input={"region": "eu"}, overlap="allow")
+    async with polling(engine):
+        await eventually(_count(runs, 1))
+    assert runs[0] == Report(region="eu")

@@ -26,6 +26,8 @@ EXPECTED: dict[str, str] = {
     "typed_workflows.py": "typed workflows: OK",
     "scheduling.py": "scheduling: OK",
     "dashboard.py": "dashboard: OK",
+    "queues.py": "queues: OK",
+    "cron_schedules.py": "cron schedules: OK",
 }
 
 

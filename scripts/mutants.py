@@ -271,6 +271,42 @@ MUTANTS = [
         '                        {"updateDescription.updatedFields.due_at": {"$exists": True}},',
         (R + "test_22_lease_renewals_do_not_wake_idle_workers_through_the_change_stream",),
     ),
+    Mutant(
+        "q01",
+        "queue slots freed when an execution ends, even if its lease was not released",
+        "bluestreak/worker.py",
+        "            if execution.lease_released:  # free its slots now; else they expire with its lease\n",
+        "            if True:\n",
+        ("tests/test_queues.py::test_a_slot_stays_held_while_the_lease_it_covers_could_not_be_released",),
+    ),
+    Mutant(
+        "q02",
+        "a lease renewed although its queue slot was not",
+        "bluestreak/worker.py",
+        "                if kept is not None and all((sid, key[1]) in kept for sid in self._slots[key]):\n",
+        "                if True:\n",
+        ("tests/test_queues.py::test_a_lease_is_not_renewed_without_its_slot",),
+    ),
+    Mutant(
+        "q03",
+        "queue slots kept while the rate window is full",
+        "bluestreak/queues.py",
+        "                    await self._undo(slots, rates, token)  # hold nothing while the window is full\n",
+        "                    pass\n",
+        ("tests/test_queues.py::test_a_rate_limited_claim_gives_its_slot_back_at_once",),
+    ),
+    Mutant(
+        "s01",
+        "a schedule's next tick moved on before its workflow is inserted",
+        "bluestreak/schedules.py",
+        "                await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))\n"
+        "                await store.advance_schedule(name, tick, following, fired=1)\n",
+        "                if await store.advance_schedule(name, tick, following, fired=1):\n"
+        "                    await asyncio.sleep(0.3)  # a worker killed here loses the tick\n"
+        "                    await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))\n",
+        ("tests/test_flow_processes.py::test_every_tick_fires_once_while_workers_are_killed_around_the_ticks",),
+    ),
+
 ]
 
 

@@ -594,4 +594,81 @@ async def test_stats_show_each_queue_as_the_database_holds_it(make_engine: Engin
             return sum(e.metrics.queue_rate_limited for e in engines) > 0
 
         await eventually(met_the_window)
-        assert (await engines[0].stats()).queues["q"].running == 1  # j1's slot stays free: the window is full
+        async def one_running_one_slot() -> bool:  # j1's slot stays free: a rate-limited claim holds none
+            q = (await engines[0].stats()).queues["q"]
+            return (q.running, q.slots_held) == (1, 1)
+
+        await eventually(one_running_one_slot, timeout=5)
+
+
+async def test_a_rate_limited_claim_gives_its_slot_back_at_once(make_engine: EngineFactory) -> None:
+    (engine,) = await _workers(make_engine, 1, lambda e: e.queue("q", concurrency=1, rate_limit=(1, "1 minute")))
+    await engine.start("first", "job", {"queue": "q", "d": 0.01}, queue="q")
+    await engine.start("second", "job", {"queue": "q", "d": 0.01}, queue="q")
+    async with polling(engine):
+        await engine.wait("first", timeout=10)
+
+        async def met_the_window() -> bool:
+            return engine.metrics.queue_rate_limited > 0
+
+        await eventually(met_the_window)
+
+        async def no_slot_held() -> bool:
+            return (await engine.stats()).queues["q"].slots_held == 0
+
+        # Within a second, not when the slot's lease (2 s) runs out.
+        await eventually(no_slot_held, timeout=1.0)
+        assert (await engine.get_workflow("second")).status == "idle"
+
+
+async def test_a_slot_stays_held_while_the_lease_it_covers_could_not_be_released(make_engine: EngineFactory) -> None:
+    """A worker whose release write fails keeps the workflow's lease until it expires: so it keeps the slot."""
+    from pymongo.errors import AutoReconnect
+
+    engines = await _workers(make_engine, 2, lambda e: e.queue("q", concurrency=1))
+    store = engines[0].store
+    real = store.outcome
+    failed: list[str] = []
+
+    async def flaky_outcome(t: Any, workflow_id: str, token: str, **args: Any) -> bool:
+        if workflow_id == "w1" and not failed:
+            failed.append(workflow_id)
+            raise AutoReconnect("the network dropped the release")
+        return await real(t, workflow_id, token, **args)
+
+    store.outcome = flaky_outcome  # type: ignore[method-assign]
+    await engines[0].start("w1", "job", {"queue": "q", "d": 0.05}, queue="q")
+    sampler = Sampler(engines[0], "q")
+    async with sampler.running(), polling(engines[0]):
+        await eventually(lambda: _true(bool(failed)))
+        await engines[1].start("w2", "job", {"queue": "q", "d": 0.05}, queue="q")
+        async with polling(engines[1]):
+            for wid in ("w1", "w2"):
+                await engines[1].wait(wid, timeout=15)
+    assert failed == ["w1"]
+    assert sampler.peak == 1, f"{sampler.peak} leases at once in a queue of concurrency 1"
+
+
+async def test_a_lease_is_not_renewed_without_its_slot(make_engine: EngineFactory) -> None:
+    """Slot renewals failing: the worker gives the workflow up instead of running on without its slot."""
+    from pymongo.errors import AutoReconnect
+
+    engines = await _workers(make_engine, 2, lambda e: e.queue("q", concurrency=1), lease_duration=1)
+
+    async def no_slot_renewals(tokens: Any, until: Any) -> Any:
+        raise AutoReconnect("slot renewals fail on this worker")
+
+    engines[0].store.renew_slots = no_slot_renewals  # type: ignore[method-assign]
+    await engines[0].start("long", "job", {"queue": "q", "d": 3.0}, queue="q")
+    sampler = Sampler(engines[0], "q")
+    async with sampler.running(), polling(engines[0]):
+        await eventually(lambda: _true(engines[0].metrics.claimed > 0))
+        await engines[1].start("other", "job", {"queue": "q", "d": 0.05}, queue="q")
+        async with polling(engines[1]):
+            await engines[1].wait("other", timeout=15)
+            await asyncio.sleep(0.5)
+    assert sampler.peak == 1, f"{sampler.peak} leases at once in a queue of concurrency 1"
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -32,6 +32,12 @@ from .loop import VirtualTimeLoop
 from .workflows import KINDS, Key, Ledger, Workflows
 
 FINAL = {"finished", "aborted", "terminated"}
+QUEUE, QUEUE_LIMIT, RATE = "q", 2, (6, 2.0)
+"""A third of the workflows go to a queue: at most 2 at once, one per partition, 6 begin per 2 s."""
+TICKS = "tick"
+"""Every worker fires this schedule (a tick each 2 s): each tick must get one workflow, none missing."""
+TOLERANCE = 0.25
+"""Seconds by which engine clocks (corrected to the database's) may differ from the true time."""
 
 
 @dataclass
@@ -118,6 +124,8 @@ class World:
         self.db_url = f"memory://sim-{seed}-{id(self)}"
         self.retention = self.rng.choice((None, None, 1.0, 3.0))  # some worlds purge ended workflows
         self.shared: Any = None
+        self.queued: set[str] = set()
+        self.queue_peak = 0
 
     # the scheduler's trace sink
     def append(self, line: str) -> None:
@@ -143,9 +151,11 @@ class World:
             retention_finished=self.retention,
             retention_failed=self.retention,
         )
+        engine.queue(QUEUE, concurrency=QUEUE_LIMIT, partition_concurrency=1, rate_limit=(RATE[0], f"{RATE[1]} s"))
         if handlers:
             for kind, fn in self.flows.handlers().items():
                 engine.register_handler(kind, fn)
+            engine.schedule(TICKS, "steps", cron="*/2 * * * * *", input={"n": 1}, overlap="allow", catch_up="1 hour")
         return engine
 
     async def _spawn_worker(self, name: str) -> None:
@@ -185,11 +195,16 @@ class World:
                     payload["nap"] = self.rng.choice((0.3, 1.0, 2.5))
                 if kind == "retry":
                     payload["delay"] = self.rng.choice((0.05, 0.4))
-                specs.append((wid, kind, payload))
+                spec: dict[str, Any] = {"workflow_id": wid, "handler_id": kind, "input": payload}
+                if self.rng.random() < 1 / 3:
+                    spec.update(queue=QUEUE, partition=f"p{self.rng.randint(0, 2)}")
+                    self.queued.add(wid)
+                specs.append(spec)
                 self.started[wid] = kind
                 i += 1
             await self._try(lambda specs=specs: engine.start_many(specs))
-            for wid, kind, _ in specs:
+            for spec in specs:
+                wid, kind = spec["workflow_id"], spec["handler_id"]
                 if kind in ("event", "race"):
                     asyncio.get_running_loop().create_task(self._send_later(engine, wid, kind))
             await asyncio.sleep(self.rng.uniform(0.0, self.config.duration * 0.4 / self.config.workflows * burst))
@@ -259,6 +274,23 @@ class World:
             await asyncio.sleep(0.1)
             await self._snapshot()
 
+    async def _queue_sampler(self) -> None:
+        """Count, from the database, the queue's workflows holding a valid lease: never above its limits."""
+        while True:
+            await asyncio.sleep(0.02)
+            docs = await self.shared["workflows"].find({"queue": QUEUE, "status": "running"}).to_list(None)
+            now = self.scheduler.now() + timedelta(seconds=TOLERANCE)
+            valid = [d for d in docs if d["due_at"] > now]
+            self.queue_peak = max(self.queue_peak, len(valid))
+            if len(valid) > QUEUE_LIMIT:
+                self.violations.append(f"queue_concurrency: {len(valid)} leases at once: {[d['_id'] for d in valid]}")
+            parts: dict[str, int] = {}
+            for d in valid:
+                parts[d.get("partition")] = parts.get(d.get("partition"), 0) + 1
+            for part, n in parts.items():
+                if n > 1:
+                    self.violations.append(f"partition_concurrency: {n} leases at once in partition {part}")
+
     async def _snapshot(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
         wf = await self.shared["workflows"].find({}, {"run": 1, "purging": 1}).to_list(None)
@@ -308,15 +340,20 @@ class World:
         for i in range(self.config.workers):
             await self._spawn_worker(f"w{i}")
         loop = asyncio.get_running_loop()
-        background = [loop.create_task(self._checker()), loop.create_task(self._client(client))]
+        background = [
+            loop.create_task(self._checker()),
+            loop.create_task(self._client(client)),
+            loop.create_task(self._queue_sampler()),
+        ]
         if self.config.operator:
             background.append(loop.create_task(self._operator(operator)))
         background.append(loop.create_task(self._chaos()))
         await asyncio.sleep(self.config.duration)
-        for task in background[2:]:
+        for task in background[3:]:
             task.cancel()
         await self._settle(client, operator)
         background[0].cancel()
+        background[2].cancel()
         await self._snapshot()
         await self._check()
         await self._shutdown(background)
@@ -465,6 +502,32 @@ class World:
         if len(payloads) != len(set(payloads)):
             v.append(f"one_event_per_wait: a payload was received twice: {sorted(payloads)}")
 
+        # queues: the rate window held (first claims of first runs); no slot outlives the leases it covered
+        firsts = sorted(
+            d["attempt_log"][0]["claimed_at"]
+            for wid, d in workflows.items()
+            if wid in self.queued and d.get("run", 0) == 0 and 0 < len(d.get("attempt_log") or []) < 20
+        )
+        window = timedelta(seconds=RATE[1] - 2 * TOLERANCE)
+        for i, first in enumerate(firsts):
+            inside = sum(1 for t in firsts[i:] if t - first < window)
+            if inside > RATE[0]:
+                v.append(f"queue_rate_limit: {inside} first claims within {window} from {first}")
+        now = self.scheduler.now()
+        running = {wid for wid, d in workflows.items() if d["status"] == "running"}
+        for slot in await self.shared["queues"].find({"kind": "slot", "until": {"$gt": now}}).to_list(None):
+            if slot.get("holder") not in running and slot["until"] > now + timedelta(seconds=self.config.lease * 1.5):
+                v.append(f"no_leaked_slot: {slot['_id']} held by {slot.get('holder')} until {slot['until']}")
+
+        # schedules: one workflow per tick, none missing between the first and the last
+        ticks = sorted(d["scheduled_at"] for d in workflows.values() if d.get("schedule") == TICKS)
+        if ticks and any(b - a != timedelta(seconds=2) for a, b in itertools.pairwise(ticks)):
+            gaps = [str(a) for a, b in itertools.pairwise(ticks) if b - a != timedelta(seconds=2)]
+            v.append(f"one_workflow_per_tick: ticks missing or doubled after {gaps[:3]}")
+        if self.retention is None and len(ticks) < (self.config.duration - 4) / 2:
+            v.append(f"ticks_fire: only {len(ticks)} ticks in {self.config.duration:g}s")
+        self.tick_count = len(ticks)
+
         # a worker never runs one step twice at once (a zombie of its own lease is cancelled within a renewal)
         by_actor: dict[tuple[str, Key], list[Any]] = {}
         for body in self.ledger.bodies:
@@ -508,6 +571,9 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "virtual_seconds": round(loop.time(), 1),
             "dead_rewrites": world.dead_rewrites,
             "zombie_orphans": world.zombie_orphans,
+            "queued": len(world.queued),
+            "queue_peak": world.queue_peak,
+            "ticks": getattr(world, "tick_count", 0),
         }
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.sleep(0))

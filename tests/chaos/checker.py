@@ -173,8 +173,8 @@ def check(
       of the current run, the event a recorded wait returned is the one marked consumed by that wait
       (a send retried after a database error may store copies of its event, up to one per try: each is
       its own event, and at most one of them may be consumed by a wait of the run),
-      a wait recorded as timed out consumed none, and an event whose send was refused (withdrawn) is in
-      no recorded wait. Exact on the final documents (an event consumed by an earlier run counts only
+      a wait recorded as timed out consumed none, and an event whose send was refused on its only try
+      (withdrawn) is in no recorded wait. Exact on the final documents (an event consumed by an earlier run counts only
       as that run's, which a restart voids).
     - ``paused_resumed_finishes``: a workflow paused and later resumed (many while running) ends as the
       operations imply (``expected_status``): the subset of ``final_status`` that pause races touch.
@@ -231,8 +231,11 @@ def check(
     # A send retried after a database error may have stored its event more than once (send_event is not
     # idempotent): as many copies as tries, each a separate event.
     send_tries = {(o["wf"], o["id"]): int(o.get("tries", 1)) for o in ops if o["op"] == "approve" and o.get("id")}
+    # Withdrawn: the send was refused on its only try (an earlier try's copy may have stayed buffered).
     withdrawn = {
-        (o["wf"], o["id"]) for o in ops if o["op"] == "approve" and o["outcome"] == "rejected" and o.get("id")
+        (o["wf"], o["id"])
+        for o in ops
+        if o["op"] == "approve" and o["outcome"] == "rejected" and o.get("id") and int(o.get("tries", 1)) == 1
     }
     finish_lines: collections.Counter[tuple[str, int]] = collections.Counter(
         (f["wf"], int(f["run"])) for f in finishes if f.get("wf") is not None and f.get("run") is not None

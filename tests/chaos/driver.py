@@ -55,6 +55,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bson import json_util
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
@@ -134,10 +135,13 @@ class Chaos:
         self.engine: Bluestreak | None = None
         self.ids = [f"w{i}" for i in range(args.workflows)]
         self.db_down = False
+        self.closing = False  # set once everything is being killed: no replacement may start after that
 
     # -- processes -----------------------------------------------------------------
 
     def spawn(self, slot: int) -> Worker:
+        if self.closing:
+            raise RuntimeError("the chaos run is shutting down: no new worker")
         self.count += 1
         worker_id = f"worker-{self.count}"
         skew = self.args.skew if slot == 0 else 0.0
@@ -224,6 +228,7 @@ class Chaos:
                 self.kill_worker(worker)
 
     def kill_everything(self) -> None:
+        self.closing = True
         for worker in self.workers.values():
             if worker.alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -524,23 +529,15 @@ class Chaos:
         steps = await self.retry("read steps", lambda: db.steps.find({}).to_list(None))
         naps = await self.retry("read naps", lambda: db.naps.find({}).to_list(None))
         events = await self.retry("read events", lambda: db.events.find({}).to_list(None))
-        ledger = []
-        for line in self.ledger_path.read_text().split("\n")[:-1]:
-            wf, run, step_id, worker_id, pid = line.split()
-            ledger.append((wf, int(run), step_id, worker_id, int(pid)))
-        ops = [json.loads(line) for line in self.ops_path.read_text().splitlines() if line.strip()]
-        anomalies = read_jsonl(Path(f"{self.ledger_path}.anomalies"))
-        finishes = read_jsonl(Path(f"{self.ledger_path}.finishes"))
         workers = {w.worker_id: w.stats() for w in self.workers.values()}
-        invariants = checker.check(
-            workflows=workflows, steps=steps, snapshots=self.snapshots[:-1], ledger=ledger, ops=ops,
-            workers=workers, expected_ids=self.ids, anomalies=anomalies, naps=naps, events=events,
-            finishes=finishes,
-        )
-        invariants["no_unexpected_worker_exit"] = {
-            "description": "no worker process exited unless the driver killed or stopped it",
-            "checked": self.count, "violations": len(self.unexpected_exits), "examples": self.unexpected_exits[:10],
-        }
+        dump_state(self.workdir / STATE_FILE, {
+            "workflows": workflows, "steps": steps, "naps": naps, "events": events,
+            "snapshots": [[[*key, value] for key, value in snap.items()] for snap in self.snapshots[:-1]],
+            "workers": workers, "expected_ids": self.ids, "unexpected_exits": self.unexpected_exits,
+        })
+        ledger, ops, _anomalies, finishes = read_logs(self.workdir)
+        invariants = evaluate(self.workdir, workflows, steps, naps, events, self.snapshots[:-1], workers, self.ids,
+                              self.unexpected_exits)
         hits: collections.Counter[str] = collections.Counter()
         counters: collections.Counter[str] = collections.Counter()
         for info in workers.values():
@@ -587,6 +584,62 @@ class Chaos:
             "invariants": invariants,
             "violations": sum(inv["violations"] for inv in invariants.values()),
         }
+
+
+STATE_FILE = "final-state.json"
+"""The documents and facts the checker judged, written to the workdir (``--recheck`` reads them again)."""
+
+
+def dump_state(path: Path, state: dict[str, Any]) -> None:
+    path.write_text(json_util.dumps(state, json_options=json_util.RELAXED_JSON_OPTIONS))
+
+
+def read_logs(workdir: Path) -> tuple[list[tuple[str, int, str, str, int]], list[dict[str, Any]], list[Any], list[Any]]:
+    """The ledger, the ops, the anomalies and the finishes written during a run in ``workdir``."""
+    ledger = []
+    for line in (workdir / "ledger.txt").read_text().split("\n")[:-1]:
+        wf, run, step_id, worker_id, pid = line.split()
+        ledger.append((wf, int(run), step_id, worker_id, int(pid)))
+    ops = read_jsonl(workdir / "ops.jsonl")
+    return ledger, ops, read_jsonl(workdir / "ledger.txt.anomalies"), read_jsonl(workdir / "ledger.txt.finishes")
+
+
+def evaluate(
+    workdir: Path,
+    workflows: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    naps: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    snapshots: list[dict[checker.Key, tuple[Any, ...]]],
+    workers: dict[str, dict[str, Any]],
+    expected_ids: list[str],
+    unexpected_exits: list[str],
+) -> dict[str, Any]:
+    """Run the checker on one run's final state and its logs."""
+    ledger, ops, anomalies, finishes = read_logs(workdir)
+    invariants = checker.check(
+        workflows=workflows, steps=steps, snapshots=snapshots, ledger=ledger, ops=ops, workers=workers,
+        expected_ids=expected_ids, anomalies=anomalies, naps=naps, events=events, finishes=finishes,
+    )
+    invariants["no_unexpected_worker_exit"] = {
+        "description": "no worker process exited unless the driver killed or stopped it",
+        "checked": len(workers), "violations": len(unexpected_exits), "examples": unexpected_exits[:10],
+    }
+    return invariants
+
+
+def recheck(workdir: Path) -> int:
+    """Judge a finished run again from its workdir (after a checker change, or to study a violation)."""
+    state = json_util.loads((workdir / STATE_FILE).read_text())
+    snapshots = [{(wf, int(run), step): tuple(value) for wf, run, step, value in snap} for snap in state["snapshots"]]
+    invariants = evaluate(workdir, state["workflows"], state["steps"], state["naps"], state["events"], snapshots,
+                          state["workers"], state["expected_ids"], state["unexpected_exits"])
+    for name, inv in invariants.items():
+        mark = "ok  " if inv["violations"] == 0 else "FAIL"
+        print(f"  {mark} {name:28} checked {inv['checked']:6}  violations {inv['violations']}")
+        for example in inv["examples"]:
+            print(f"         - {example}")
+    return 0 if all(inv["violations"] == 0 for inv in invariants.values()) else 1
 
 
 def race_figures(ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -664,6 +717,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, default=180)
     parser.add_argument("--report", default=None, help="write the report as JSON here")
     parser.add_argument("--workdir", default=None, help="keep logs, ledger and ops here (default: a temp dir)")
+    parser.add_argument("--recheck", default=None, metavar="WORKDIR",
+                        help="run no chaos: judge the run kept in WORKDIR again (its final-state.json and logs)")
     return parser.parse_args(argv)
 
 
@@ -688,6 +743,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.recheck:
+        return recheck(Path(args.recheck))
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     print(f"SEED {args.seed}", flush=True)

@@ -11,11 +11,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+# The demo needs the package and its in-memory backend only: no test tools, no test server.
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[memory]"
 	touch $@
 
-demo: $(VENV)/.installed
+# Everything: the optional extras, then the development group (PEP 735; not published with the package).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[memory,otel,ui,prometheus]"
+	$(BIN)/pip install --quiet --group dev
+	touch $@ $(VENV)/.demo
+
+demo: $(VENV)/.demo
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.installed

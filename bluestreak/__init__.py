@@ -11,11 +11,13 @@ from .engine import Bluestreak, StartResult
 from .errors import (
     BluestreakError,
     DocumentTooLarge,
+    DuplicateWorkflow,
     EventTimeoutError,
     HandlerNotFound,
     InvalidArgument,
     InvalidDuration,
     InvalidTransition,
+    NondeterminismError,
     NonRetryableError,
     StepError,
     StepIdReused,
@@ -28,8 +30,10 @@ from .errors import (
     WorkflowUsageError,
 )
 from .handlers import Workflow
+from .handles import WorkflowHandle
 from .inspection import WorkflowPage
 from .metrics import Metrics
+from .queues import Queue, RateLimit
 from .records import AttemptRecord, ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .retry import RetryPolicy
 
@@ -41,6 +45,7 @@ __all__ = [
     "BluestreakError",
     "Clock",
     "DocumentTooLarge",
+    "DuplicateWorkflow",
     "Duration",
     "ErrorInfo",
     "EventRecord",
@@ -51,7 +56,10 @@ __all__ = [
     "InvalidTransition",
     "Metrics",
     "NapRecord",
+    "NondeterminismError",
     "NonRetryableError",
+    "Queue",
+    "RateLimit",
     "RetryPolicy",
     "StartResult",
     "Stats",
@@ -67,6 +75,7 @@ __all__ = [
     "Workflow",
     "WorkflowContext",
     "WorkflowFailed",
+    "WorkflowHandle",
     "WorkflowNotFound",
     "WorkflowPage",
     "WorkflowRecord",

@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,7 @@ class Settings:
     purge_interval: float = 60.0
     change_streams: bool = False
     write_concern: str | int = "majority"
+    strict_replay: bool = True
     error_callback: ErrorCallback | None = None
     should_stop: Callable[[], bool] | None = None
     worker_id: str = field(default_factory=default_worker_id)
@@ -99,6 +100,12 @@ class Settings:
                     f"write_concern must be 'majority' (the default) or a number of nodes >= 1, got {wc!r}"
                 )
             values["write_concern"] = wc
+        if given.get("strict_replay") is not None:
+            if not isinstance(given["strict_replay"], bool):
+                raise InvalidArgument(f"strict_replay must be True or False, got {given['strict_replay']!r}")
+            values["strict_replay"] = given["strict_replay"]
+        if "sleep_threshold" not in values:  # derived: a short lease gets a shorter in-process sleep
+            values["sleep_threshold"] = min(2.0, values.get("lease_duration", 30.0) / 3)
         settings = cls(**values)
         if settings.sleep_threshold >= settings.lease_duration:
             raise InvalidArgument(
@@ -106,6 +113,65 @@ class Settings:
                 f"({settings.lease_duration:g}s): in-process sleeps must not outlive the lease"
             )
         return settings
+
+
+# -- settings from the environment ----------------------------------------------------------------------------
+
+
+class _Default:
+    """The default of a setting the caller did not give (then ``$BLUESTREAK_<NAME>``, then the built-in default)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+ENV_PREFIX = "BLUESTREAK_"
+DURATIONS = (
+    "lease_duration",
+    "poll_interval",
+    "retry_interval",
+    "max_retry_interval",
+    "sleep_threshold",
+    "shutdown_grace",
+    "retention_finished",
+    "retention_failed",
+)
+INTS = ("max_failures", "max_concurrency")
+BOOLS = ("change_streams", "strict_replay")
+STRINGS = ("worker_id", "db_name", "collection_prefix")
+_NULLABLE = ("max_failures", "retention_finished", "retention_failed")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def from_environment(environ: Mapping[str, str], wanted: Iterable[str]) -> dict[str, Any]:
+    """The settings in ``wanted`` that ``BLUESTREAK_<NAME>`` variables set, parsed; errors name the variable."""
+    found: dict[str, Any] = {}
+    for name in wanted:
+        var = ENV_PREFIX + name.upper()
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        text = raw.strip()
+        if name in _NULLABLE and text.lower() in ("none", "never", "forever"):
+            found[name] = None
+            continue
+        if name in DURATIONS:
+            found[name] = text  # parsed (and checked) as any duration: "30", "30s", "PT30S", "5 minutes"
+        elif name in INTS:
+            try:
+                found[name] = int(text)
+            except ValueError:
+                raise InvalidArgument(f"{var}={raw!r}: expected a whole number") from None
+        elif name in BOOLS:
+            if text.lower() not in _TRUE | _FALSE:
+                raise InvalidArgument(f"{var}={raw!r}: expected true or false")
+            found[name] = text.lower() in _TRUE
+        elif name == "write_concern":
+            found[name] = int(text) if text.isdigit() else text
+        else:
+            found[name] = raw
+    return found
 
 
 # -- where the data lives: checked in Bluestreak(...), before anything connects -----------------------------

@@ -1,36 +1,30 @@
-"""The workflow context: ``ctx.step``, ``ctx.sleep``, ``ctx.wait_for_event``, replay.
+"""The workflow context: ``ctx.step``, ``ctx.sleep``, ``ctx.wait_for_event``, replay from the record.
 
 A handler runs from the top on every claim. Each ``ctx`` call first looks for
 its record (loaded once per claim, one query per collection); if there is one,
 the recorded value is returned (or the recorded error raised) without running
 anything. Otherwise it does the work and records it, first writer wins.
 
-How a run stops early. When a ``ctx`` call finds that the run must stop — a
-sleep or event wait longer than ``sleep_threshold``, a pending pause, a lost
-lease, a database outage — it records *why* on the context (its
-:attr:`~WorkflowContext.interrupt`) and *parks*: it never returns. Once no
-step is in flight any more (a suspension lets the steps already running
-finish and be recorded; a lost lease or an outage does not wait), the
-context cancels the handler's task and every task that made a ``ctx`` call.
-Cancellation is how asyncio unwinds anything, so ``asyncio.gather``,
-``asyncio.TaskGroup``, ``asyncio.wait`` and tasks the handler created all
-unwind as they always do, and ``except Exception:`` cannot swallow it. The
-worker then writes the outcome the interrupt names. Any ``ctx`` call made
-while unwinding (in a ``finally:``) raises ``CancelledError`` again.
+Replay is strict: a ``ctx`` call that has no record while recorded ones were
+never reached means the code changed under a run in flight (a step renamed,
+removed or reordered). The run stops *before* that step's side effect, with a
+:class:`~bluestreak.errors.NondeterminismError`, and the workflow is paused
+with the report — unless the change sits behind :meth:`WorkflowContext.patched`.
+
+How a run stops early (sleeps, waits, pauses, lost leases, outages) is
+:mod:`bluestreak.unwind`; how waits take events is :mod:`bluestreak.inbox`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NoReturn, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from .clock import Clock
 from .codec import error_info, import_type, prepare, restore
@@ -38,6 +32,7 @@ from .durations import Duration, parse_duration
 from .errors import (
     EventTimeoutError,
     InvalidArgument,
+    NondeterminismError,
     NonRetryableError,
     StepError,
     StepIdReused,
@@ -46,70 +41,19 @@ from .errors import (
     StrayCancellation,
 )
 from .handlers import check_id
+from .inbox import Inbox
 from .metrics import Metrics
 from .records import Status
 from .retry import RetryPolicy
 from .store import Doc, Store, is_transient
-from .tracing import step_span
-from .transitions import DROP_EVENT, TAKE_EVENT, Transition
+from .tracing import event_span, step_span
+from .unwind import Call, Interrupt, RunControl, Stop, Suspension, current_call
+
+__all__ = ["Interrupt", "Stop", "Suspension", "WorkflowContext"]
 
 log = logging.getLogger("bluestreak.context")
 T = TypeVar("T")
 DEFAULT_EVENT_TIMEOUT = timedelta(hours=24)
-
-
-@dataclass(eq=False, slots=True)
-class _Call:
-    """A ctx call in progress (a step, sleep or wait); calls made inside a step's function point at it."""
-
-    step_id: str
-    parent: _Call | None
-    blocked: bool = False
-    """It (or a call nested in it) parked: it cannot finish in this run, so a suspension does not wait for it."""
-
-
-_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("bluestreak_step", default=None)
-_SETTLE_TICKS = 10
-"""Loop ticks a quiet run is given before it is unwound (a task that just ended wakes its awaiter in two)."""
-
-
-@dataclass(slots=True)
-class Suspension:
-    """The run releases its lease until ``due_at``: a sleep, a retry delay, an event wait or a pause."""
-
-    status: Status
-    due_at: datetime | None
-    inbox: int | None = None
-    """For a wait: the inbox counter at the claim; the suspension is written only if it is unchanged."""
-
-    def merge(self, other: Suspension) -> Suspension:
-        """Two branches suspended: a pause wins; a wait for an event beats a sleep; the earliest due time counts."""
-        if Status.PAUSED in (self.status, other.status):
-            return Suspension(Status.PAUSED, None)
-        waiting = Status.WAITING in (self.status, other.status)
-        dues = [d for d in (self.due_at, other.due_at) if d is not None]
-        inbox = self.inbox if self.inbox is not None else other.inbox
-        return Suspension(Status.WAITING if waiting else Status.SLEEPING, min(dues, default=None), inbox)
-
-
-@dataclass(slots=True)
-class Stop:
-    """The run stops without a suspension: its lease is gone, the database failed, or a write was refused."""
-
-    kind: Literal["lease_lost", "store", "failure"]
-    error: BaseException | None = None
-
-
-Interrupt = Suspension | Stop
-
-
-@dataclass(slots=True)
-class _Unwind:
-    """What the context cancels, once, when it unwinds."""
-
-    done: bool = False
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)  # ordered: deterministic cancel order
 
 
 class WorkflowContext:
@@ -137,6 +81,9 @@ class WorkflowContext:
         naps: Sequence[Doc] = (),
         sleep_threshold: float = 2.0,
         metrics: Metrics | None = None,
+        strict_replay: bool = True,
+        stubs: Mapping[str, Callable[..., Any]] | None = None,
+        replay_only: bool = False,
     ) -> None:
         self.workflow_id = workflow_id
         self.handler_id = handler_id
@@ -149,28 +96,35 @@ class WorkflowContext:
         self._inbox = inbox
         self._threshold = sleep_threshold
         self._metrics = metrics or Metrics()
+        self._strict = strict_replay
+        self._stubs = dict(stubs or {})
+        self._replay_only = replay_only
         self._steps: dict[str, Doc] = {d["step_id"]: d for d in steps}
         self._naps: dict[str, Doc] = {d["nap_id"]: d for d in naps}
         self._used: set[str] = set()
         self._reached: set[str] = set()  # ids reached directly, or inside a parent step that replayed
         self._children: dict[str, list[str]] = {}  # parent step id -> ids of the records its function made
-        for rid, rec in (*self._steps.items(), *self._naps.items()):
+        records = {**self._steps, **self._naps}
+        for rid, rec in records.items():
             if rec.get("parent") is not None:
                 self._children.setdefault(rec["parent"], []).append(rid)
-        self._taken: dict[str, Any] = {t["c"]: t["e"] for t in taken}  # consumer -> reserved event id
-        self.settled: list[str] = []
-        """Consumers whose wait is recorded: their reservations are dropped by the outcome write."""
-        self._event_lock = asyncio.Lock()
-        self._calls: dict[_Call, None] = {}  # ctx calls active now (ordered)
-        self._activity = 0
-        self._changed = asyncio.Event()
-        self._unwinder: asyncio.Task[None] | None = None
-        self._unwind = _Unwind()
-        self._handler: asyncio.Task[Any] | None = None
-        self.interrupt: Interrupt | None = None
-        """Why the run stops early, once a ctx call decided it (read by the worker)."""
-        self.pause_requested = False
-        """Set by the worker when an operator asked to pause: the run stops at its next top-level ctx call."""
+        # Records replay must reach before any new call: those not made inside a step still to run.
+        final = {rid for rid, rec in records.items() if rec.get("status", "done") != "pending"}
+        self._overdue: dict[str, None] = {
+            rid: None for rid, rec in records.items() if rec.get("parent") is None or rec.get("parent") in final
+        }
+        self._control = RunControl()
+        self._events = Inbox(
+            store=store,
+            clock=clock,
+            workflow_id=workflow_id,
+            run=run,
+            token=token,
+            inbox=inbox,
+            taken=taken,
+            guard=self._db,
+            halt=self._control.halt,
+        )
 
     # -- the public API ------------------------------------------------------------
 
@@ -239,11 +193,14 @@ class WorkflowContext:
         timeout_s = None if timeout is None else parse_duration(timeout, name="step timeout").total_seconds()
         if timeout_s is not None and timeout_s <= 0:
             raise InvalidArgument(f"{self._where(step_id)}: timeout must be greater than zero, got {timeout!r}")
-        call = await self._begin(step_id)
+        call = await self._begin(step_id, recorded=step_id in self._steps)
         try:
             record = self._steps.get(step_id)
             if record is not None and record.get("status") != "pending":
                 return self._replay(record)
+            if self._replay_only:  # a step in progress (retrying): the history ends here
+                await self._control.halt(Stop("history_end", None, step_id), call)
+            fn = self._stubs.get(step_id, fn)  # a test's stand-in for this step (bluestreak.testing)
             body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
             return await self._attempts(call, body, record, retries, timeout_s, thread)
         finally:
@@ -258,7 +215,7 @@ class WorkflowContext:
         """
         self._claim_id(nap_id, "nap id")
         delta = parse_duration(duration, name=f"duration of nap {nap_id!r}")
-        call = await self._begin(nap_id)
+        call = await self._begin(nap_id, recorded=nap_id in self._naps)
         try:
             await self._nap(call, lambda now: now + delta)
         finally:
@@ -268,7 +225,7 @@ class WorkflowContext:
         """Sleep durably until ``when``: an aware ``datetime`` or a Unix timestamp. A past time returns at once."""
         self._claim_id(nap_id, "nap id")
         target = self._until(nap_id, when)
-        call = await self._begin(nap_id)
+        call = await self._begin(nap_id, recorded=nap_id in self._naps)
         try:
             await self._nap(call, lambda _now: target)
         finally:
@@ -296,12 +253,14 @@ class WorkflowContext:
             raise InvalidArgument(f"{self._where(step_id)}: event_types must be a non-empty list of str")
         types = [check_id(t, "event type") for t in event_types]
         limit = parse_duration(timeout, name="event timeout")
-        call = await self._begin(step_id)
+        call = await self._begin(step_id, recorded=step_id in self._steps)
         try:
             record = self._steps.get(step_id)
             if record is not None and record.get("status") != "pending":
-                self._settle(self._consumer(step_id))
+                self._events.settle(self._consumer(step_id))
                 return self._replay_event(record)
+            if self._replay_only:  # still waiting when the history was taken
+                await self._control.halt(Stop("history_end", None, step_id), call)
             return await self._wait_event(call, types, record, limit)
         finally:
             self._end(call)
@@ -319,12 +278,16 @@ class WorkflowContext:
         """
         step_id = f"patch:{check_id(patch_id, 'patch id')}"
         self._claim_id(step_id, "patch id")
-        call = await self._begin(step_id)
+        call = await self._begin(step_id, recorded=step_id in self._steps, checked=False)
         try:
             record = self._steps.get(step_id)
             if record is not None:
                 return bool(self._replay(record))
-            old_run = bool(self.unreached_records())
+            if self._overdue:
+                await self._control.settle()  # let parallel branches replay their records first
+            old_run = bool(self._overdue)
+            if self._replay_only:
+                await self._control.halt(Stop("history_end", None, step_id), call)
             return bool(await self._record_step(step_id, not old_run, False, 1, None, call))
         finally:
             self._end(call)
@@ -338,107 +301,88 @@ class WorkflowContext:
         recorded = [*self._steps, *self._naps]
         return [i for i in recorded if i not in self._reached]
 
-    # -- stopping early --------------------------------------------------------------
+    # -- stopping early (see bluestreak.unwind) -------------------------------------
 
-    def bind(self, handler: asyncio.Task[Any]) -> None:
-        """The worker hands over the handler's task: the one to cancel when the run unwinds."""
-        self._handler = handler
+    @property
+    def interrupt(self) -> Interrupt | None:
+        """Why the run stops early, once a ctx call decided it (read by the worker)."""
+        return self._control.interrupt
 
-    async def unwinding(self) -> None:
-        """Return once the context has cancelled the handler (the run is unwinding)."""
-        await self._unwind.event.wait()
+    @property
+    def pause_requested(self) -> bool:
+        """Set by the worker when an operator asked to pause: the run stops at its next top-level ctx call."""
+        return self._control.pause_requested
 
-    async def _begin(self, call_id: str) -> _Call:
-        """Entering a ctx call: stop if the run is stopping; honour a pending pause at the top level."""
-        task = asyncio.current_task()
-        if task is not None and task is not self._handler:
-            self._unwind.tasks[task] = None
-        if self._unwind.done:
-            raise asyncio.CancelledError()
-        parent = _current_call.get()
-        call = _Call(call_id, parent)
-        self._calls[call] = None
-        self._kick()
-        if isinstance(self.interrupt, Stop):
-            await self._park(call)
-        if self.pause_requested and parent is None:
-            await self._halt(Suspension(Status.PAUSED, None), call)
-        return call
-
-    def _end(self, call: _Call) -> None:
-        self._calls.pop(call, None)
-        self._kick()
-
-    async def _halt(self, interrupt: Interrupt, call: _Call | None) -> NoReturn:
-        """Decide that the run stops (merging with what other branches decided), then park."""
-        current = self.interrupt
-        if isinstance(current, Stop):
-            pass  # a lost lease or an outage outranks any suspension
-        elif isinstance(interrupt, Stop) or current is None:
-            self.interrupt = interrupt
-        else:
-            self.interrupt = current.merge(interrupt)
-        await self._park(call)
-
-    async def _park(self, call: _Call | None) -> NoReturn:
-        """Never return: this ctx call (and the steps it is nested in) cannot finish in this run."""
-        blocked = call
-        while blocked is not None:
-            blocked.blocked = True
-            blocked = blocked.parent
-        self._kick()
-        await asyncio.get_running_loop().create_future()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _kick(self) -> None:
-        """Something changed: unwind now (a stop), or once the run is quiet (a suspension)."""
-        self._activity += 1
-        self._changed.set()
-        if self.interrupt is None or self._unwind.done or self._handler is None:
-            return
-        if isinstance(self.interrupt, Stop):
-            self.cancel_all()
-        elif self._unwinder is None:
-            self._unwinder = asyncio.get_running_loop().create_task(self._unwind_when_quiet())
-
-    def _quiet(self) -> bool:
-        return all(c.blocked for c in self._calls)
-
-    async def _unwind_when_quiet(self) -> None:
-        """Cancel the handler once every ctx call still active is parked and nothing moved for a few ticks.
-
-        Steps already running finish and are recorded; a branch that is still
-        consuming an event or running steps keeps going; the handler gets the
-        loop ticks it needs to react to a branch that just returned (the
-        winner of an ``asyncio.wait``) before anything is cancelled.
-        """
-        while not self._unwind.done:
-            if not self._quiet():
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            stamp = self._activity
-            for _ in range(_SETTLE_TICKS):
-                await asyncio.sleep(0)
-            if stamp == self._activity and self._quiet() and not self._unwind.done:
-                self.cancel_all()
-
-    def cancel_all(self) -> None:
-        """Cancel the handler's task and every task that made a ctx call (idempotent)."""
-        self._unwind.done = True
-        self._unwind.event.set()
-        if self._handler is not None and not self._handler.done():
-            self._handler.cancel()
-        for task in self._unwind.tasks:
-            if not task.done():
-                task.cancel()
+    @pause_requested.setter
+    def pause_requested(self, value: bool) -> None:
+        self._control.pause_requested = value
 
     @property
     def unwound(self) -> bool:
         """Whether the context cancelled the handler (the run stops with its interrupt)."""
-        return self._unwind.done
+        return self._control.done
 
-    async def _db(self, call: Awaitable[T], call_in: _Call | None = None) -> T:
+    @property
+    def settled(self) -> list[str]:
+        """Event waits recorded in this execution: the outcome write drops their reservations."""
+        return self._events.settled
+
+    def bind(self, handler: asyncio.Task[Any]) -> None:
+        """The worker hands over the handler's task: the one to cancel when the run unwinds."""
+        self._control.handler = handler
+
+    async def unwinding(self) -> None:
+        """Return once the context has cancelled the handler (the run is unwinding)."""
+        await self._control.unwinding()
+
+    def cancel_all(self) -> None:
+        """Cancel the handler and every task that made a ctx call (a lost lease, a shutdown)."""
+        self._control.cancel_all()
+
+    def cancel_stragglers(self) -> None:
+        """Cancel ctx calls still running in side tasks (parallel steps) after the handler ended."""
+        self._control.cancel_stragglers()
+
+    async def _begin(self, call_id: str, *, recorded: bool, checked: bool = True) -> Call:
+        """Entering a ctx call: stop if the run is stopping; honour a pending pause; check the history."""
+        control = self._control
+        call = control.begin(call_id)
+        if isinstance(control.interrupt, Stop):
+            await control.park(call)
+        if control.pause_requested and call.parent is None:
+            await control.halt(Suspension(Status.PAUSED, None), call)
+        if not recorded and checked:
+            await self._check_history(call)
+        return call
+
+    def _end(self, call: Call) -> None:
+        self._control.end(call)
+
+    async def _halt(self, interrupt: Interrupt, call: Call | None) -> NoReturn:
+        await self._control.halt(interrupt, call)
+
+    async def _check_history(self, call: Call) -> None:
+        """A call the history does not hold: fine if every record that should come first was reached."""
+        if self._overdue and self._strict:
+            await self._control.settle()  # let parallel branches replay their records first
+            if self._overdue:
+                unreached = list(self._overdue)[:20]
+                error = NondeterminismError(
+                    f"workflow {self.workflow_id!r} (handler {self.handler_id!r}) no longer replays its history: "
+                    f"it reached {call.step_id!r}, which was never recorded, while the recorded "
+                    f"{', '.join(map(repr, unreached))} were not reached. A step was renamed, removed, reordered "
+                    "or moved behind a condition. The workflow is paused before anything ran twice: deploy code "
+                    "that replays this history (put changes behind ctx.patched()), then resume it — or restart it "
+                    "to run it from the start on today's code.",
+                    workflow_id=self.workflow_id,
+                    step_id=call.step_id,
+                    unreached=unreached,
+                )
+                await self._control.halt(Stop("diverged", error), call)
+        if self._replay_only:
+            await self._control.halt(Stop("history_end", None, call.step_id), call)
+
+    async def _db(self, call: Awaitable[T], call_in: Call | None = None) -> T:
         """A store call from the context: an outage stops the run (no failure is counted); a refusal fails it."""
         try:
             return await call
@@ -453,18 +397,14 @@ class WorkflowContext:
                     type(exc).__name__,
                     extra=self._fields(call_in.step_id if call_in else None),
                 )
-                await self._halt(Stop("store", exc), call_in)
-            await self._halt(Stop("failure", exc), call_in)
-
-    async def _fenced(self, call: _Call, t: Transition, **args: Any) -> bool:
-        """A write on behalf of this execution, to the workflow document: only while it holds the lease."""
-        return await self._db(self._store.apply_quiet(t, self.workflow_id, self._token, **args), call)
+                await self._control.halt(Stop("store", exc), call_in)
+            await self._control.halt(Stop("failure", exc), call_in)
 
     # -- steps ---------------------------------------------------------------------
 
     async def _attempts(
         self,
-        call: _Call,
+        call: Call,
         fn: Callable[[], Any],
         record: Doc | None,
         policy: RetryPolicy | None,
@@ -524,14 +464,14 @@ class WorkflowContext:
             return await self._record_step(step_id, value, record is not None, attempt, started, call)
 
     async def _attempt(
-        self, call: _Call, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
+        self, call: Call, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
     ) -> Any:
-        token = _current_call.set(call)  # ctx calls made by fn are nested in this step
+        token = current_call.set(call)  # ctx calls made by fn are nested in this step
         try:
             with step_span(self.workflow_id, call.step_id, attempt):
                 return await self._attempt_once(call.step_id, fn, timeout, attempt, thread)
         finally:
-            _current_call.reset(token)
+            current_call.reset(token)
 
     async def _attempt_once(
         self, step_id: str, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
@@ -567,7 +507,7 @@ class WorkflowContext:
         pending: bool,
         attempts: int,
         started: datetime | None = None,
-        call: _Call | None = None,
+        call: Call | None = None,
     ) -> Any:
         stored, tag, seen = prepare(value, f"the result of {self._where(step_id)}")
         now = self._clock.now()
@@ -583,9 +523,10 @@ class WorkflowContext:
             return self._replay(existing)
         return seen
 
-    async def _fail_step(self, call: _Call, exc: BaseException, record: Doc | None) -> Any:
+    async def _fail_step(self, call: Call, exc: BaseException, record: Doc | None) -> Any:
         info: Doc = dict(error_info(exc).to_doc())
         info["class"] = f"{type(exc).__module__}:{type(exc).__qualname__}"
+        info["step_id"] = call.step_id  # every recorded step error says which step it is about
         for attr in _ERROR_ATTRS:
             value = getattr(exc, attr, None)
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -645,7 +586,7 @@ class WorkflowContext:
                 ) from None
         raise InvalidArgument(f"{self._where(nap_id)}: sleep_until takes a datetime or a Unix timestamp, got {when!r}")
 
-    async def _nap(self, call: _Call, wake: Callable[[datetime], datetime]) -> None:
+    async def _nap(self, call: Call, wake: Callable[[datetime], datetime]) -> None:
         nap_id = call.step_id
         record = self._naps.get(nap_id)
         if record is None:
@@ -667,7 +608,9 @@ class WorkflowContext:
             self._naps[nap_id] = record
         await self._wait_until(record["wake_at"], Status.SLEEPING, call)
 
-    async def _wait_until(self, when: datetime, status: Status, call: _Call) -> None:
+    async def _wait_until(self, when: datetime, status: Status, call: Call) -> None:
+        if self._replay_only:
+            return  # a replay does not wait: the history says what came next
         remaining = (when - self._clock.now()).total_seconds()
         if remaining <= 0:
             return
@@ -676,26 +619,28 @@ class WorkflowContext:
             return
         await self._halt(Suspension(status, when), call)
 
-    async def _wait_event(self, call: _Call, types: list[str], record: Doc | None, limit: timedelta) -> tuple[str, Any]:
+    async def _wait_event(self, call: Call, types: list[str], record: Doc | None, limit: timedelta) -> tuple[str, Any]:
         step_id = call.step_id
         consumer = self._consumer(step_id)
-        event = await self._take_event(call, consumer, types)
+        event = await self._events.take(call, consumer, types, lambda: self._control.done)
         if event is not None:
+            with event_span(self.workflow_id, event):  # linked to the send_event that sent it
+                pass
             value = {"type": event["type"], "payload": event.get("payload"), "payload_type": event.get("payload_type")}
             now = self._clock.now()
             fields: Doc = {"status": "done", "output": value, "output_type": None, "attempts": 1, "recorded_at": now}
             write = asyncio.ensure_future(self._write_final(step_id, fields, record is not None, now, call))
-            self._unwind.tasks[write] = None  # cancelled with the run, should the run unwind
+            self._control.tasks[write] = None  # cancelled with the run, should the run unwind
             try:
                 existing = await asyncio.shield(write)
             except asyncio.CancelledError:
-                if not self._unwind.done:  # the handler cancelled this wait: the event is recorded, or given back
+                if not self._control.done:  # the handler cancelled this wait: the event is recorded, or given back
                     await asyncio.wait({write}, timeout=self._threshold + 5)
                     if not write.done() or write.cancelled() or write.exception() is not None:
                         write.cancel()
-                        await self._release_event(consumer, event["_id"])
+                        await self._events.release(consumer, event["_id"])
                 raise
-            self._settle(consumer)
+            self._events.settle(consumer)
             if existing is not None:
                 return self._replay_event(existing)
             return event["type"], restore(event.get("payload"), event.get("payload_type"))
@@ -711,111 +656,18 @@ class WorkflowContext:
                 f"{self._where(step_id)}: no event of type {', '.join(map(repr, types))} arrived "
                 f"within {limit.total_seconds():g}s"
             )
+            err.timeout = limit.total_seconds()
             await self._fail_step(call, err, {"status": "pending"})
         await self._halt(Suspension(Status.WAITING, deadline, inbox=self._inbox), call)
 
-    async def _take_event(self, call: _Call, consumer: str, types: list[str]) -> Doc | None:
-        """Take the oldest buffered event of ``types`` for one wait, or ``None``; fenced by the lease.
-
-        The reservation (on the workflow document) comes first, then the mark
-        on the event; the reservation this wait already holds, from an
-        earlier execution of this run, is used again.
-        """
-        try:
-            return await self._take_event_locked(call, consumer, types)
-        except asyncio.CancelledError:
-            held = self._taken.get(consumer)
-            if held is not None and not self._unwind.done:  # the handler cancelled this wait: give the event back
-                await self._release_event(consumer, held)
-            raise
-
-    async def _take_event_locked(self, call: _Call, consumer: str, types: list[str]) -> Doc | None:
-        async with self._event_lock:  # one consumption at a time in this execution: ordered, no self-races
-            held = self._taken.get(consumer)
-            if held is not None:
-                mine = await self._mark(call, held, consumer)
-                if mine is not None:
-                    return mine
-            elif self._inbox == 0:
-                return None  # nothing was ever sent: a send after the claim moves the inbox and fails the suspend
-            while True:
-                reserved = set(self._taken.values())
-                found = await self._db(
-                    self._store.event_candidates(self.workflow_id, types, self.run, limit=len(reserved) + 1), call
-                )
-                free = [e for e in found if e["_id"] not in reserved]
-                if not free:
-                    return None
-                event_id = free[0]["_id"]
-                if not await self._fenced(call, TAKE_EVENT, consumer=consumer, event=event_id):
-                    await self._reread_reservations(call)
-                    held = self._taken.get(consumer)
-                    if held is not None:
-                        mine = await self._mark(call, held, consumer)
-                        if mine is not None:
-                            return mine
-                    continue
-                self._taken[consumer] = event_id
-                mine = await self._mark(call, event_id, consumer)
-                if mine is not None:
-                    return mine
-
-    async def _release_event(self, consumer: str, event_id: Any) -> None:
-        """A wait cancelled by its handler after it took an event: drop the reservation, then the mark.
-
-        The mark stays only if another execution of this run owns the workflow
-        now: it may hold this very reservation, and its wait would lose the event.
-        """
-        self._taken.pop(consumer, None)
-        try:
-            if not await self._store.apply_quiet(DROP_EVENT, self.workflow_id, self._token, event=event_id):
-                doc = await self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "run": 1})
-                if (
-                    doc is not None
-                    and doc.get("run") == self.run
-                    and doc.get("status") == Status.RUNNING.value
-                    and doc.get("lease") != self._token
-                ):
-                    return
-            await self._store.unmark_event(event_id, consumer, self.run)
-        except Exception as exc:  # best effort: the next execution of this wait takes it again
-            log.info(
-                "workflow %r: could not give back the event of a cancelled wait (%s)",
-                self.workflow_id,
-                type(exc).__name__,
-                extra=self._fields(consumer),
-            )
-
-    async def _mark(self, call: _Call, event_id: Any, consumer: str) -> Doc | None:
-        """Mark a reserved event consumed; if its sender withdrew it meanwhile, drop the reservation."""
-        now = self._clock.now()
-        marked: Doc | None = await self._db(self._store.mark_consumed(event_id, consumer, self.run, now), call)
-        if marked is not None:
-            return marked
-        self._taken.pop(consumer, None)
-        if not await self._fenced(call, DROP_EVENT, event=event_id):
-            await self._reread_reservations(call)
-        return None
-
-    async def _reread_reservations(self, call: _Call) -> None:
-        """A fenced write missed: if the lease is gone, stop; else take the document's reservations as they are."""
-        doc = await self._db(self._store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "taken": 1}), call)
-        if doc is None or doc.get("lease") != self._token or doc.get("status") != Status.RUNNING.value:
-            await self._halt(Stop("lease_lost"), call)
-        self._taken = {t["c"]: t["e"] for t in doc.get("taken") or []}
-
-    def _settle(self, consumer: str) -> None:
-        if consumer in self._taken and consumer not in self.settled:
-            self.settled.append(consumer)
-
-    async def _mark_pending(self, call: _Call, fields: Doc) -> Doc | None:
+    async def _mark_pending(self, call: Call, fields: Doc) -> Doc | None:
         """Create or update this step's pending record; the final record instead, if one exists."""
         fields = {**fields, "parent": call.parent.step_id if call.parent else None, "updated_at": self._clock.now()}
         existing: Doc | None = await self._db(self._store.mark_pending(self._key(call.step_id), fields), call)
         return existing
 
     async def _write_final(
-        self, step_id: str, fields: Doc, pending: bool, started: datetime, call: _Call | None = None
+        self, step_id: str, fields: Doc, pending: bool, started: datetime, call: Call | None = None
     ) -> Doc | None:
         """Record a step's final outcome, first writer wins; ``None`` if ours is the record.
 
@@ -824,7 +676,7 @@ class WorkflowContext:
         event deadline, written after this one loaded its history) is not a
         result: it is finished with ours, unless a final one beat us to that too.
         """
-        parent = call.parent if call is not None else _current_call.get()
+        parent = call.parent if call is not None else current_call.get()
         if not pending:
             base = {**self._key(step_id), "parent": parent.step_id if parent else None}
             existing: Doc | None = await self._db(
@@ -846,16 +698,11 @@ class WorkflowContext:
                 f"(f'{id_}-{{i}}')."
             )
         self._used.add(id_)
-        self._reached.add(id_)
+        self._reach(id_)
 
-    def cancel_stragglers(self) -> None:
-        """Cancel ctx calls still running in side tasks (parallel steps) after the handler ended."""
-        current = asyncio.current_task()
-        for task in self._unwind.tasks:
-            if task is not current and not task.done():
-                task.cancel()
-        if self._unwinder is not None:
-            self._unwinder.cancel()
+    def _reach(self, id_: str) -> None:
+        self._reached.add(id_)
+        self._overdue.pop(id_, None)
 
     def _fields(self, step_id: str | None) -> dict[str, Any]:
         """Structured log fields of a step (``extra=`` of each record)."""
@@ -876,7 +723,7 @@ class WorkflowContext:
         while todo:
             for rid in self._children.get(todo.pop(), ()):
                 if rid not in self._reached:
-                    self._reached.add(rid)
+                    self._reach(rid)
                     todo.append(rid)
 
     def _consumer(self, step_id: str) -> str:

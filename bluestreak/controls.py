@@ -19,6 +19,7 @@ from .errors import InvalidTransition, WorkflowNotFound
 from .handlers import check_id
 from .records import FINAL_STATUSES, Status
 from .store import UNCONSUMED, Store, expiry
+from .tracing import carrier
 from .transitions import (
     HISTORY_COLLECTED,
     NOTIFY,
@@ -179,6 +180,7 @@ class Controls:
             "sent_at": now,
             "consumed_by": None,
             "consumed_run": UNCONSUMED,
+            "trace": carrier(),
         }
         await self.store.insert_event(event)
         doc = await self.store.apply(NOTIFY_WAITING, workflow_id, now=now)

@@ -7,6 +7,8 @@ import re
 from datetime import timedelta
 from typing import TypeAlias
 
+from pydantic import TypeAdapter, ValidationError
+
 from .errors import InvalidDuration
 
 LONGEST = timedelta(days=36500)
@@ -27,6 +29,7 @@ for _names, _seconds in (
     for _name in _names:
         _UNITS[_name] = _seconds
 
+_TIMEDELTA: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]+)\s*,?")
 
 
@@ -34,7 +37,9 @@ def parse_duration(value: object, *, name: str = "duration") -> timedelta:
     """Return ``value`` as a non-negative ``timedelta``.
 
     Accepts a number of seconds, a ``timedelta``, or a string such as
-    ``"500ms"``, ``"2 seconds"``, ``"30 minutes"``, ``"1 day"`` or ``"1h30m"``.
+    ``"500ms"``, ``"2 seconds"``, ``"30 minutes"``, ``"1 day"`` or ``"1h30m"``, or
+    ISO 8601 (``"PT5M"``, ``"P1DT2H"``) and the other forms pydantic reads as a
+    ``timedelta`` (``"01:30:00"``).
     ``name`` appears in the error message, to say which argument was wrong.
     """
     if isinstance(value, timedelta):
@@ -75,6 +80,9 @@ def _parse_string(text: str, name: str) -> float:
         return float(stripped)  # "30" means 30 seconds
     except ValueError:
         pass
+    standard = _standard(stripped)
+    if standard is not None:
+        return standard
     total = 0.0
     pos = 0
     while pos < len(stripped):
@@ -82,7 +90,7 @@ def _parse_string(text: str, name: str) -> float:
         if match is None:
             raise InvalidDuration(
                 f"cannot parse {name} {text!r}: write a number and a unit, e.g. '500ms', "
-                f"'2 seconds', '30 minutes', '1 day' or '1h30m'"
+                f"'2 seconds', '30 minutes', '1 day' or '1h30m', or ISO 8601 like 'PT5M'"
             )
         unit = match.group(2).lower()
         if unit not in _UNITS:
@@ -93,6 +101,16 @@ def _parse_string(text: str, name: str) -> float:
         total += float(match.group(1)) * _UNITS[unit]
         pos = match.end()
     return total
+
+
+def _standard(text: str) -> float | None:
+    """ISO 8601 (``"PT5M"``, ``"P1DT2H"``) and the other forms pydantic reads as a ``timedelta`` (``"01:30:00"``)."""
+    if not (text[:1] in "Pp-" or ":" in text):
+        return None
+    try:
+        return float(_TIMEDELTA.validate_python(text.upper() if text[:1] in "Pp" else text).total_seconds())
+    except ValidationError:
+        return None
 
 
 def to_seconds(value: object, *, name: str = "duration") -> float:

@@ -7,52 +7,67 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .clock import ServerClock
-from .codec import prepare, restore
+from .codec import restore
 from .config import (
+    BOOLS,
+    DEFAULT,
+    DURATIONS,
+    INTS,
+    STRINGS,
     ErrorCallback,
     Settings,
     check_client_options,
     check_collection_prefix,
     check_db_name,
     check_db_url,
+    from_environment,
 )
+from .context import WorkflowContext
 from .controls import Controls
-from .durations import parse_duration, to_seconds
+from .durations import to_seconds
 from .errors import (
-    HandlerNotFound,
     InvalidArgument,
     WaitTimeout,
     WorkflowFailed,
     WorkflowNotFound,
 )
-from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, make_spec
+from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of, make_spec, name_handler
+from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
+from .queues import Queue, make_queue
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
-from .store import Doc, Store
-from .tracing import carrier
+from .starting import OnDuplicate, Starter, spec_items
+from .store import Store
+from .tracing import client_span
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
 F = TypeVar("F", bound=HandlerFn)
+T = TypeVar("T")
 StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
 
 
 class StartResult:
-    """What ``start_many`` did: the ids it created and the ids that already existed."""
+    """What ``start_many`` did: the ids it created, the ids that already existed, and the starts a queue's
+    deduplication refused (``{workflow_id: the id of the active workflow holding its deduplication id}``)."""
 
-    def __init__(self, created: list[str], existing: list[str]) -> None:
+    def __init__(
+        self, created: list[str], existing: list[str], deduplicated: dict[str, str | None] | None = None
+    ) -> None:
         self.created = created
         self.existing = existing
+        self.deduplicated = deduplicated or {}
 
     def __repr__(self) -> str:
-        return f"StartResult(created={len(self.created)}, existing={len(self.existing)})"
+        extra = f", deduplicated={len(self.deduplicated)}" if self.deduplicated else ""
+        return f"StartResult(created={len(self.created)}, existing={len(self.existing)}{extra})"
 
 
 class Bluestreak:
@@ -81,6 +96,8 @@ class Bluestreak:
         after they finish; ``None`` keeps them.
     :param retention_failed: the same for aborted and terminated workflows.
     :param env: shared dependencies handed to class-based workflows as ``self.env``.
+    :param strict_replay: pause a workflow whose code no longer replays its history (a step renamed,
+        removed or reordered) before the changed step runs; ``False`` runs on and only logs a warning.
     :param change_streams: let ``poll()`` watch a change stream and claim a workflow as soon as it
         becomes due anywhere (needs a replica set or sharded cluster; falls back to polling otherwise).
     :param client_options: keyword arguments for the ``AsyncMongoClient`` the engine creates from
@@ -90,28 +107,57 @@ class Bluestreak:
     def __init__(
         self,
         db_url: str | None = None,
-        db_name: str = "bluestreak",
+        db_name: Any = DEFAULT,
         *,
         database: Any = None,
-        collection_prefix: str = "",
-        lease_duration: object = 30,
-        poll_interval: object = 1,
-        retry_interval: object = 1,
-        max_retry_interval: object = "5 minutes",
-        max_failures: int | None = 5,
-        max_concurrency: int = 100,
-        sleep_threshold: object = 2,
-        shutdown_grace: object = 10,
+        collection_prefix: Any = DEFAULT,
+        lease_duration: object = DEFAULT,
+        poll_interval: object = DEFAULT,
+        retry_interval: object = DEFAULT,
+        max_retry_interval: object = DEFAULT,
+        max_failures: Any = DEFAULT,
+        max_concurrency: Any = DEFAULT,
+        sleep_threshold: object = DEFAULT,
+        shutdown_grace: object = DEFAULT,
         error_callback: ErrorCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
-        worker_id: str | None = None,
+        worker_id: Any = DEFAULT,
         clock: Any = None,
-        retention_finished: object | None = None,
-        retention_failed: object | None = None,
+        retention_finished: object = DEFAULT,
+        retention_failed: object = DEFAULT,
         env: Any = None,
         client_options: dict[str, Any] | None = None,
-        change_streams: bool = False,
+        change_streams: Any = DEFAULT,
+        strict_replay: Any = DEFAULT,
+        write_concern: Any = DEFAULT,
     ) -> None:
+        given = {
+            name: value
+            for name, value in {
+                "db_name": db_name,
+                "collection_prefix": collection_prefix,
+                "lease_duration": lease_duration,
+                "poll_interval": poll_interval,
+                "retry_interval": retry_interval,
+                "max_retry_interval": max_retry_interval,
+                "max_failures": max_failures,
+                "max_concurrency": max_concurrency,
+                "sleep_threshold": sleep_threshold,
+                "shutdown_grace": shutdown_grace,
+                "worker_id": worker_id,
+                "retention_finished": retention_finished,
+                "retention_failed": retention_failed,
+                "change_streams": change_streams,
+                "strict_replay": strict_replay,
+                "write_concern": write_concern,
+            }.items()
+            if value is not DEFAULT
+        }
+        # What the code does not say, $BLUESTREAK_<SETTING> may: the same names, upper-cased.
+        unset = [n for n in (*DURATIONS, *INTS, *BOOLS, *STRINGS, "write_concern") if n not in given]
+        given.update(from_environment(os.environ, unset))
+        db_name = given.pop("db_name", "bluestreak")
+        collection_prefix = given.pop("collection_prefix", "")
         if database is not None and db_url is not None:
             raise InvalidArgument("pass either db_url (with db_name) or database, not both")
         self._memory_fallback = False
@@ -122,23 +168,7 @@ class Bluestreak:
             check_db_name(check_id(db_name, "db_name"))
         check_collection_prefix(collection_prefix, db_name if database is None else getattr(database, "name", None))
         client_options = check_client_options(client_options)
-        self.settings = Settings.build(
-            lease_duration=lease_duration,
-            poll_interval=poll_interval,
-            retry_interval=retry_interval,
-            max_retry_interval=max_retry_interval,
-            max_failures=max_failures,
-            max_concurrency=max_concurrency,
-            sleep_threshold=sleep_threshold,
-            shutdown_grace=shutdown_grace,
-            error_callback=error_callback,
-            should_stop=should_stop,
-            worker_id=worker_id,
-            clock=clock,
-            retention_finished=retention_finished,
-            retention_failed=retention_failed,
-            change_streams=change_streams,
-        )
+        self.settings = Settings.build(**given, error_callback=error_callback, should_stop=should_stop, clock=clock)
         self._env = env
         self._workflows: list[Workflow] = []
         self._client_options = client_options
@@ -152,12 +182,15 @@ class Bluestreak:
         self._worker: Worker | None = None
         self._settled: dict[str, asyncio.Event] = {}
         self._stop_requested = False
+        self._stubs: dict[str, dict[str, Callable[..., Any]]] = {}  # workflow id -> step stubs (bluestreak.testing)
         self.metrics = Metrics()
         """Counters of this engine and its worker: ``engine.metrics.snapshot()``."""
         self._controls = Controls(
             lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
         )
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
+        self._queues: dict[str, Queue] = {}
+        self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
 
     # -- handlers --------------------------------------------------------------------
 
@@ -166,12 +199,14 @@ class Bluestreak:
 
         If ``input`` is annotated (a pydantic model, ``dict[str, int]``, ...),
         ``start`` validates input against it and the handler receives the
-        validated value.
+        validated value. The function then names its handler on any engine:
+        ``engine.start("id", fn, input)``.
         """
         spec = make_spec(handler_id, fn)
         if handler_id in self._handlers and self._handlers[handler_id].fn is not fn:
             raise InvalidArgument(f"handler id {handler_id!r} is already registered to another function")
         self._handlers[handler_id] = spec
+        name_handler(fn, handler_id)
 
     def register(self, workflow: type[Workflow]) -> type[Workflow]:
         """Register a class-based workflow (a :class:`Workflow` subclass); usable as a class decorator.
@@ -188,6 +223,7 @@ class Bluestreak:
         instance.env = self._env
         self._workflows.append(instance)
         self.register_handler(workflow.handler_id or workflow.__name__, instance.run)
+        name_handler(workflow, workflow.handler_id or workflow.__name__)
         return workflow
 
     @property
@@ -281,27 +317,181 @@ class Bluestreak:
 
     # -- starting --------------------------------------------------------------------
 
+    @overload
     async def start(
         self,
         workflow_id: str,
-        handler_id: str,
+        handler: Callable[[WorkflowContext, Any], Awaitable[T]],
         input: Any = None,
         *,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: object | None = None,
-    ) -> bool:
-        """Create a workflow; ``False`` (and nothing created) if ``workflow_id`` exists.
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
+    ) -> WorkflowHandle[T]: ...
 
-        ``priority``: higher runs first among due workflows. ``run_at`` (an
-        aware datetime) or ``delay`` (a duration) postpone its first run.
+    @overload
+    async def start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow],
+        input: Any = None,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
+    ) -> WorkflowHandle[Any]: ...
+
+    async def start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        deduplication_id: str | None = None,
+        on_duplicate: OnDuplicate = "reject",
+    ) -> WorkflowHandle[Any]:
+        """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
+        ``workflow_id`` exists).
+
+        ``handler`` is the handler's id, or the handler function (or
+        :class:`Workflow` class) registered with :meth:`handler` on any
+        engine: then ``await handle.result()`` is typed by its return
+        annotation. ``priority``: higher runs first among due workflows (of
+        its queue). ``run_at`` (an aware datetime) or ``delay`` (a duration)
+        postpone its first run.
+
+        ``queue``: a queue declared with :meth:`queue` (its limits apply);
+        ``partition``: its key within the queue (a tenant, a user), for
+        ``partition_concurrency`` and fair turns between partitions.
+        ``deduplication_id``: while a workflow of the queue with this id is
+        queued or running, another start with it raises
+        :class:`DuplicateWorkflow` (``on_duplicate="existing"``: returns the
+        holder's handle instead).
         """
-        doc = self._new_doc(workflow_id, handler_id, input, priority, run_at, delay)
-        created = await self.store.insert_workflow(doc)
-        if created:
+        handler_id = handler_id_of(handler)
+        with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
+            doc = self._starter.new_doc(  # its trace: this span
+                workflow_id,
+                handler_id,
+                input,
+                priority=priority,
+                run_at=run_at,
+                delay=delay,
+                queue=queue,
+                partition=partition,
+                deduplication_id=deduplication_id,
+            )
+            started = await self._starter.insert(doc, on_duplicate)
+        if started.created:
             self.metrics.started += 1
             self._wake_local(handler_id)
-        return created
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    async def debounce(
+        self,
+        key: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        period: object,
+        max_wait: object | None = None,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        priority: int = 0,
+    ) -> WorkflowHandle[Any]:
+        """Start a workflow ``period`` from now — or, if one for ``key`` is still pending, push it back.
+
+        Repeated calls with one ``key`` keep one workflow pending: each replaces
+        its input (it runs once, with the last) and moves its start to
+        ``period`` after the call, never later than ``max_wait`` after the
+        first. Once it starts, the next call begins a new one. Returns its
+        handle (``created`` on the call that began it).
+        """
+        started = await self._starter.debounce(
+            key,
+            handler_id_of(handler),
+            input,
+            period=period,
+            max_wait=max_wait,
+            queue=queue,
+            partition=partition,
+            priority=priority,
+        )
+        if started.created:
+            self.metrics.started += 1
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: tuple[int, object] | None = None,
+        partition_concurrency: int | None = None,
+        partition_rate_limit: tuple[int, object] | None = None,
+    ) -> Queue:
+        """Declare a queue (in code every process imports, like the handlers); returns it.
+
+        :param concurrency: at most this many of its workflows run at once, across every worker: enforced
+            by the database, each run holding a slot for as long as it holds its lease.
+        :param worker_concurrency: at most this many at once in one worker process.
+        :param rate_limit: ``(count, period)``: at most ``count`` of its workflows begin in any window of
+            ``period`` (a sliding window), e.g. ``(100, "1 minute")``.
+        :param partition_concurrency: at most this many at once per partition (``start(..., partition=)``).
+        :param partition_rate_limit: a ``(count, period)`` rate limit per partition.
+
+        Partitions always take fair turns: a partition with a long backlog does
+        not delay one with a single workflow. Declaring a name again with the
+        same limits returns the same queue.
+        """
+        declared = make_queue(
+            name,
+            concurrency=concurrency,
+            worker_concurrency=worker_concurrency,
+            rate_limit=rate_limit,
+            partition_concurrency=partition_concurrency,
+            partition_rate_limit=partition_rate_limit,
+        )
+        existing = self._queues.get(declared.name)
+        if existing is not None and existing != declared:
+            raise InvalidArgument(
+                f"queue {declared.name!r} is already declared with other limits ({existing.describe()}); "
+                "declare each queue once"
+            )
+        self._queues[declared.name] = declared
+        return declared
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        """The declared queues, by name."""
+        return dict(self._queues)
+
+    @overload
+    def handle(
+        self, workflow_id: str, handler: Callable[[WorkflowContext, Any], Awaitable[T]]
+    ) -> WorkflowHandle[T]: ...
+
+    @overload
+    def handle(self, workflow_id: str, handler: str | type[Workflow] | None = None) -> WorkflowHandle[Any]: ...
+
+    def handle(self, workflow_id: str, handler: Any = None) -> WorkflowHandle[Any]:
+        """A handle on an existing workflow (typed by ``handler``'s return annotation if it is a function)."""
+        check_id(workflow_id, "workflow id")
+        return WorkflowHandle(self, workflow_id, created=False)
 
     async def start_many(self, workflows: Iterable[StartSpec]) -> StartResult:
         """Create many workflows with one unordered bulk insert per 1,000.
@@ -309,93 +499,12 @@ class Bluestreak:
         Each item is ``(workflow_id, handler_id[, input])`` or a mapping with
         the keys of :meth:`start`. All are validated before anything is written.
         """
-        docs: list[Doc] = []
-        seen: set[str] = set()
-        for item in workflows:
-            if isinstance(item, Mapping):
-                kwargs = dict(item)
-                doc = self._new_doc(
-                    kwargs.pop("workflow_id", None),
-                    kwargs.pop("handler_id", None),
-                    kwargs.pop("input", None),
-                    kwargs.pop("priority", 0),
-                    kwargs.pop("run_at", None),
-                    kwargs.pop("delay", None),
-                )
-                if kwargs:
-                    raise InvalidArgument(f"start_many: unknown keys {sorted(kwargs)} for workflow {doc['_id']!r}")
-            elif isinstance(item, tuple) and len(item) in (2, 3):
-                doc = self._new_doc(item[0], item[1], item[2] if len(item) == 3 else None, 0, None, None)
-            else:
-                raise InvalidArgument(
-                    f"start_many takes (workflow_id, handler_id[, input]) tuples or mappings, got {item!r:.80}"
-                )
-            if doc["_id"] in seen:
-                raise InvalidArgument(f"start_many: workflow id {doc['_id']!r} appears twice")
-            seen.add(doc["_id"])
-            docs.append(doc)
-        created: list[str] = []
-        existing: list[str] = []
-        for i in range(0, len(docs), 1000):
-            chunk = docs[i : i + 1000]
-            for doc, ok in zip(chunk, await self.store.insert_workflows(chunk), strict=True):
-                (created if ok else existing).append(doc["_id"])
+        docs = spec_items(workflows, self._starter)
+        created, existing, duplicates = await self._starter.insert_many(docs)
         self.metrics.started += len(created)
         for handler_id in {d["handler"] for d in docs}:
             self._wake_local(handler_id)
-        return StartResult(created, existing)
-
-    def _new_doc(self, workflow_id: Any, handler_id: Any, input: Any, priority: Any, run_at: Any, delay: Any) -> Doc:
-        check_id(workflow_id, "workflow id")
-        check_id(handler_id, "handler id")
-        if self._handlers and handler_id not in self._handlers:
-            raise HandlerNotFound(
-                f"no handler {handler_id!r} is registered (known: {', '.join(self.handler_ids)}); "
-                "register it before starting workflows, or start from an engine with no handlers (a client)"
-            )
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
-            raise InvalidArgument(f"priority of workflow {workflow_id!r} must be an int, got {priority!r}")
-        now = self.settings.clock.now()
-        due = now
-        if run_at is not None and delay is not None:
-            raise InvalidArgument("pass run_at or delay, not both")
-        if run_at is not None:
-            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
-                raise InvalidArgument(f"run_at must be an aware datetime (e.g. with tzinfo=UTC), got {run_at!r}")
-            due = max(now, run_at.astimezone(UTC))
-        elif delay is not None:
-            due = now + parse_duration(delay, name="delay")
-        spec = self._handlers.get(handler_id)
-        where = f"the input of workflow {workflow_id!r}"
-        if spec is not None and spec.input_adapter is not None:
-            stored, tag, _ = prepare(spec.dump_input(spec.validate_input(input, workflow_id)), where)
-        else:
-            stored, tag, _ = prepare(input, where)
-        return {
-            "_id": workflow_id,
-            "handler": handler_id,
-            "input": stored,
-            "input_type": tag,
-            "status": Status.IDLE.value,
-            "priority": priority,
-            "due_at": due,
-            "lease": None,
-            "worker": None,
-            "control": None,
-            "failures": 0,
-            "run": 0,
-            "attempt": 0,
-            "inbox": 0,
-            "taken": [],
-            "attempt_log": [],
-            "result": None,
-            "result_type": None,
-            "error": None,
-            "trace": carrier(),
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
-        }
+        return StartResult(created, existing, duplicates)
 
     def _wake_local(self, handler_id: str) -> None:
         if self._worker is not None and handler_id in self._handlers:
@@ -445,15 +554,28 @@ class Bluestreak:
 
     # -- running ---------------------------------------------------------------------
 
-    async def poll(self) -> None:
+    async def poll(self, queues: Iterable[str] | None = None) -> None:
         """Claim and run workflows of the registered handlers until :meth:`stop`.
 
         Runs at most ``max_concurrency`` handlers at once. A bad workflow or a
         passing database outage is logged and retried; it never ends the loop.
+        ``queues``: claim only from these declared queues (``"default"``: the
+        workflows started into no queue); ``None`` claims from all.
         """
         if self._worker is not None:
             raise InvalidArgument("poll() is already running on this engine")
-        worker = Worker(self.store, self.settings, self._handlers, on_settled=self._on_settled, metrics=self.metrics)
+        if isinstance(queues, str):
+            raise InvalidArgument(f"poll(queues=...) takes a list of queue names, not the str {queues!r}")
+        worker = Worker(
+            self.store,
+            self.settings,
+            self._handlers,
+            on_settled=self._on_settled,
+            metrics=self.metrics,
+            stubs=self._stubs,
+            queues=self._queues,
+            listen=None if queues is None else list(queues),
+        )
         self._worker = worker
         if self._stop_requested:
             worker.stop()
@@ -540,6 +662,17 @@ class Bluestreak:
         """Events sent to the workflow, buffered and consumed, in the order sent."""
         return await self._inspector.list_events(workflow_id)
 
+    async def export_history(self, workflow_id: str) -> dict[str, Any]:
+        """The current run of a workflow — its input, steps, naps and events — as a history to replay.
+
+        Replay it against today's code with :func:`bluestreak.testing.replay`
+        (``bluestreak export ID > history.json`` writes the same as JSON).
+        """
+        from .replay import export_history
+
+        doc = await self._inspector.existing(workflow_id, None)
+        return await export_history(self.store, workflow_id, doc)
+
     # -- events ----------------------------------------------------------------------
 
     async def send_event(self, workflow_id: str, event_type: str, payload: Any = None) -> None:
@@ -549,7 +682,8 @@ class Bluestreak:
         Raises :class:`WorkflowNotFound`, or :class:`InvalidTransition` if the
         workflow has ended.
         """
-        handler = await self._controls.send_event(workflow_id, event_type, payload)
+        with client_span(f"send event {event_type}", str(workflow_id), event_type=str(event_type)):
+            handler = await self._controls.send_event(workflow_id, event_type, payload)
         self.metrics.events_sent += 1
         if handler is not None:
             self._wake_local(handler)

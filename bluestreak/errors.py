@@ -30,7 +30,11 @@ class InvalidDuration(InvalidArgument):
 
 
 class HandlerNotFound(BluestreakError, LookupError):
-    """No handler is registered under this id."""
+    """No handler is registered under this id (``.handler_id``)."""
+
+    def __init__(self, message: str, handler_id: str | None = None) -> None:
+        super().__init__(message)
+        self.handler_id = handler_id
 
 
 class WorkflowNotFound(BluestreakError, LookupError):
@@ -78,6 +82,26 @@ class InvalidTransition(BluestreakError):
         self.status = status
 
 
+class DuplicateWorkflow(BluestreakError, ValueError):
+    """A start with a deduplication id that an active workflow of the queue already holds.
+
+    ``queue``, ``deduplication_id``, and ``existing_id``: the workflow holding
+    it (queued or running). Pass ``on_duplicate="existing"`` to get its handle
+    instead of this error.
+    """
+
+    def __init__(self, queue: str | None, deduplication_id: str, existing_id: str | None) -> None:
+        where = f"queue {queue!r}" if queue is not None else "no queue"
+        holder = f"workflow {existing_id!r}" if existing_id else "another workflow"
+        super().__init__(
+            f"deduplication id {deduplication_id!r} in {where} is held by {holder}, which has not ended; "
+            "wait for it, or start with on_duplicate='existing' to get its handle"
+        )
+        self.queue = queue
+        self.deduplication_id = deduplication_id
+        self.existing_id = existing_id
+
+
 class WorkflowUsageError(BluestreakError):
     """A handler used the context wrongly (a step id twice, a value BSON cannot store).
 
@@ -98,7 +122,12 @@ class DocumentTooLarge(WorkflowUsageError, ValueError):
 
 
 class StepError(BluestreakError):
-    """An error a step raised into the handler, recorded so replay raises it again."""
+    """An error a step raised into the handler, recorded so replay raises it again.
+
+    ``step_id`` names the step (also on replay); subclasses add what they are about.
+    """
+
+    step_id: str | None = None
 
 
 class StepTimeoutError(StepError, TimeoutError):
@@ -137,7 +166,27 @@ class NonRetryableError(StepError):
 
 
 class EventTimeoutError(StepError, TimeoutError):
-    """``ctx.wait_for_event`` timed out before an event of that type arrived."""
+    """``ctx.wait_for_event`` timed out before an event of that type arrived (``.timeout`` seconds, ``.step_id``)."""
+
+    timeout: float | None = None
+
+
+class NondeterminismError(BluestreakError):
+    """The workflow's code no longer replays its recorded history.
+
+    Replay reached a step (``.step_id``) that is not in the history while
+    recorded steps (``.unreached``) were never reached: a step was renamed,
+    removed, reordered or moved behind a condition. Raised *before* the new
+    step runs, so no side effect happens twice; the workflow is paused with
+    this report, to be resumed once the code is fixed (or the change is put
+    behind :meth:`WorkflowContext.patched`).
+    """
+
+    def __init__(self, message: str, *, workflow_id: str, step_id: str, unreached: list[str]) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.step_id = step_id
+        self.unreached = unreached
 
 
 class StrayCancellation(BluestreakError):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from .store import Doc, Store, expiry, is_transient
 from .tracing import workflow_span
 from .transitions import (
     ABORT,
+    DIVERGED,
     FAIL,
     FINISH,
     PAUSE_AT_BOUNDARY,
@@ -73,6 +74,7 @@ class Execution:
         metrics: Metrics,
         on_settled: Callable[[str], None],
         wake: Callable[[], None],
+        stubs: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.doc = doc
         self.workflow_id: str = doc["_id"]
@@ -85,11 +87,23 @@ class Execution:
         self.metrics = metrics
         self._on_settled = on_settled
         self._wake = wake
+        self._stubs = stubs
         self.ctx: WorkflowContext | None = None
         self.stop_reason: StopReason | None = None
+        self.outcome: str | None = None
+        """How this execution ended, once it has: its span and logs say so."""
         self._aborted = asyncio.Event()
         log_entries = doc.get("attempt_log") or []
         self._logged = any(e.get("token") == self.token for e in log_entries)
+
+    @property
+    def lease_released(self) -> bool:
+        """Whether this execution no longer holds its lease: it wrote an outcome that released it, or lost it.
+
+        Only then may the queue slots it holds be freed (a lease whose outcome
+        could not be written is held until it expires, and so are its slots).
+        """
+        return self.outcome is not None and self.outcome != "database unavailable" and self.outcome != "release failed"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -177,18 +191,23 @@ class Execution:
             steps=steps,
             naps=naps,
             sleep_threshold=self.settings.sleep_threshold,
+            strict_replay=self.settings.strict_replay,
+            stubs=self._stubs,
         )
         self.ctx = ctx
-        if self.stop_reason is not None:  # lost before it began
+        if self.stop_reason == "lost":  # lost before it began
+            self._cancelled_as_lost()
             return
-        handler = asyncio.create_task(self._handle(ctx, value), name=f"bluestreak:{self.workflow_id}:{self.token[:8]}")
-        ctx.bind(handler)
-        await self._await_handler(ctx, handler)
-        await self._outcome(ctx, handler)
-
-    async def _handle(self, ctx: WorkflowContext, value: Any) -> Any:
-        with workflow_span(self.doc, self.settings.worker_id):
-            return await self.spec.fn(ctx, value)
+        if self.stop_reason == "release":  # the worker stops before it began: give it back now
+            await self._release()
+            return
+        with workflow_span(self.doc, self.settings.worker_id) as span:  # the handler's steps are its children
+            name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
+            handler = asyncio.create_task(self._handle(ctx, value), name=name)
+            ctx.bind(handler)
+            await self._await_handler(ctx, handler)
+            await self._outcome(ctx, handler)
+            span.outcome(self.outcome)
 
     async def _await_handler(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
         """Until the handler ends; once it is cancelled, at most ``shutdown_grace`` more."""
@@ -213,23 +232,28 @@ class Execution:
                 extra=self.fields(),
             )
 
+    async def _handle(self, ctx: WorkflowContext, value: Any) -> Any:
+        return await self.spec.fn(ctx, value)
+
     async def _outcome(self, ctx: WorkflowContext, handler: asyncio.Task[Any]) -> None:
         if self.stop_reason == "lost":
-            self.metrics.lease_lost += 1
-            log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+            self._cancelled_as_lost()
             return
         if self.stop_reason == "release":
             await self._release()
             return
         interrupt = ctx.interrupt
         if isinstance(interrupt, Stop):
-            if interrupt.kind == "failure":
+            if interrupt.kind == "diverged":
+                assert interrupt.error is not None
+                await self._diverged(interrupt.error)
+            elif interrupt.kind == "failure":
                 assert interrupt.error is not None
                 await self._fail(interrupt.error)
             elif interrupt.kind == "lease_lost":
-                self.metrics.lease_lost += 1
-                log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+                self._cancelled_as_lost()
             else:
+                self.outcome = "database unavailable"
                 log.info(
                     "workflow %r stopped: the database failed (%s); it runs again after its lease",
                     self.workflow_id,
@@ -295,6 +319,7 @@ class Execution:
             self._lost_before("finish")
             return
         self.metrics.finished += 1
+        self.outcome = "finished"
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
         if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
@@ -327,6 +352,7 @@ class Execution:
             self._lost_before("record its failure")
             return
         self.metrics.failed += 1
+        self.outcome = status.value
         log.warning(
             "workflow %r %s (failure %d): %s: %s",
             self.workflow_id,
@@ -339,6 +365,20 @@ class Execution:
         if status is Status.ABORTED:
             self.metrics.aborted += 1
             self._on_settled(self.workflow_id)
+        await self._callback(exc)
+
+    async def _diverged(self, exc: BaseException) -> None:
+        info = error_info(exc).to_doc()
+        if not await self._write(DIVERGED, "paused", {"error": info}):
+            self._lost_before("pause on a diverged history")
+            return
+        self.outcome = "diverged"
+        log.error(
+            "workflow %r paused: its code no longer replays its history (%s)",
+            self.workflow_id,
+            short(info["message"]),
+            extra={**self.fields(), "error_type": info["type"]},
+        )
         await self._callback(exc)
 
     async def _write(self, t: Transition, outcome: str, fields: Doc, **guards: Any) -> bool:
@@ -397,6 +437,7 @@ class Execution:
         if written is None:
             self._lost_before(suspension.status.value)
             return
+        self.outcome = written.value
         if written is Status.SLEEPING and suspension.status is not Status.SLEEPING:
             self._wake()  # run again now
         else:
@@ -405,8 +446,12 @@ class Execution:
     async def _release(self) -> None:
         try:
             if await self._write(RELEASE, "released", {}):
+                self.outcome = "released"
                 log.info("workflow %r released for another worker (shutdown)", self.workflow_id, extra=self.fields())
+            else:
+                self.outcome = "lost"
         except Exception as exc:
+            self.outcome = "release failed"
             log.warning(
                 "workflow %r: release failed (%s); its lease will expire",
                 self.workflow_id,
@@ -427,7 +472,13 @@ class Execution:
 
     # -- log lines -----------------------------------------------------------------------
 
+    def _cancelled_as_lost(self) -> None:
+        self.outcome = "lost"
+        self.metrics.lease_lost += 1
+        log.info("workflow %r: lease lost, execution cancelled", self.workflow_id, extra=self.fields())
+
     def _lost_before(self, what: str) -> None:
+        self.outcome = "lost"
         self.metrics.lease_lost += 1
         log.warning(
             "workflow %r: lease lost before it could %s; nothing recorded", self.workflow_id, what, extra=self.fields()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,29 @@ def _shown(value: object) -> str:
     text = repr(value)
     text = text.encode("ascii", "backslashreplace").decode("ascii")
     return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+_HANDLER_ID = "__bluestreak_handler_id__"
+
+
+def name_handler(target: Any, handler_id: str) -> None:
+    """Remember on a registered function (or Workflow class) the id it was registered under."""
+    fn = getattr(target, "__func__", target)  # a bound method: its function
+    with contextlib.suppress(AttributeError, TypeError):  # a callable that takes no attributes: pass its id
+        setattr(fn, _HANDLER_ID, handler_id)
+
+
+def handler_id_of(handler: object) -> str:
+    """The handler id ``start`` was given: the id itself, or what a registered function was registered as."""
+    if isinstance(handler, str) or not callable(handler):
+        return check_id(handler, "handler id")  # refuses what is not a str
+    found = getattr(getattr(handler, "__func__", handler), _HANDLER_ID, None)
+    if isinstance(found, str):
+        return found
+    raise InvalidArgument(
+        f"{getattr(handler, '__qualname__', type(handler).__name__)} is not a registered handler: register it with "
+        "@engine.handler('id') (on any engine) before starting it, or pass its handler id as a str"
+    )
 
 
 @dataclass(frozen=True, slots=True)

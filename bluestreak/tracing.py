@@ -38,11 +38,51 @@ def carrier() -> dict[str, str] | None:
     return headers or None
 
 
+class RunSpan:
+    """The span of one run, to say how it ended (``bluestreak.outcome``) before it closes."""
+
+    def __init__(self, span: Any = None) -> None:
+        self._span = span
+
+    def outcome(self, outcome: str | None) -> None:
+        """``finished``, ``failed``, ``aborted``, ``sleeping``, ``waiting``, ``paused``, ``released``, ``lost``..."""
+        if self._span is not None and outcome is not None:
+            self._span.set_attribute("bluestreak.outcome", outcome)
+            if outcome in ("failed", "aborted"):
+                self._span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+
+
 @contextlib.contextmanager
-def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[None]:
-    """A span around one run of a workflow, parented by the context stored at ``start``."""
+def client_span(name: str, workflow_id: str, **attributes: str) -> Iterator[None]:
+    """A span around a client call (``start``, ``send_event``): the runs it causes join or link to it."""
     if not _enabled():
         yield
+        return
+    tracer = trace.get_tracer("bluestreak")
+    attrs = {"bluestreak.workflow_id": workflow_id, **{f"bluestreak.{k}": v for k, v in attributes.items()}}
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attrs):
+        yield
+
+
+@contextlib.contextmanager
+def event_span(workflow_id: str, event: dict[str, Any]) -> Iterator[None]:
+    """A short span where a wait received an event, linked to the ``send_event`` that sent it."""
+    if not _enabled():
+        yield
+        return
+    sender = trace.get_current_span(propagate.extract(event.get("trace") or {})).get_span_context()
+    links = [trace.Link(sender)] if sender.is_valid else []
+    tracer = trace.get_tracer("bluestreak")
+    attributes = {"bluestreak.workflow_id": workflow_id, "bluestreak.event_type": str(event.get("type"))}
+    with tracer.start_as_current_span(f"event {event.get('type')}", links=links, attributes=attributes):
+        yield
+
+
+@contextlib.contextmanager
+def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[RunSpan]:
+    """A span around one run of a workflow, parented by the context stored at ``start``."""
+    if not _enabled():
+        yield RunSpan()
         return
     parent = propagate.extract(doc.get("trace") or {})
     tracer = trace.get_tracer("bluestreak")
@@ -53,8 +93,8 @@ def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[None]:
         "bluestreak.run": int(doc.get("run", 0)),
         "bluestreak.worker_id": worker_id,
     }
-    with tracer.start_as_current_span(f"workflow {doc['handler']}", context=parent, attributes=attributes):
-        yield
+    with tracer.start_as_current_span(f"workflow {doc['handler']}", context=parent, attributes=attributes) as span:
+        yield RunSpan(span)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ Statuses (see :class:`~bluestreak.records.Status`)::
       │               │ └──pause at a step boundary──▶ paused ──resume──▶ idle
       └──release──────┘
     any non-final ──terminate──▶ terminated;  any ──restart──▶ idle (run + 1)
+    (in a queue with limits, claim first takes a slot: see bluestreak/store/queues.py)
     aborted, failed ──retry──▶ idle;  final + expired ──purge──▶ (deleted)
 """
 
@@ -129,7 +130,9 @@ CLAIM = Transition(
             "due_at": a["lease_until"],
             "claimed_at": a["now"],
             "updated_at": a["now"],
+            "admitted": True,
         },
+        "$unset": {"tag": "", "debounce": ""},
         "$inc": {"attempt": 1},
         "$push": {
             "attempt_log": {
@@ -138,7 +141,9 @@ CLAIM = Transition(
             }
         },
     },
-    doc="A worker takes a due workflow (or one whose lease expired) with a fresh lease token.",
+    doc="A worker takes a due workflow (or one whose lease expired) with a fresh lease token. In a queue with "
+    "limits, only after taking its slots (and, on its first claim, its rate-limit admission): see claim_by_id. "
+    "Its fair-order tag goes: claimed again later, it comes before workflows never claimed.",
 )
 
 RENEW = Transition(
@@ -160,7 +165,7 @@ FINISH = Transition(
     guard=_logged,
     update=lambda a: _set(
         {**_outcome_fields(a, Status.FINISHED), "control": None, "taken": [], "error": None},
-        unset=("due_at",),
+        unset=("due_at", "dedup"),
     ),
     doc="The handler returned: store its result. Final.",
 )
@@ -181,7 +186,9 @@ ABORT = Transition(
     Status.ABORTED,
     fenced=True,
     guard=_logged,
-    update=lambda a: _set({**_outcome_fields(a, Status.ABORTED), "control": None, "taken": []}, unset=("due_at",)),
+    update=lambda a: _set(
+        {**_outcome_fields(a, Status.ABORTED), "control": None, "taken": []}, unset=("due_at", "dedup")
+    ),
     doc="Failed more than max_failures times (or cannot ever run): record the error. Final.",
 )
 
@@ -207,6 +214,19 @@ PAUSE_AT_BOUNDARY = Transition(
         a,
     ),
     doc="A pending pause is honoured: at a step boundary, or instead of a failure/suspension outcome.",
+)
+
+DIVERGED = Transition(
+    "diverged",
+    frozenset({Status.RUNNING}),
+    Status.PAUSED,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.PAUSED), "control": None}, unset=("due_at",)),
+        a,
+    ),
+    doc="The code no longer replays the history: pause, with the report as the error, before anything runs twice.",
 )
 
 RUN_AGAIN = Transition(
@@ -304,7 +324,7 @@ TERMINATE = Transition(
             "finished_at": a["now"],
             **a.get("fields", {}),
         },
-        unset=("due_at",),
+        unset=("due_at", "dedup", "debounce"),
     ),
     doc="Stop for good; a running execution loses its lease (and is cancelled).",
 )
@@ -330,7 +350,7 @@ RESTART = Transition(
             "updated_at": a["now"],
             "run_started_at": a["now"],
         },
-        "$unset": {"expire_at": ""},
+        "$unset": {"expire_at": "", "admitted": ""},
         "$inc": {"run": 1, "history_gc": 1},
     },
     doc="Run again from the beginning with the same input. The old run's records are deleted afterwards "
@@ -411,6 +431,7 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     ABORT,
     SUSPEND,
     PAUSE_AT_BOUNDARY,
+    DIVERGED,
     RUN_AGAIN,
     RELEASE,
     TAKE_EVENT,
@@ -434,6 +455,6 @@ ALL: tuple[Transition, ...] = EXECUTION_TRANSITIONS + OPERATOR_TRANSITIONS
 BY_NAME: dict[str, Transition] = {t.name: t for t in ALL}
 
 
-def claim_query(now: datetime, handlers: list[str]) -> Doc:
-    """The filter of a claim over many workflows (no ``_id``): due now, of these handlers."""
-    return {**CLAIM.guard({"now": now}), "handler": {"$in": handlers}}
+def claim_query(now: datetime, handlers: list[str], queue: str | None = None) -> Doc:
+    """The filter of a claim over many workflows (no ``_id``): due now, of these handlers, in this queue."""
+    return {**CLAIM.guard({"now": now}), "queue": queue, "handler": {"$in": handlers}}

@@ -2,7 +2,10 @@
 
 One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
 
-1. claim as many due workflows as there are free slots (``max_concurrency``);
+1. claim as many due workflows as there are free places (``max_concurrency``):
+   in batches from each queue without limits (and from workflows in no
+   queue), one at a time through :class:`~bluestreak.queues.Admission` from
+   each queue with limits (its slots first, then the workflow);
 2. run each as an :class:`~bluestreak.execution.Execution` in a task of its
    own (which writes its outcome, fenced by its lease token);
 3. when nothing is due, sleep until the earliest due workflow, at most
@@ -10,9 +13,11 @@ One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
    change stream event).
 
 Beside it, one task renews every held lease in one bulk write per
-``lease_duration / 3`` (a lease found lost cancels its execution at once),
-and one keeps the clock in step with the database's and purges expired
-workflows.
+``lease_duration / 3`` — queue slots first, then the leases of the
+executions whose slots renewed (a lease or slot found lost cancels its
+execution at once) — and one keeps the clock in step with the database's
+and purges expired workflows. An execution's slots are freed once its lease
+is released.
 
 Executions are keyed by their lease, ``(workflow_id, token)``, never by the
 workflow id alone: a worker may still be unwinding a zombie of run 0 while
@@ -27,8 +32,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -38,6 +44,7 @@ from .errors import InvalidArgument
 from .execution import Execution
 from .handlers import HandlerSpec
 from .metrics import Metrics
+from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
 from .store import Doc, Lease, Store
 
@@ -54,8 +61,12 @@ class Worker:
         handlers: dict[str, HandlerSpec],
         on_settled: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
+        stubs: Mapping[str, Mapping[str, Callable[..., Any]]] | None = None,
+        queues: Mapping[str, Queue] | None = None,
+        listen: Sequence[str] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self._stubs = stubs if stubs is not None else {}
         self.store = store
         self._on_settled = on_settled or (lambda _id: None)
         self.settings = settings
@@ -66,6 +77,13 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lease = timedelta(seconds=settings.lease_duration)
+        self.queues = dict(queues or {})
+        self.listen = _listened(self.queues, listen)
+        """The queues this worker claims from (``None``: workflows started into no queue)."""
+        self.admission = Admission(store, self.clock, self._lease, settings.worker_id, settings.poll_interval)
+        self._slots: dict[Lease, list[str]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        self._burst: dict[str | None, int] = {}
         self.finished = asyncio.Event()
         """Set when ``run()`` has returned (after its graceful shutdown)."""
 
@@ -114,24 +132,14 @@ class Worker:
             asyncio.create_task(self._watch_loop(), name="bluestreak-watch"),
         ]
         failures = 0
-        burst = 1
         try:
             while not self._should_stop():
-                free = self.settings.max_concurrency - len(self._running)
                 self._wake.clear()
-                if free <= 0:
+                if self.settings.max_concurrency - len(self._running) <= 0:
                     await self._idle(self.settings.poll_interval)
                     continue
-                # Claim one at a time while work trickles in (one find_one_and_update each),
-                # doubling the batch while every claim fills it (a batch costs three commands).
-                limit = min(free, burst)
-                started = time.perf_counter()
                 try:
-                    now = self.clock.now()
-                    token = uuid.uuid4().hex
-                    claimed = await self.store.claim(
-                        handlers, now, now + self._lease, token, self.settings.worker_id, limit
-                    )
+                    busy = await self._claim_round(handlers)
                     failures = 0
                 except PyMongoError as exc:
                     failures += 1
@@ -139,11 +147,7 @@ class Worker:
                     log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, pause)
                     await self._idle(pause)
                     continue
-                self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
-                burst = min(self.settings.max_concurrency, limit * 2) if len(claimed) == limit else 1
-                for doc in claimed:
-                    self._spawn(doc)
-                if len(claimed) < limit:
+                if not busy:
                     await self._idle(await self._idle_time(handlers))
         finally:
             await self._shutdown()
@@ -151,6 +155,50 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             self.finished.set()
+
+    async def _claim_round(self, handlers: list[str]) -> bool:
+        """Claim from every listened queue while there is room; whether any claim came back full (look again)."""
+        busy = False
+        for name in self.listen:
+            free = self.settings.max_concurrency - len(self._running)
+            if free <= 0:
+                return True
+            queue = self.queues.get(name) if name is not None else None
+            if queue is not None and queue.limited:
+                room = free
+                if queue.worker_concurrency is not None:
+                    room = min(room, queue.worker_concurrency - self._running_in(name))
+                limit = min(room, self._burst.get(name, 1))
+                if limit <= 0:
+                    continue
+                started = time.perf_counter()
+                got = await self.admission.claim(queue, handlers, limit)
+                self.metrics.observe_claim(time.perf_counter() - started, len(got))
+                for item in got:
+                    self._slots[(item.doc["_id"], item.doc["lease"])] = item.slots
+                    self._spawn(item.doc)
+                docs_count = len(got)
+            else:
+                # Claim one at a time while work trickles in (one find_one_and_update each),
+                # doubling the batch while every claim fills it (a batch costs three commands).
+                limit = min(free, self._burst.get(name, 1))
+                started = time.perf_counter()
+                now = self.clock.now()
+                token = uuid.uuid4().hex
+                claimed = await self.store.claim(
+                    handlers, now, now + self._lease, token, self.settings.worker_id, limit, queue=name
+                )
+                self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
+                for doc in claimed:
+                    self._spawn(doc)
+                docs_count = len(claimed)
+            full = docs_count == limit
+            self._burst[name] = min(self.settings.max_concurrency, limit * 2) if full else 1
+            busy = busy or full
+        return busy
+
+    def _running_in(self, queue: str | None) -> int:
+        return sum(1 for e in self._running.values() if e.doc.get("queue") == queue)
 
     def _should_stop(self) -> bool:
         if self._stopping:
@@ -161,15 +209,34 @@ class Worker:
         return self._stopping
 
     async def _idle_time(self, handlers: list[str]) -> float:
-        """Until the earliest due workflow, at most ``poll_interval``."""
+        """Until the earliest due workflow of a queue this worker could claim from now, at most ``poll_interval``.
+
+        A queue blocked by its rate limit counts from when its window frees;
+        one whose slots are all held, or this worker's share of it, from the
+        next poll (or the moment one of this worker's runs of it ends).
+        """
+        longest = self.settings.poll_interval
+        open_queues: list[str | None] = []
+        for name in self.listen:
+            queue = self.queues.get(name) if name is not None else None
+            if queue is not None and queue.limited:
+                if queue.worker_concurrency is not None and self._running_in(name) >= queue.worker_concurrency:
+                    continue
+                blocked = self.admission.blocked(queue.name)
+                if blocked > 0:
+                    longest = min(longest, blocked)
+                    continue
+            open_queues.append(name)
+        if not open_queues:
+            return max(0.005, longest)
         try:
-            due = await self.store.next_due(handlers)
+            due = await self.store.next_due(handlers, open_queues)
         except PyMongoError:
-            return self.settings.poll_interval
+            return longest
         if due is None:
-            return self.settings.poll_interval
+            return longest
         wait = (due - self.clock.now()).total_seconds()
-        return min(self.settings.poll_interval, max(0.005, wait))
+        return min(longest, max(0.005, wait))
 
     async def _idle(self, seconds: float) -> None:
         if self._stopping:
@@ -179,6 +246,8 @@ class Worker:
 
     async def _shutdown(self) -> None:
         if not self._tasks:
+            if self._releases:
+                await asyncio.wait(set(self._releases), timeout=5)
             return
         tasks = list(self._tasks.values())
         log.info("stopping: waiting up to %.1fs for %d running workflows", self.settings.shutdown_grace, len(tasks))
@@ -188,6 +257,8 @@ class Worker:
                 self._running[key].abort("release")
         if pending:
             await asyncio.wait(pending, timeout=self.settings.shutdown_grace + 5)
+        if self._releases:  # the slots of the executions that just ended
+            await asyncio.wait(set(self._releases), timeout=5)
 
     # -- one workflow ----------------------------------------------------------------
 
@@ -201,6 +272,7 @@ class Worker:
             metrics=self.metrics,
             on_settled=self._on_settled,
             wake=self.wake,
+            stubs=self._stubs.get(doc["_id"]),
         )
         log.debug(
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
@@ -213,11 +285,30 @@ class Worker:
         task.add_done_callback(functools.partial(self._ended, key))
 
     def _ended(self, key: Lease, _task: object = None) -> None:
-        self._running.pop(key, None)
+        execution = self._running.pop(key, None)
         self._tasks.pop(key, None)
         self.metrics.in_flight = len(self._running)
+        slots = self._slots.pop(key, None)
+        if slots and execution is not None:
+            queue = execution.doc.get("queue")
+            if execution.lease_released:  # free its slots now; else they expire with its lease
+                task = asyncio.get_running_loop().create_task(self._free(slots, key[1], queue))
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+        elif execution is not None and execution.doc.get("queue") in self.queues:
+            self._wake.set()  # a place of this worker's share of its queue opened
         if len(self._running) == self.settings.max_concurrency - 1:
             self._wake.set()  # a slot opened on a full worker: claim again now
+
+    async def _free(self, slots: list[str], token: str, queue: str | None) -> None:
+        try:
+            await self.store.release_slots(slots, token)
+        except PyMongoError as exc:
+            log.info("could not free queue slots (%s); they free when their lease expires", type(exc).__name__)
+            return
+        if queue is not None:
+            self.admission.unblock(queue)
+        self._wake.set()
 
     # -- helpers beside the loop ---------------------------------------------------------
 
@@ -279,6 +370,25 @@ class Worker:
             return
         now = self.clock.now()
         until = now + self._lease
+        queued = [key for key in held if self._slots.get(key)]
+        if queued:  # slots before leases: a lease must never outlive the slots it runs under
+            try:
+                kept: set[tuple[str, str]] | None = await self.store.renew_slots([t for _, t in queued], until)
+            except PyMongoError as exc:
+                log.warning("queue slot renewal failed (%s)", type(exc).__name__)
+                kept = None
+            for key in queued:
+                if kept is not None and all((sid, key[1]) in kept for sid in self._slots[key]):
+                    continue
+                execution = held.pop(key)  # its lease is not renewed this round
+                if kept is not None:  # a slot carries another token: it expired and was taken, and so did the lease
+                    self.metrics.lease_lost += 1
+                    log.warning("workflow %r: queue slot lost; cancelling its execution", key[0])
+                    execution.abort("lost")
+                elif now >= execution.lease_until:
+                    execution.abort("lost")
+            if not held:
+                return
         try:
             lost, controls = await self.store.renew(list(held), until, now)
         except PyMongoError as exc:
@@ -298,3 +408,24 @@ class Worker:
             execution.lease_until = until
             if execution.ctx is not None:
                 execution.ctx.pause_requested = controls.get(key) == "pause"
+
+
+def _listened(queues: Mapping[str, Queue], listen: Sequence[str] | None) -> list[str | None]:
+    """The queues a worker claims from: all declared ones and the default, or the ones named."""
+    if listen is None:
+        return [None, *sorted(queues)]
+    names: list[str | None] = []
+    for name in listen:
+        if name == DEFAULT_QUEUE:
+            names.append(None)
+        elif name in queues:
+            names.append(name)
+        else:
+            declared = ", ".join(sorted(queues)) or "none"
+            raise InvalidArgument(
+                f"poll(queues=...) names queue {name!r}, which is not declared (declared: {declared}); "
+                f"declare it with engine.queue({name!r}, ...), or use {DEFAULT_QUEUE!r} for workflows in no queue"
+            )
+    if not names:
+        raise InvalidArgument("poll(queues=[]) would claim nothing: name at least one queue, or pass None for all")
+    return list(dict.fromkeys(names))

@@ -57,7 +57,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Request, Response
@@ -71,7 +71,6 @@ from bluestreak import (
     EventTimeoutError,
     InvalidArgument,
     InvalidTransition,
-    Stats,
     WorkflowContext,
     WorkflowNotFound,
 )
@@ -153,50 +152,17 @@ def create_engine(db_url: str | None = None, **settings: Any) -> Bluestreak:
 def prometheus_exporter(engine: Bluestreak) -> Any:
     """A ``(registry, collector)`` pair exporting the engine's metrics, or ``None`` without prometheus-client.
 
-    ``prometheus_client`` is imported here, not at the top: the service runs
-    without it and simply has no ``/metrics``.
+    ``bluestreak.prometheus`` needs ``prometheus-client``, imported here, not at
+    the top: the service runs without it and simply has no ``/metrics``.
     """
     try:
         from prometheus_client import CollectorRegistry
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        from prometheus_client.registry import Collector
+
+        from bluestreak.prometheus import BluestreakCollector
     except ImportError:
         return None
-
-    gauges = {
-        "in_flight": "Handlers running in this process now.",
-        "claim_seconds_max": "Longest claim round trip of this process, in seconds.",
-    }
-
-    class BluestreakCollector(Collector):
-        """Reads ``engine.metrics.snapshot()`` at each scrape; ``stats`` is refreshed by the endpoint."""
-
-        def __init__(self) -> None:
-            self.stats: Stats | None = None
-
-        def collect(self) -> Iterator[Any]:
-            for name, value in engine.metrics.snapshot().items():
-                if name in gauges:
-                    yield GaugeMetricFamily(f"bluestreak_{name}", gauges[name], value=value)
-                else:  # rendered as bluestreak_<name>_total
-                    yield CounterMetricFamily(f"bluestreak_{name}", f"bluestreak counter {name!r}", value=value)
-            stats = self.stats
-            if stats is not None:  # from the database: the same in every process
-                workflows = GaugeMetricFamily(
-                    "bluestreak_workflows", "Workflows by handler and status.", labels=["handler", "status"]
-                )
-                for handler, counts in sorted(stats.counts.items()):
-                    for status, count in sorted(counts.items()):
-                        workflows.add_metric([handler, status], count)
-                yield workflows
-                yield GaugeMetricFamily(
-                    "bluestreak_oldest_due_age_seconds",
-                    "How long the oldest due workflow has waited for a worker (0 if none).",
-                    value=stats.oldest_due_age or 0.0,
-                )
-
     registry = CollectorRegistry(auto_describe=False)
-    collector = BluestreakCollector()
+    collector = BluestreakCollector(engine)
     registry.register(collector)
     return registry, collector
 
@@ -232,7 +198,7 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
     @app.post("/orders", status_code=202)
     async def create_order(order: Order, response: Response) -> dict[str, Any]:
         try:
-            created = await engine.start(order.order_id, "order", order)
+            created = (await engine.start(order.order_id, "order", order)).created
         except InvalidArgument as exc:
             raise HTTPException(422, str(exc)) from None
         if not created:
@@ -277,7 +243,7 @@ def create_app(engine: Bluestreak, *, run_worker: bool | None = None) -> FastAPI
 
         @app.get("/metrics")
         async def metrics() -> Response:
-            collector.stats = await engine.stats()  # queue depth needs the database: read it here, not in collect()
+            await collector.refresh()  # queue depth needs the database: read it here, not in collect()
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -24,19 +24,19 @@ async def send_email(to: str, subject: str) -> None:
 
 @engine.handler("send-welcome-email")
 async def welcome(ctx: WorkflowContext, input: dict) -> dict:
-    user_id = await ctx.step("create-user", lambda: create_user(input["email"]))
-    await ctx.step("send-email", lambda: send_email(input["email"], "Welcome!"))
+    user_id = await ctx.step("create-user", create_user, input["email"])
+    await ctx.step("send-email", send_email, input["email"], "Welcome!")
     await ctx.sleep("wait-a-moment", "1 second")  # "1 day" works the same way, without holding memory
-    await ctx.step("send-followup", lambda: send_email(input["email"], "How's it going?"))
+    await ctx.step("send-followup", send_email, input["email"], "How's it going?")
     return {"user_id": user_id, "status": "completed"}
 
 
 async def main() -> None:
     async with engine:
         worker = asyncio.create_task(engine.poll())
-        created = await engine.start("user-123-onboarding", "send-welcome-email", {"email": "ada@example.com"})
-        print("started:", created)
-        result = await engine.wait("user-123-onboarding", timeout=30)
+        handle = await engine.start("user-123-onboarding", welcome, {"email": "ada@example.com"})
+        print("started:", handle.created)
+        result = await handle.result(timeout=30)
         print("result:", result)
         for step in await engine.list_steps("user-123-onboarding"):
             print(f"  step {step.step_id}: {step.output!r}")

@@ -18,7 +18,7 @@ import bluestreak.testing
 OUT = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 SECTIONS: list[tuple[str, Any, list[str]]] = [
-    ("The engine", bluestreak, ["Bluestreak", "StartResult"]),
+    ("The engine", bluestreak, ["Bluestreak", "WorkflowHandle", "StartResult"]),
     ("Inside a workflow", bluestreak, ["WorkflowContext", "RetryPolicy", "Workflow"]),
     (
         "Records",

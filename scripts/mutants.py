@@ -104,7 +104,7 @@ MUTANTS = [
                 '{"_id": event_id}',
             ),
             (
-                "bluestreak/context.py",
+                "bluestreak/inbox.py",
                 '        if doc is None or doc.get("lease") != self._token or doc.get("status") != '
                 "Status.RUNNING.value:",
                 "        if doc is None:",
@@ -149,8 +149,8 @@ MUTANTS = [
         "d08",
         "a pending pause stops nested ctx calls too",
         "bluestreak/context.py",
-        "        if self.pause_requested and parent is None:",
-        "        if self.pause_requested:",
+        "        if control.pause_requested and call.parent is None:",
+        "        if control.pause_requested:",
         (R + "test_08_pause_lets_a_step_with_nested_steps_finish_and_be_recorded",),
     ),
     Mutant(
@@ -231,7 +231,7 @@ MUTANTS = [
     Mutant(
         "d18",
         "a suspension cancels the run at once instead of when it is quiet",
-        "bluestreak/context.py",
+        "bluestreak/unwind.py",
         "        elif self._unwinder is None:",
         "        elif True:\n            self.cancel_all()\n        elif self._unwinder is None:",
         (
@@ -272,6 +272,20 @@ MUTANTS = [
         (R + "test_22_lease_renewals_do_not_wake_idle_workers_through_the_change_stream",),
     ),
 ]
+
+
+def misfits(mutant: Mutant) -> list[str]:
+    """The edits of a mutant that no longer match the source exactly once (the source moved on)."""
+    edits = [(mutant.path, mutant.old), *((mutant.path, o) for o, _ in mutant.more)]
+    edits += [(path, old) for path, old, _ in mutant.more_files]
+    found = []
+    for path, old in edits:
+        count = (ROOT / path).read_text().count(old)
+        if count != 1:
+            found.append(
+                f"{mutant.name}: {path} holds the text to mutate {count} times, not once: {old.strip()[:60]!r}"
+            )
+    return found
 
 
 def run(mutant: Mutant, keep: bool, sim: int | None = None) -> tuple[bool, float, str]:
@@ -319,6 +333,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument("--check", action="store_true", help="only check that every mutation still applies")
     parser.add_argument(
         "--sim",
         type=int,
@@ -331,6 +346,10 @@ def main() -> int:
         for m in chosen:
             print(f"{m.name:6} {m.what}")
         return 0
+    if args.check:
+        problems = [p for m in chosen for p in misfits(m)]
+        print("\n".join(problems) or f"all {len(chosen)} mutations apply")
+        return 1 if problems else 0
     survived = 0
     for m in chosen:
         killed, elapsed, tail = run(m, args.keep, args.sim)

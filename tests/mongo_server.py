@@ -39,7 +39,7 @@ class SecantusServer:
     def __init__(self, *, sync_on_commit: bool = False, test_commands: bool = True) -> None:
         binary = secantus_binary()
         if binary is None:
-            raise RuntimeError("secantusd-py is not installed: pip install -e '.[dev]'")
+            raise RuntimeError("secantusd-py is not installed: make test (pip install --group dev)")
         self.binary = binary
         self.port = free_port()
         self.data_dir = tempfile.mkdtemp(prefix="bluestreak-secantus-")
@@ -107,8 +107,8 @@ def require_secantus() -> None:
 
     if secantus_binary() is None:
         if os.environ.get("CI"):
-            pytest.fail("secantusd-py is missing in CI: install the project with pip install -e '.[dev]'")
-        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+            pytest.fail("secantusd-py is missing in CI: install the project with make test (pip install --group dev)")
+        pytest.skip("secantusd-py not installed (make test (pip install --group dev))")
 
 
 class FailedCommands(monitoring.CommandListener):

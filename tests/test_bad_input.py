@@ -163,7 +163,7 @@ async def test_ids_with_dollar_and_dot_are_plain_strings(engine: Bluestreak) -> 
         return await ctx.wait_for_event("$wait", "$type.x")
 
     for wid in ["$where", "a.b", "$ne", "{'$ne': None}"]:
-        assert await engine.start(wid, "h") is True
+        assert (await engine.start(wid, "h")).created is True
         await engine.send_event(wid, "$type.x", {"k": wid})
     async with running(engine):
         for wid in ["$where", "a.b", "$ne", "{'$ne': None}"]:

@@ -129,12 +129,17 @@ def test_negative_or_malformed_durations(name: str) -> None:
         Settings.build(**{name: float("inf")})
 
 
+def test_the_default_sleep_threshold_follows_a_short_lease() -> None:
+    assert Settings.build(lease_duration=2).sleep_threshold == pytest.approx(2 / 3)  # alone, it used to raise
+    assert Settings.build(lease_duration=60).sleep_threshold == 2.0
+    assert Bluestreak("memory://", lease_duration=1).settings.sleep_threshold == pytest.approx(1 / 3)
+
+
 @pytest.mark.parametrize(
     ("lease", "threshold", "message"),
     [
         (30, 30, "sleep_threshold (30s) must be shorter than lease_duration (30s)"),
         (10, "1 minute", "sleep_threshold (60s) must be shorter than lease_duration (10s)"),
-        (1, None, "sleep_threshold (2s) must be shorter than lease_duration (1s)"),  # the default threshold
         (0.5, 0.5, "sleep_threshold (0.5s) must be shorter than lease_duration (0.5s)"),
     ],
 )
@@ -533,3 +538,50 @@ def test_error_messages_and_attributes() -> None:
 def test_async_handler_spec_fn_is_awaitable() -> None:
     spec = make_spec("orders", order_handler)
     assert asyncio.run(spec.fn(None, Order(order_id="o-7"))) == "o-7"
+
+
+def test_every_setting_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "BLUESTREAK_DB_NAME": "shop",
+        "BLUESTREAK_LEASE_DURATION": "PT45S",
+        "BLUESTREAK_POLL_INTERVAL": "250ms",
+        "BLUESTREAK_RETRY_INTERVAL": "2",
+        "BLUESTREAK_MAX_RETRY_INTERVAL": "10 minutes",
+        "BLUESTREAK_MAX_FAILURES": "none",
+        "BLUESTREAK_MAX_CONCURRENCY": "7",
+        "BLUESTREAK_SLEEP_THRESHOLD": "3s",
+        "BLUESTREAK_SHUTDOWN_GRACE": "20",
+        "BLUESTREAK_WORKER_ID": "worker-a",
+        "BLUESTREAK_RETENTION_FINISHED": "7 days",
+        "BLUESTREAK_RETENTION_FAILED": "never",
+        "BLUESTREAK_CHANGE_STREAMS": "true",
+        "BLUESTREAK_STRICT_REPLAY": "false",
+        "BLUESTREAK_WRITE_CONCERN": "2",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    engine = Bluestreak("memory://")
+    s = engine.settings
+    assert engine.db_name == "shop"
+    assert (s.lease_duration, s.poll_interval, s.retry_interval, s.max_retry_interval) == (45, 0.25, 2, 600)
+    assert (s.max_failures, s.max_concurrency, s.sleep_threshold, s.shutdown_grace) == (None, 7, 3, 20)
+    assert (s.worker_id, s.retention_finished, s.retention_failed) == ("worker-a", 7 * 86400, None)
+    assert (s.change_streams, s.strict_replay, s.write_concern) == (True, False, 2)
+    # What the code says wins over the environment.
+    assert Bluestreak("memory://", max_concurrency=3, db_name="other").settings.max_concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("BLUESTREAK_MAX_CONCURRENCY", "many", "BLUESTREAK_MAX_CONCURRENCY='many': expected a whole number"),
+        ("BLUESTREAK_CHANGE_STREAMS", "maybe", "BLUESTREAK_CHANGE_STREAMS='maybe': expected true or false"),
+        ("BLUESTREAK_LEASE_DURATION", "a while", "cannot parse lease_duration 'a while'"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
+        Bluestreak("memory://")

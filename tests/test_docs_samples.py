@@ -42,7 +42,7 @@ import pytest
 from bluestreak.memory import reset_memory
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+PAGES = sorted((ROOT / "docs").glob("*.md"))  # README.md's samples run as files: tests/test_readme.py
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 PYTHON = {"python", "py", "python3"}
 SKIP = re.compile(r"#\s*test:\s*skip\b\s*(?:[—:-]+\s*)?(?P<reason>.*)")

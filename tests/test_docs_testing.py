@@ -111,6 +111,9 @@ async def broken(ctx: Any, input: Any) -> None:
 
 
 async def test_the_json_log_formatter_keeps_the_extra_fields(observability: dict[str, Any]) -> None:
+    from bluestreak.logs import JsonFormatter
+
+    assert isinstance(observability["handler"].formatter, JsonFormatter)
     stream = io.StringIO()
     observability["handler"].setStream(stream)
     async with _in_memory_engine(max_failures=0) as engine:
@@ -138,33 +141,36 @@ async def test_the_error_callback_logs_the_traceback(
     assert record.exc_info is not None and record.exc_info[0] is ZeroDivisionError
 
 
-async def test_the_prometheus_collector_and_metrics_server(observability: dict[str, Any]) -> None:
+async def test_the_prometheus_collector_and_metrics_server() -> None:
     pytest.importorskip("prometheus_client")
     httpx = pytest.importorskip("httpx")
     from prometheus_client import CollectorRegistry, generate_latest
+
+    from bluestreak.prometheus import BluestreakCollector, serve_metrics
 
     async with _in_memory_engine() as engine:
         engine.register_handler("ok", _ok)
         await _run_workflow(engine, "ok")
         registry = CollectorRegistry()
-        registry.register(observability["BluestreakCollector"](engine))
+        collector = BluestreakCollector(engine)
+        registry.register(collector)
         lines = generate_latest(registry).decode().splitlines()
         assert "bluestreak_finished_total 1.0" in lines
         assert "bluestreak_started_total 1.0" in lines
         assert "# TYPE bluestreak_in_flight gauge" in lines
         assert "# TYPE bluestreak_claim_seconds_max gauge" in lines
         assert "# TYPE bluestreak_claim_seconds_total counter" in lines
+        assert not any(line.startswith("bluestreak_workflows") for line in lines)
+        await collector.refresh()
+        lines = generate_latest(registry).decode().splitlines()
+        assert 'bluestreak_workflows{handler="ok",status="finished"} 1.0' in lines
 
-        served = observability["serve_metrics"](engine, port=0)
-        server, thread = served
+        served = serve_metrics(engine, port=0)
         try:
-            url = f"http://127.0.0.1:{server.server_port}/metrics"
-            reply = await asyncio.to_thread(httpx.get, url, timeout=5)
+            reply = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{served.port}/metrics", timeout=5)
             assert "bluestreak_finished_total 1.0" in reply.text.splitlines()
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+            served.close()
 
 
 async def test_the_queue_health_check(observability: dict[str, Any]) -> None:

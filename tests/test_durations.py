@@ -263,3 +263,16 @@ def test_strings_either_parse_or_raise_invalid_duration(text: str) -> None:
     else:
         assert type(result) is timedelta
         assert result >= timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("PT5M", 300), ("pt30s", 30), ("P1DT2H", 93_600), ("P2W", 1_209_600), ("PT0.5S", 0.5), ("01:30:00", 5400)],
+)
+def test_iso_8601_and_clock_forms(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+def test_a_negative_iso_duration_is_refused() -> None:
+    with pytest.raises(InvalidDuration, match="must not be negative"):
+        parse_duration("-PT5S")

@@ -47,7 +47,7 @@ async def test_three_steps_run_once_and_return_result(engine: Bluestreak) -> Non
         total = await ctx.step("sum", lambda: sum(input["n"]))
         return {"user": user, "total": total, "attempt": ctx.attempt, "id": ctx.workflow_id}
 
-    assert await engine.start("wf-1", "onboard", {"n": [1, 2, 3]}) is True
+    assert (await engine.start("wf-1", "onboard", {"n": [1, 2, 3]})).created is True
     async with running(engine):
         result = await engine.wait("wf-1", timeout=10)
     assert result == {"user": "u-1", "total": 6, "attempt": 1, "id": "wf-1"}
@@ -69,14 +69,15 @@ async def test_start_is_idempotent_and_changes_nothing(engine: Bluestreak) -> No
     async def h(ctx: WorkflowContext, input: Any) -> Any:
         return input
 
-    assert await engine.start("same", "h", {"v": 1}) is True
+    assert (await engine.start("same", "h", {"v": 1})).created is True
     before = await engine.get_workflow("same")
-    assert await engine.start("same", "h", {"v": 2}) is False
+    assert (await engine.start("same", "h", {"v": 2})).created is False
     after = await engine.get_workflow("same")
     assert after == before and after.input == {"v": 1}
 
-    result = await engine.start_many([("same", "h", {"v": 3}), ("new-1", "h", 1), {"workflow_id": "new-2",
-                                                                                  "handler_id": "h", "input": 2}])
+    result = await engine.start_many(
+        [("same", "h", {"v": 3}), ("new-1", "h", 1), {"workflow_id": "new-2", "handler_id": "h", "input": 2}]
+    )
     assert result.created == ["new-1", "new-2"] and result.existing == ["same"]
     assert (await engine.get_workflow("same")).input == {"v": 1}
 
@@ -106,8 +107,8 @@ async def test_client_engine_accepts_any_handler_and_workflow_stays_idle(make_en
     async def known(ctx: WorkflowContext, input: Any) -> str:
         return "ok"
 
-    assert await client.start("orphan", "unregistered-anywhere") is True
-    assert await client.start("fine", "known") is True
+    assert (await client.start("orphan", "unregistered-anywhere")).created is True
+    assert (await client.start("fine", "known")).created is True
     async with running(worker):
         assert await client.wait("fine", timeout=10) == "ok"
         await asyncio.sleep(0.2)

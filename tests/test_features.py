@@ -557,9 +557,10 @@ async def test_patched_keeps_old_runs_on_the_old_path(engine: Bluestreak, caplog
     assert [s.step_id for s in await engine.list_steps("new")] == ["one", "patch:add-two", "two", "three"]
 
 
-async def test_a_replay_that_no_longer_reaches_its_records_is_reported(
-    engine: Bluestreak, caplog: pytest.LogCaptureFixture
+async def test_with_strict_replay_off_a_diverged_replay_runs_on_and_is_reported(
+    make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    engine = await make_engine(strict_replay=False)  # the escape hatch; tests/test_determinism.py: the default
     renamed = False
 
     @engine.handler("h")
@@ -651,3 +652,47 @@ async def test_env_set_after_registration_reaches_the_workflow(make_engine: Engi
     async with running(engine):
         result = await engine.wait("late", timeout=10)
     assert result.order_id == "late-o"
+
+
+async def test_recorded_step_errors_keep_their_attributes_on_replay(make_engine: EngineFactory) -> None:
+    from bluestreak import EventTimeoutError, NonRetryableError, StepTimeoutError
+
+    engine = await make_engine(max_failures=2, sleep_threshold=0.2)
+    seen: list[dict[str, Any]] = []
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        found: dict[str, Any] = {}
+
+        async def slow() -> None:
+            await asyncio.sleep(5)
+
+        async def refuse() -> None:
+            raise NonRetryableError("card declined")
+
+        try:
+            await ctx.step("charge", slow, timeout=0.05)
+        except StepTimeoutError as exc:
+            found["timeout"] = (exc.step_id, exc.timeout)
+        try:
+            await ctx.step("refund", refuse)
+        except NonRetryableError as exc:
+            found["refuse"] = exc.step_id
+        try:
+            await ctx.step("retry", refuse, retries=RetryPolicy(limit=1, delay=0.01, never_retry=[KeyError]))
+        except NonRetryableError as exc:
+            found["retry"] = exc.step_id
+        try:
+            await ctx.wait_for_event("approval", "approved", timeout=0.5)
+        except EventTimeoutError as exc:
+            found["event"] = (exc.step_id, exc.timeout)
+        seen.append(found)
+        if len(seen) == 1:
+            raise RuntimeError("fail once: the next attempt replays every recorded error")
+        return "ok"
+
+    await engine.start("e", "h")
+    async with running(engine):
+        assert await engine.wait("e", timeout=15) == "ok"
+    expected = {"timeout": ("charge", 0.05), "refuse": "refund", "retry": "retry", "event": ("approval", 0.5)}
+    assert seen == [expected, expected]

@@ -111,8 +111,17 @@ async def test_3_recorded_results_never_change_first_writer_wins(engine: Bluestr
     async with running(engine):
         await asyncio.wait_for(entered.wait(), 5)
         # Another execution (a zombie, a second worker) records the step first.
-        await engine.store.steps.insert_one({"workflow_id": "fw", "run": 0, "step_id": "s", "status": "done",
-                                             "output": "theirs", "output_type": None, "attempts": 1})
+        await engine.store.steps.insert_one(
+            {
+                "workflow_id": "fw",
+                "run": 0,
+                "step_id": "s",
+                "status": "done",
+                "output": "theirs",
+                "output_type": None,
+                "attempts": 1,
+            }
+        )
         release.set()
         assert await engine.wait("fw", timeout=10) == "theirs"
     assert seen == ["theirs"]
@@ -165,6 +174,7 @@ async def test_6_a_step_longer_than_the_lease_keeps_it(make_engine: EngineFactor
     bodies: list[str] = []
 
     for engine in (a, b):
+
         @engine.handler("h")
         async def h(ctx: WorkflowContext, input: Any) -> str:
             async def long_step() -> str:
@@ -254,6 +264,7 @@ async def test_graceful_stop_lets_handlers_finish_then_releases_the_rest(make_en
     other = await make_engine(worker_id="other")
 
     for e in (engine, other):
+
         @e.handler("h")
         async def h(ctx: WorkflowContext, input: float) -> str:
             await ctx.step("work", lambda: asyncio.sleep(input))

@@ -43,9 +43,42 @@ async def test_runs_and_steps_join_the_starting_trace_across_a_suspension(engine
         assert await engine.wait("tr", timeout=10) == "ok"
     spans = [s for s in EXPORTER.get_finished_spans() if s.context.trace_id == trace_id]
     names = sorted(s.name for s in spans)
-    assert names == ["http request", "step after", "step before", "workflow traced", "workflow traced"]
+    assert names == ["http request", "start traced", "step after", "step before", "workflow traced", "workflow traced"]
+    [start] = [s for s in spans if s.name == "start traced"]  # the client's start, in the request's trace
+    assert start.parent is not None and start.parent.span_id == request.get_span_context().span_id
     runs = [s for s in spans if s.name == "workflow traced"]
-    assert all(r.parent is not None and r.parent.span_id == request.get_span_context().span_id for r in runs)
+    assert all(r.parent is not None and r.parent.span_id == start.context.span_id for r in runs)
     assert sorted(r.attributes["bluestreak.attempt"] for r in runs) == [1, 2]  # type: ignore[index]
     steps = {s.name: s for s in spans if s.name.startswith("step")}
     assert steps["step before"].parent.span_id in {r.context.span_id for r in runs}  # type: ignore[union-attr]
+
+
+async def test_run_spans_say_how_they_ended_and_events_link_to_their_sender(make_engine: Any) -> None:
+    engine = await make_engine(sleep_threshold=0.2)
+    EXPORTER.clear()
+
+    @engine.handler("approval")
+    async def approval(ctx: WorkflowContext, input: Any) -> str:
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return str(await ctx.wait_for_event("w", "approved", timeout="1 minute"))
+
+    await engine.start("ap", approval)
+    async with running(engine):
+        from .conftest import eventually
+
+        async def waiting() -> bool:
+            return (await engine.get_workflow("ap")).status == "waiting"
+
+        await eventually(waiting)
+        await engine.send_event("ap", "approved", "yes")
+        assert await engine.wait("ap", timeout=10) == "yes"
+    spans = EXPORTER.get_finished_spans()
+    start = next(s for s in spans if s.name == "start approval")
+    runs = sorted((s for s in spans if s.name == "workflow approval"), key=lambda s: s.start_time or 0)
+    assert [r.attributes["bluestreak.outcome"] for r in runs] == ["failed", "waiting", "finished"]  # type: ignore[index]
+    assert all(r.parent is not None and r.parent.span_id == start.context.span_id for r in runs)
+    sent = next(s for s in spans if s.name == "send event approved")
+    received = next(s for s in spans if s.name == "event approved")
+    assert [link.context.span_id for link in received.links] == [sent.context.span_id]
+    assert received.parent is not None and received.parent.span_id == runs[-1].context.span_id

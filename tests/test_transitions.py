@@ -223,10 +223,10 @@ async def _consume(engine: Bluestreak, doc: dict[str, Any]) -> Any:
         token=T1,
         taken=doc.get("taken") or [],
     )
-    from bluestreak.context import _Call
+    from bluestreak.unwind import Call
 
     async def take() -> Any:
-        event = await ctx._take_event(_Call("wait", None), f"{ctx.run}:wait", ["go"])
+        event = await ctx._events.take(Call("wait", None), f"{ctx.run}:wait", ["go"], lambda: ctx.unwound)
         return None if event is None else event["payload"]
 
     task = asyncio.ensure_future(take())

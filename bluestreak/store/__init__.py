@@ -1,9 +1,10 @@
 """The store: the only code that speaks MongoDB.
 
-Four collections (names prefixed by ``collection_prefix``), one module each:
+Five collections (names prefixed by ``collection_prefix``), one module each:
 :mod:`.workflows` (one document per workflow: claim, renew, every status
 transition), :mod:`.history` (steps and naps, first writer wins),
-:mod:`.events` (the inbox). :mod:`.base` holds the indexes, the write
+:mod:`.events` (the inbox), :mod:`.queues` (concurrency slots, rate-limit
+windows, fair-order counters). :mod:`.base` holds the indexes, the write
 concern and which errors pass by themselves.
 
 Every write to a workflow made on behalf of an execution is *fenced*: it
@@ -22,13 +23,14 @@ from ..transitions import Transition
 from .base import Doc, is_transient, log
 from .events import UNCONSUMED, EventQueries
 from .history import HistoryQueries
+from .queues import QueueQueries, rate_id, slot_id
 from .reports import ReportQueries
 from .workflows import FINAL, Lease, WorkflowQueries
 
-__all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log"]
+__all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log", "rate_id", "slot_id"]
 
 
-class Store(WorkflowQueries, HistoryQueries, EventQueries, ReportQueries):
+class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ReportQueries):
     """Typed operations on the four collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from

@@ -27,6 +27,8 @@ log = logging.getLogger("bluestreak.store")
 
 Doc = dict[str, Any]
 DUPLICATE_KEY = 11000
+INDEX_OPTIONS_CONFLICT = 85
+INDEX_KEY_SPECS_CONFLICT = 86
 
 # Server error codes that mean "try again": the write may or may not have happened, the node is
 # stepping down or busy, or a concurrent write conflicted. Matched by code and label, never by message.
@@ -83,7 +85,7 @@ def write_concern_errors(details: Mapping[str, Any] | None) -> list[Doc]:
 
 
 class Collections:
-    """The four collections of one database, with the engine's write and read concerns.
+    """The five collections of one database, with the engine's write and read concerns.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter
     (:mod:`bluestreak.memory`). Every write is acknowledged by a majority of
@@ -95,7 +97,7 @@ class Collections:
 
     def __init__(self, database: Any, collection_prefix: str = "", write_concern: str | int = "majority") -> None:
         self.database = database
-        names = {n: f"{collection_prefix}{n}" for n in ("workflows", "steps", "naps", "events")}
+        names = {n: f"{collection_prefix}{n}" for n in ("workflows", "steps", "naps", "events", "queues")}
         if hasattr(database, "get_collection"):  # PyMongo: the engine decides durability, not the caller's defaults
             wc = WriteConcern(w=write_concern)
             get = database.get_collection
@@ -103,6 +105,7 @@ class Collections:
             self.steps = get(names["steps"], write_concern=wc)
             self.naps = get(names["naps"], write_concern=wc)
             self.events = get(names["events"], write_concern=wc)
+            self.queues = get(names["queues"], write_concern=wc)
             majority = ReadConcern("majority")
             self.steps_committed = get(names["steps"], write_concern=wc, read_concern=majority)
             self.naps_committed = get(names["naps"], write_concern=wc, read_concern=majority)
@@ -111,19 +114,49 @@ class Collections:
             self.steps = database[names["steps"]]
             self.naps = database[names["naps"]]
             self.events = database[names["events"]]
+            self.queues = database[names["queues"]]
             self.steps_committed = self.steps
             self.naps_committed = self.naps
 
     async def create_indexes(self) -> None:
         """Create the indexes the queries rely on (idempotent)."""
         runnable = {"due_at": {"$exists": True}}
-        await self.workflows.create_index(
-            [("priority", DESCENDING), ("due_at", ASCENDING), ("handler", ASCENDING)],
+        # Every claim names one queue (``None``: workflows started into no queue) and orders by priority, then
+        # by fair-order tag (absent but in partitioned queues), then by due time.
+        await self._index(
+            self.workflows,
+            [
+                ("queue", ASCENDING),
+                ("priority", DESCENDING),
+                ("tag", ASCENDING),
+                ("due_at", ASCENDING),
+                ("handler", ASCENDING),
+            ],
             name="claim",
             partialFilterExpression=runnable,
         )
+        await self._index(
+            self.workflows,
+            [("due_at", ASCENDING), ("handler", ASCENDING), ("queue", ASCENDING)],
+            name="due",
+            partialFilterExpression=runnable,
+        )
         await self.workflows.create_index(
-            [("due_at", ASCENDING), ("handler", ASCENDING)], name="due", partialFilterExpression=runnable
+            [("queue", ASCENDING), ("dedup", ASCENDING)],
+            name="deduplication",
+            unique=True,
+            partialFilterExpression={"dedup": {"$exists": True}},
+        )
+        await self.workflows.create_index(
+            [("debounce", ASCENDING)],
+            name="debounce",
+            unique=True,
+            partialFilterExpression={"debounce": {"$exists": True}},
+        )
+        await self.workflows.create_index(
+            [("schedule", ASCENDING), ("status", ASCENDING)],
+            name="schedule",
+            partialFilterExpression={"schedule": {"$exists": True}},
         )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
         await self.workflows.create_index([("created_at", DESCENDING), ("_id", ASCENDING)], name="created")
@@ -147,6 +180,18 @@ class Collections:
             name="event_inbox",
         )
         await self.events.create_index([("workflow_id", ASCENDING), ("sent_at", ASCENDING)], name="event_order")
+        await self.queues.create_index([("expires_at", ASCENDING)], name="unused", expireAfterSeconds=0)
+        await self.queues.create_index([("kind", ASCENDING), ("token", ASCENDING)], name="held_by")
+
+    async def _index(self, collection: Any, keys: list[tuple[str, int]], *, name: str, **options: Any) -> None:
+        """Create an index; one of this name with other keys (an older version's) is replaced."""
+        try:
+            await collection.create_index(keys, name=name, **options)
+        except OperationFailure as exc:
+            if exc.code not in (INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT):
+                raise
+            await collection.drop_index(name)
+            await collection.create_index(keys, name=name, **options)
 
     async def server_time(self) -> datetime | None:
         """The database server's clock (``hello.localTime``), or ``None`` if it does not say."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -22,7 +22,9 @@ from ..transitions import Transition
 from .base import DUPLICATE_KEY, Collections, Doc, write_concern_errors
 
 FINAL = sorted(s.value for s in FINAL_STATUSES)
-CLAIM_ORDER = [("priority", DESCENDING), ("due_at", ASCENDING)]
+CLAIM_ORDER = [("priority", DESCENDING), ("tag", ASCENDING), ("due_at", ASCENDING)]
+"""Higher priority first; in a partitioned queue, the fair order (tag) next; then the longest due."""
+Inserted = Literal["created", "exists", "duplicate"]
 Lease = tuple[str, str]
 """``(workflow_id, token)``: one execution. A worker may hold a zombie and a live execution of one workflow."""
 
@@ -32,19 +34,20 @@ class WorkflowQueries(Collections):
 
     # -- create and read ---------------------------------------------------------------
 
-    async def insert_workflow(self, doc: Doc) -> bool:
-        """Insert a new workflow; ``False`` if one with that id exists (nothing changes)."""
+    async def insert_workflow(self, doc: Doc) -> Inserted:
+        """Insert a new workflow: ``"created"``; ``"exists"`` if one with that id exists (nothing changes);
+        ``"duplicate"`` if an active workflow of its queue holds its deduplication id."""
         try:
             await self.workflows.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        except DuplicateKeyError as exc:
+            return await self._collision(doc, exc.details)
+        return "created"
 
-    async def insert_workflows(self, docs: Sequence[Doc]) -> list[bool]:
-        """Insert many workflows in one unordered bulk insert; per doc, whether it was created."""
+    async def insert_workflows(self, docs: Sequence[Doc]) -> list[Inserted]:
+        """Insert many workflows in one unordered bulk insert; per doc, what happened (see :meth:`insert_workflow`)."""
         if not docs:
             return []
-        created = [True] * len(docs)
+        created: list[Inserted] = ["created"] * len(docs)
         try:
             await self.workflows.insert_many(list(docs), ordered=False)
         except BulkWriteError as exc:
@@ -53,8 +56,34 @@ class WorkflowQueries(Collections):
             for err in exc.details.get("writeErrors", []):
                 if err.get("code") != DUPLICATE_KEY:
                     raise
-                created[err["index"]] = False
+                created[err["index"]] = await self._collision(docs[err["index"]], err)
         return created
+
+    async def _collision(self, doc: Doc, details: Mapping[str, Any] | None) -> Inserted:
+        """Which unique index a new workflow collided on: its id, or its queue's deduplication id."""
+        pattern = (details or {}).get("keyPattern")
+        if isinstance(pattern, Mapping):
+            return "duplicate" if "dedup" in pattern else "exists"
+        found = await self.workflows.find_one({"_id": doc["_id"]}, {"_id": 1})
+        return "exists" if found is not None or "dedup" not in doc else "duplicate"
+
+    async def find_debounced(self, key: str) -> Doc | None:
+        """The pending (not yet claimed) debounced workflow of ``key``, if any."""
+        doc: Doc | None = await self.workflows.find_one(
+            {"debounce": key}, {"_id": 1, "handler": 1, "debounce_deadline": 1, "status": 1}
+        )
+        return doc
+
+    async def push_debounced(
+        self, workflow_id: str, key: str, input: Any, input_type: Any, due_at: datetime, now: datetime
+    ) -> bool:
+        """Replace a pending debounced workflow's input and move its start to ``due_at``; ``False`` if it was
+        claimed (or ended) meanwhile."""
+        result = await self.workflows.update_one(
+            {"_id": workflow_id, "debounce": key, "status": {"$in": [Status.IDLE.value, Status.PAUSED.value]}},
+            {"$set": {"input": input, "input_type": input_type, "due_at": due_at, "updated_at": now}},
+        )
+        return bool(result.matched_count)
 
     async def get_workflow(self, workflow_id: str, projection: Mapping[str, Any] | None = None) -> Doc | None:
         """The workflow document, or ``None``."""
@@ -84,10 +113,10 @@ class WorkflowQueries(Collections):
         )
         return None if doc is None else doc["due_at"]
 
-    async def next_due(self, handlers: Sequence[str]) -> datetime | None:
-        """The earliest ``due_at`` among workflows these handlers could claim."""
+    async def next_due(self, handlers: Sequence[str], queues: Sequence[str | None] = (None,)) -> datetime | None:
+        """The earliest ``due_at`` among workflows these handlers could claim in these queues."""
         doc: Doc | None = await self.workflows.find_one(
-            {"due_at": {"$exists": True}, "handler": {"$in": list(handlers)}},
+            {"queue": {"$in": list(queues)}, "due_at": {"$exists": True}, "handler": {"$in": list(handlers)}},
             {"due_at": 1},
             sort=[("due_at", ASCENDING)],
         )
@@ -108,7 +137,14 @@ class WorkflowQueries(Collections):
         return bool(result.matched_count)
 
     async def claim(
-        self, handlers: Sequence[str], now: datetime, lease_until: datetime, token: str, worker_id: str, limit: int
+        self,
+        handlers: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+        worker_id: str,
+        limit: int,
+        queue: str | None = None,
     ) -> list[Doc]:
         """Atomically move up to ``limit`` due workflows to ``running`` under ``token``; the documents as claimed.
 
@@ -121,7 +157,7 @@ class WorkflowQueries(Collections):
         the state before (an operator may have restarted one in between).
         """
         args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
-        query = tr.claim_query(now, list(handlers))
+        query = tr.claim_query(now, list(handlers), queue)
         update = tr.CLAIM.update(args)
         if limit == 1:
             doc: Doc | None = await self.workflows.find_one_and_update(
@@ -138,6 +174,47 @@ class WorkflowQueries(Collections):
         mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).to_list(None)
         order = {wid: i for i, wid in enumerate(ids)}
         return sorted(mine, key=lambda d: order[d["_id"]])
+
+    async def queue_candidates(
+        self, queue: str, handlers: Sequence[str], now: datetime, skip_partitions: Sequence[str], limit: int
+    ) -> list[Doc]:
+        """The next due workflows of a queue with limits, in claim order (ids, partitions, admission): one read.
+
+        Partitions whose slots are all held (``skip_partitions``) are left
+        out, so one busy tenant does not hide the others' work.
+        """
+        query = tr.claim_query(now, list(handlers), queue)
+        if skip_partitions:
+            query["partition"] = {"$nin": list(skip_partitions)}
+        fields = {"_id": 1, "partition": 1, "admitted": 1, "tag": 1}
+        docs: list[Doc] = await self.workflows.find(query, fields).sort(CLAIM_ORDER).limit(limit).to_list(None)
+        return docs
+
+    async def claim_by_id(
+        self,
+        workflow_id: str,
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+        worker_id: str,
+        *,
+        admitted: bool | None,
+    ) -> Doc | None:
+        """Claim one workflow whose slots (and admission) the caller holds: the document as claimed, or ``None``.
+
+        ``admitted``: ``False`` when the caller took a rate-limit admission
+        for this workflow's first claim (the claim then requires it still to
+        be unadmitted, so one admission is never spent on two claims), ``True``
+        when it took none because the workflow was admitted before.
+        """
+        args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
+        query = tr.CLAIM.filter(workflow_id, None, args)
+        if admitted is not None:
+            query["admitted"] = True if admitted else {"$ne": True}
+        doc: Doc | None = await self.workflows.find_one_and_update(
+            query, tr.CLAIM.update(args), return_document=ReturnDocument.AFTER
+        )
+        return doc
 
     async def renew(
         self, leases: Sequence[Lease], lease_until: datetime, now: datetime

@@ -241,8 +241,10 @@ def check(
         (f["wf"], int(f["run"])) for f in finishes if f.get("wf") is not None and f.get("run") is not None
     )
     for (wf, run), n in sorted(finish_lines.items()):
-        once_inv.check(n == 1, f"{wf} run {run}: finished {n} times: "
-                               f"{[f for f in finishes if f.get('wf') == wf and f.get('run') == run]}")
+        once_inv.check(
+            n == 1,
+            f"{wf} run {run}: finished {n} times: {[f for f in finishes if f.get('wf') == wf and f.get('run') == run]}",
+        )
     once_inv.notes["finished_runs_without_a_line"] = sum(
         1 for w in workflows if w["status"] == "finished" and (w["_id"], int(w.get("run", 0))) not in finish_lines
     )
@@ -300,8 +302,11 @@ def check(
             left = old_run_leftovers(wf, run, steps, naps, events)
             clean_inv.check(not left, f"{wf} run {run} (finished {doc.get('finished_at')}): {left[:6]}")
         consumer = f"{run}:{APPROVAL}"
-        consumed = [e for e in events_by_wf.get(wf, []) if e.get("consumed_by") == consumer
-                    and int(e.get("consumed_run", -1)) == run]
+        consumed = [
+            e
+            for e in events_by_wf.get(wf, [])
+            if e.get("consumed_by") == consumer and int(e.get("consumed_run", -1)) == run
+        ]
         wait = mine.get(APPROVAL)
         if wait is not None and wait.get("status") == "done":
             event_id = ((wait.get("output") or {}).get("payload") or {}).get("id")
@@ -317,12 +322,13 @@ def check(
                 f"{send_tries.get((wf, event_id), 1)} tries",
             )
             event_inv.check(
-                (wf, event_id) not in withdrawn, f"{wf} run {run}: the wait returned event {event_id}, whose send "
-                "was refused (the sender withdrew it)",
+                (wf, event_id) not in withdrawn,
+                f"{wf} run {run}: the wait returned event {event_id}, whose send was refused (the sender withdrew it)",
             )
         elif wait is not None and wait.get("status") == "failed":
             event_inv.check(
-                not consumed, f"{wf} run {run}: the wait timed out, yet consumed "
+                not consumed,
+                f"{wf} run {run}: the wait timed out, yet consumed "
                 f"{[(e.get('payload') or {}).get('id') for e in consumed]}",
             )
         claims = int(doc.get("attempt", 0))
@@ -348,8 +354,11 @@ def check(
                     immut_inv.check(False, f"{key}: in snapshot {i}, gone in snapshot {i + 1 + j}")
 
     for item in anomalies:
-        seen_inv.check(False, f"{item['wf']} run {item['run']} step {item['step']}: ctx.step returned {item['value']} "
-                              f"to {item['worker']} (claim {item['attempt']})")
+        seen_inv.check(
+            False,
+            f"{item['wf']} run {item['run']} step {item['step']}: ctx.step returned {item['value']} "
+            f"to {item['worker']} (claim {item['attempt']})",
+        )
     seen_inv.checked = max(seen_inv.checked, sum(runs.values()))
 
     for worker_id, info in sorted(workers.items()):
@@ -357,7 +366,19 @@ def check(
         rss_inv.check(peak < rss_limit_mb, f"{worker_id}: peak RSS {peak:.1f} MB")
 
     invariants = [
-        status_inv, result_inv, history_inv, immut_inv, least_inv, most_inv, seen_inv, stuck_inv, once_inv,
-        clean_inv, event_inv, pause_inv, runs_inv, rss_inv,
+        status_inv,
+        result_inv,
+        history_inv,
+        immut_inv,
+        least_inv,
+        most_inv,
+        seen_inv,
+        stuck_inv,
+        once_inv,
+        clean_inv,
+        event_inv,
+        pause_inv,
+        runs_inv,
+        rss_inv,
     ]
     return {inv.name: inv.report() for inv in invariants}

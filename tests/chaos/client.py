@@ -183,13 +183,23 @@ class Client:
         # at running ones with --races), the rest pause/resume/approve (and the races and retries).
         budget = {"terminate": max(1, args.workflows // 20), "restart": max(1, args.workflows // 25)}
         weights: list[tuple[str, float]] = [
-            ("pause", 0.25), ("resume", 0.25), ("approve", 0.4), ("terminate", 0.05), ("restart", 0.05)
+            ("pause", 0.25),
+            ("resume", 0.25),
+            ("approve", 0.4),
+            ("terminate", 0.05),
+            ("restart", 0.05),
         ]
         if args.races:
             budget["restart_running"] = max(1, args.workflows // 25)
             weights = [
-                ("pause", 0.15), ("resume", 0.15), ("approve", 0.35), ("terminate", 0.04), ("restart", 0.04),
-                ("pause_running", 0.12), ("restart_running", 0.05), ("retry", 0.10),
+                ("pause", 0.15),
+                ("resume", 0.15),
+                ("approve", 0.35),
+                ("terminate", 0.04),
+                ("restart", 0.04),
+                ("pause_running", 0.12),
+                ("restart_running", 0.05),
+                ("retry", 0.10),
             ]
         self.begin = time.monotonic()
         end = self.begin + args.duration

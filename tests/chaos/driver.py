@@ -147,9 +147,23 @@ class Chaos:
         skew = self.args.skew if slot == 0 else 0.0
         log_path = self.workdir / f"{worker_id}.log"
         args = [
-            sys.executable, "-m", "tests.chaos.worker", "--url", self.url, "--db", self.db_name,
-            "--ledger", str(self.ledger_path), "--worker-id", worker_id, "--skew", str(skew),
-            "--lease", str(self.args.lease), "--concurrency", str(self.args.concurrency),
+            sys.executable,
+            "-m",
+            "tests.chaos.worker",
+            "--url",
+            self.url,
+            "--db",
+            self.db_name,
+            "--ledger",
+            str(self.ledger_path),
+            "--worker-id",
+            worker_id,
+            "--skew",
+            str(skew),
+            "--lease",
+            str(self.args.lease),
+            "--concurrency",
+            str(self.args.concurrency),
         ]
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -162,10 +176,28 @@ class Chaos:
         args = self.args
         with open(self.workdir / "client.log", "wb") as out:
             self.client_proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.chaos.client", "--url", self.url, "--db", self.db_name,
-                 "--ops", str(self.ops_path), "--workflows", str(args.workflows), "--duration", str(args.duration),
-                 "--seed", str(args.seed + 1), *(["--races"] if args.operator_races else [])],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.chaos.client",
+                    "--url",
+                    self.url,
+                    "--db",
+                    self.db_name,
+                    "--ops",
+                    str(self.ops_path),
+                    "--workflows",
+                    str(args.workflows),
+                    "--duration",
+                    str(args.duration),
+                    "--seed",
+                    str(args.seed + 1),
+                    *(["--races"] if args.operator_races else []),
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def note(self, kind: str, **fields: Any) -> None:
@@ -433,10 +465,12 @@ class Chaos:
         started = time.monotonic()
         deadline = started + self.args.settle_timeout
         approved_at: dict[tuple[str, int], float] = {}
-        unsettled = {"$or": [
-            {"status": {"$nin": sorted(checker.FINAL_STATUSES)}},
-            {"status": "aborted", "input.fragile": True, "run": 0},  # aborted on purpose: retried below
-        ]}
+        unsettled = {
+            "$or": [
+                {"status": {"$nin": sorted(checker.FINAL_STATUSES)}},
+                {"status": "aborted", "input.fragile": True, "run": 0},  # aborted on purpose: retried below
+            ]
+        }
         while True:
             self.check_workers()
             docs = await self.retry("settle", lambda: db.workflows.find(unsettled).to_list(None))
@@ -450,16 +484,22 @@ class Chaos:
             ids = [d["_id"] for d in docs]
             approved = {
                 (d["workflow_id"], int(d["run"]))
-                for d in await self.retry("settle", lambda ids=ids: db.steps.find(
-                    {"workflow_id": {"$in": ids}, "step_id": APPROVAL, "status": {"$in": ["done", "failed"]}},
-                    {"workflow_id": 1, "run": 1},
-                ).to_list(None))
+                for d in await self.retry(
+                    "settle",
+                    lambda ids=ids: db.steps.find(
+                        {"workflow_id": {"$in": ids}, "step_id": APPROVAL, "status": {"$in": ["done", "failed"]}},
+                        {"workflow_id": 1, "run": 1},
+                    ).to_list(None),
+                )
             }
             buffered = {
                 d["workflow_id"]
-                for d in await self.retry("settle", lambda ids=ids: db.events.find(
-                    {"workflow_id": {"$in": ids}, "type": EVENT_TYPE, "consumed_by": None}, {"workflow_id": 1}
-                ).to_list(None))
+                for d in await self.retry(
+                    "settle",
+                    lambda ids=ids: db.events.find(
+                        {"workflow_id": {"$in": ids}, "type": EVENT_TYPE, "consumed_by": None}, {"workflow_id": 1}
+                    ).to_list(None),
+                )
             }
             for doc in docs:
                 wf = doc["_id"]
@@ -530,14 +570,23 @@ class Chaos:
         naps = await self.retry("read naps", lambda: db.naps.find({}).to_list(None))
         events = await self.retry("read events", lambda: db.events.find({}).to_list(None))
         workers = {w.worker_id: w.stats() for w in self.workers.values()}
-        dump_state(self.workdir / STATE_FILE, {
-            "workflows": workflows, "steps": steps, "naps": naps, "events": events,
-            "snapshots": [[[*key, value] for key, value in snap.items()] for snap in self.snapshots[:-1]],
-            "workers": workers, "expected_ids": self.ids, "unexpected_exits": self.unexpected_exits,
-        })
+        dump_state(
+            self.workdir / STATE_FILE,
+            {
+                "workflows": workflows,
+                "steps": steps,
+                "naps": naps,
+                "events": events,
+                "snapshots": [[[*key, value] for key, value in snap.items()] for snap in self.snapshots[:-1]],
+                "workers": workers,
+                "expected_ids": self.ids,
+                "unexpected_exits": self.unexpected_exits,
+            },
+        )
         ledger, ops, _anomalies, finishes = read_logs(self.workdir)
-        invariants = evaluate(self.workdir, workflows, steps, naps, events, self.snapshots[:-1], workers, self.ids,
-                              self.unexpected_exits)
+        invariants = evaluate(
+            self.workdir, workflows, steps, naps, events, self.snapshots[:-1], workers, self.ids, self.unexpected_exits
+        )
         hits: collections.Counter[str] = collections.Counter()
         counters: collections.Counter[str] = collections.Counter()
         for info in workers.values():
@@ -557,24 +606,30 @@ class Chaos:
             "wall_seconds": round(wall_s, 1),
             "faults": dict(sorted(self.faults.items())),
             "failed_commands_seen_by_workers": dict(sorted(hits.items())),
-            "client_ops": dict(sorted(collections.Counter(
-                f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") != "driver"
-            ).items())),
-            "client_ops_by_target": dict(sorted(collections.Counter(
-                f"{o['op']}:{o.get('target', 'random')}:{o['outcome']}" for o in ops if o.get("by") != "driver"
-            ).items())),
-            "driver_settle_ops": dict(sorted(collections.Counter(
-                f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") == "driver"
-            ).items())),
+            "client_ops": dict(
+                sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") != "driver").items())
+            ),
+            "client_ops_by_target": dict(
+                sorted(
+                    collections.Counter(
+                        f"{o['op']}:{o.get('target', 'random')}:{o['outcome']}" for o in ops if o.get("by") != "driver"
+                    ).items()
+                )
+            ),
+            "driver_settle_ops": dict(
+                sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") == "driver").items())
+            ),
             "races": race_figures(ops),
             "freeze_seconds": round(self.freeze_seconds, 1),
             "finishes_logged": len(finishes),
             # Each worker's last STATS line: a SIGKILLed worker's counts are up to 2 s stale (lower bounds).
             "worker_metrics": dict(sorted(counters.items())),
             "final_status": dict(collections.Counter(w["status"] for w in workflows)),
-            "branches": dict(collections.Counter(
-                f"{w['result'].get('branch')}{'' if w['result'].get('charged') else '+refund'}" for w in finished
-            )),
+            "branches": dict(
+                collections.Counter(
+                    f"{w['result'].get('branch')}{'' if w['result'].get('charged') else '+refund'}" for w in finished
+                )
+            ),
             "restarted_runs": sum(int(w.get("run", 0)) for w in workflows),
             "claims": sum(int(w.get("attempt", 0)) for w in workflows),
             "step_bodies_run": len(ledger),
@@ -618,12 +673,23 @@ def evaluate(
     """Run the checker on one run's final state and its logs."""
     ledger, ops, anomalies, finishes = read_logs(workdir)
     invariants = checker.check(
-        workflows=workflows, steps=steps, snapshots=snapshots, ledger=ledger, ops=ops, workers=workers,
-        expected_ids=expected_ids, anomalies=anomalies, naps=naps, events=events, finishes=finishes,
+        workflows=workflows,
+        steps=steps,
+        snapshots=snapshots,
+        ledger=ledger,
+        ops=ops,
+        workers=workers,
+        expected_ids=expected_ids,
+        anomalies=anomalies,
+        naps=naps,
+        events=events,
+        finishes=finishes,
     )
     invariants["no_unexpected_worker_exit"] = {
         "description": "no worker process exited unless the driver killed or stopped it",
-        "checked": len(workers), "violations": len(unexpected_exits), "examples": unexpected_exits[:10],
+        "checked": len(workers),
+        "violations": len(unexpected_exits),
+        "examples": unexpected_exits[:10],
     }
     return invariants
 
@@ -632,8 +698,17 @@ def recheck(workdir: Path) -> int:
     """Judge a finished run again from its workdir (after a checker change, or to study a violation)."""
     state = json_util.loads((workdir / STATE_FILE).read_text())
     snapshots = [{(wf, int(run), step): tuple(value) for wf, run, step, value in snap} for snap in state["snapshots"]]
-    invariants = evaluate(workdir, state["workflows"], state["steps"], state["naps"], state["events"], snapshots,
-                          state["workers"], state["expected_ids"], state["unexpected_exits"])
+    invariants = evaluate(
+        workdir,
+        state["workflows"],
+        state["steps"],
+        state["naps"],
+        state["events"],
+        snapshots,
+        state["workers"],
+        state["expected_ids"],
+        state["unexpected_exits"],
+    )
     for name, inv in invariants.items():
         mark = "ok  " if inv["violations"] == 0 else "FAIL"
         print(f"  {mark} {name:28} checked {inv['checked']:6}  violations {inv['violations']}")
@@ -653,9 +728,7 @@ def race_figures(ops: list[dict[str, Any]]) -> dict[str, Any]:
         "status_before_its_resume": dict(collections.Counter(o.get("then") for o in resumes)),
         "resume_after_pause_returned": dict(collections.Counter(o.get("returned", o["outcome"]) for o in resumes)),
         "listing_to_call_seconds_max": max((o.get("read_s", 0.0) for o in running), default=None),
-        "retries": dict(collections.Counter(
-            f"{o.get('target')}:{o['outcome']}" for o in ops if o["op"] == "retry"
-        )),
+        "retries": dict(collections.Counter(f"{o.get('target')}:{o['outcome']}" for o in ops if o["op"] == "retry")),
     }
 
 
@@ -676,9 +749,11 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     print(SEPARATOR)
-    print(f"chaos report  seed={report['seed']}  workflows={report['workflows']}  "
-          f"worker processes={report['worker_processes']}  wall={report['wall_seconds']}s "
-          f"(chaos {report['chaos_seconds']}s, settle {report['settle_seconds']}s)")
+    print(
+        f"chaos report  seed={report['seed']}  workflows={report['workflows']}  "
+        f"worker processes={report['worker_processes']}  wall={report['wall_seconds']}s "
+        f"(chaos {report['chaos_seconds']}s, settle {report['settle_seconds']}s)"
+    )
     print(f"final status: {report['final_status']}  branches: {report['branches']}")
     print(f"faults injected: {report['faults']}")
     print(f"failed commands seen by workers: {report['failed_commands_seen_by_workers']}")
@@ -686,9 +761,11 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"driver while settling: {report['driver_settle_ops']}")
     print(f"operator races: {report['races']}")
     print(f"worker counters: {report['worker_metrics']}  frozen for {report['freeze_seconds']}s in all")
-    print(f"claims: {report['claims']}  step bodies run: {report['step_bodies_run']} "
-          f"(ran again: {report['step_bodies_run_more_than_once']})  "
-          f"peak RSS (MB): {report['worker_peak_rss_mb']}")
+    print(
+        f"claims: {report['claims']}  step bodies run: {report['step_bodies_run']} "
+        f"(ran again: {report['step_bodies_run_more_than_once']})  "
+        f"peak RSS (MB): {report['worker_peak_rss_mb']}"
+    )
     for name, inv in report["invariants"].items():
         mark = "ok  " if inv["violations"] == 0 else "FAIL"
         print(f"  {mark} {name:28} checked {inv['checked']:6}  violations {inv['violations']}")
@@ -717,8 +794,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, default=180)
     parser.add_argument("--report", default=None, help="write the report as JSON here")
     parser.add_argument("--workdir", default=None, help="keep logs, ledger and ops here (default: a temp dir)")
-    parser.add_argument("--recheck", default=None, metavar="WORKDIR",
-                        help="run no chaos: judge the run kept in WORKDIR again (its final-state.json and logs)")
+    parser.add_argument(
+        "--recheck",
+        default=None,
+        metavar="WORKDIR",
+        help="run no chaos: judge the run kept in WORKDIR again (its final-state.json and logs)",
+    )
     return parser.parse_args(argv)
 
 

@@ -39,13 +39,33 @@ FAULT_KINDS = [
 @pytest.mark.parametrize("seed", SEEDS)
 def test_chaos_run_violates_nothing(seed: int, tmp_path: Path) -> None:
     if secantus_binary() is None:
-        pytest.skip("secantusd-py not installed (pip install -e '.[dev]')")
+        pytest.skip("secantusd-py not installed (make test (pip install --group dev))")
     report_path = tmp_path / "report.json"
     cmd = [
-        sys.executable, "-m", "tests.chaos.driver", "--seed", str(seed), "--workflows", "100", "--workers", "3",
-        "--duration", "45", "--db-restarts", "1", "--failpoints", "--freezes",
-        "--operator-races", "--skew", "2", "--settle-timeout", "120",
-        "--report", str(report_path), "--workdir", str(tmp_path / "work"),
+        sys.executable,
+        "-m",
+        "tests.chaos.driver",
+        "--seed",
+        str(seed),
+        "--workflows",
+        "100",
+        "--workers",
+        "3",
+        "--duration",
+        "45",
+        "--db-restarts",
+        "1",
+        "--failpoints",
+        "--freezes",
+        "--operator-races",
+        "--skew",
+        "2",
+        "--settle-timeout",
+        "120",
+        "--report",
+        str(report_path),
+        "--workdir",
+        str(tmp_path / "work"),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     output = proc.stdout[-6000:] + proc.stderr[-3000:]

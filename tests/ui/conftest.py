@@ -250,8 +250,8 @@ def browser() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         if os.environ.get("CI"):
-            pytest.fail("playwright is not installed in CI: pip install -e '.[dev]'")
-        pytest.skip("playwright is not installed: pip install -e '.[dev]'")
+            pytest.fail("playwright is not installed in CI: make test (pip install --group dev)")
+        pytest.skip("playwright is not installed: make test (pip install --group dev)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         try:

@@ -5,10 +5,12 @@ and operators racing the workers, then check.
 
     python -m tests.chaos.driver --seed 7 --workflows 200 --workers 3 --duration 60 \\
         [--db-restarts 2] [--failpoints] [--freezes] [--operator-races] [--skew 2] [--report chaos-report.json]
+    python -m tests.chaos.driver --recheck WORKDIR   # judge a kept run (--workdir) again, no chaos
 
 1. Starts a durable SecantusDB (``sync_on_commit=True``, test commands on),
    ``--workers`` worker processes (:mod:`tests.chaos.worker`; the first one's
-   clock is ``--skew`` seconds ahead, and so is the clock of its replacements),
+   clock is ``--skew`` seconds ahead, and so is the clock of its replacements;
+   the engine corrects it to the server's time),
    starts ``--workflows`` workflows of the ``order`` handler and the client
    process (:mod:`tests.chaos.client`).
 2. For ``--duration`` seconds, on a schedule drawn from ``random.Random(seed)``:

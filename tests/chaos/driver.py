@@ -1,13 +1,16 @@
-"""The chaos driver: run workflows through worker kills, database crashes, fail points and clock skew, then check.
+"""The chaos driver: run workflows through worker kills and freezes, database crashes, fail points, clock skew
+and operators racing the workers, then check.
 
 ::
 
     python -m tests.chaos.driver --seed 7 --workflows 200 --workers 3 --duration 60 \\
-        [--db-restarts 2] [--failpoints] [--skew 2] [--report chaos-report.json]
+        [--db-restarts 2] [--failpoints] [--freezes] [--operator-races] [--skew 2] [--report chaos-report.json]
+    python -m tests.chaos.driver --recheck WORKDIR   # judge a kept run (--workdir) again, no chaos
 
 1. Starts a durable SecantusDB (``sync_on_commit=True``, test commands on),
    ``--workers`` worker processes (:mod:`tests.chaos.worker`; the first one's
-   clock is ``--skew`` seconds ahead, and so is the clock of its replacements),
+   clock is ``--skew`` seconds ahead, and so is the clock of its replacements;
+   the engine corrects it to the server's time),
    starts ``--workflows`` workflows of the ``order`` handler and the client
    process (:mod:`tests.chaos.client`).
 2. For ``--duration`` seconds, on a schedule drawn from ``random.Random(seed)``:
@@ -16,9 +19,18 @@
    the workers keep running; arms ``failCommand`` fail points (network error
    with closeConnection, WriteConflict 112, ShutdownInProgress 91 with
    RetryableWriteError) on findAndModify/update/insert a few times each
-   (``--failpoints``); snapshots the final step records.
-3. Restarts dead workers, resumes paused workflows, sends missing approvals
-   and waits until every workflow is final (``--settle-timeout``).
+   (``--failpoints``); SIGSTOPs a random worker's process group and SIGCONTs
+   it later (``--freezes``): every other freeze is shorter than the lease, the
+   others last 1.2 to 3 leases, so the frozen worker's leases expire, other workers
+   take its workflows over, and it wakes up as a zombie in the middle of
+   whatever it was doing; snapshots the final step records. With
+   ``--operator-races`` the client also restarts, terminates and pauses
+   workflows while they run, and retries aborted and failed ones; 4% of the
+   workflows are then *fragile* (they abort unless retried, see
+   :mod:`tests.chaos.worker`).
+3. Restarts dead workers, resumes paused workflows, retries aborted fragile
+   ones, sends missing approvals and waits until every workflow is final
+   (``--settle-timeout``). What it does there is logged to the ops file too.
 4. Stops the workers, runs :mod:`tests.chaos.checker`, prints the report and
    writes it as JSON to ``--report``. Exit code 0 without violations, else 1.
 
@@ -45,6 +57,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bson import json_util
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
@@ -53,7 +66,7 @@ from bluestreak.errors import InvalidTransition
 
 from ..mongo_server import SecantusServer
 from . import checker
-from .worker import APPROVAL, EVENT_TYPE, FLAKY_STEP, HANDLER
+from .worker import APPROVAL, EVENT_TYPE, FLAKY_STEP, HANDLER, fragile
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -78,6 +91,7 @@ class Worker:
         self.log_path = log_path
         self.skew = skew
         self.killed = False
+        self.frozen = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -91,7 +105,12 @@ class Worker:
                     with contextlib.suppress(ValueError):
                         last = json.loads(line[6:])
                         peak = max(peak, int(last.get("peak_rss_kb", 0)))
-        return {"peak_rss_kb": peak, "failed_commands": last.get("failed_commands", {}), "skew": self.skew}
+        return {
+            "peak_rss_kb": peak,
+            "failed_commands": last.get("failed_commands", {}),
+            "metrics": last.get("metrics", {}),
+            "skew": self.skew,
+        }
 
 
 class Chaos:
@@ -104,6 +123,9 @@ class Chaos:
         self.db_name = "chaos"
         self.ledger_path = workdir / "ledger.txt"
         self.ops_path = workdir / "ops.jsonl"
+        self.faults_path = workdir / "faults.jsonl"
+        self.freeze_seconds = 0.0
+        self.driver_events = 0
         self.workers: dict[str, Worker] = {}
         self.slots: dict[int, Worker] = {}
         self.count = 0
@@ -115,10 +137,13 @@ class Chaos:
         self.engine: Bluestreak | None = None
         self.ids = [f"w{i}" for i in range(args.workflows)]
         self.db_down = False
+        self.closing = False  # set once everything is being killed: no replacement may start after that
 
     # -- processes -----------------------------------------------------------------
 
     def spawn(self, slot: int) -> Worker:
+        if self.closing:
+            raise RuntimeError("the chaos run is shutting down: no new worker")
         self.count += 1
         worker_id = f"worker-{self.count}"
         skew = self.args.skew if slot == 0 else 0.0
@@ -169,12 +194,44 @@ class Chaos:
                     str(args.duration),
                     "--seed",
                     str(args.seed + 1),
+                    *(["--races"] if args.operator_races else []),
                 ],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def note(self, kind: str, **fields: Any) -> None:
+        """One line of the fault timeline (``faults.jsonl`` in the workdir), for reading a violation later."""
+        with open(self.faults_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"t": time.time(), "fault": kind, **fields}) + "\n")
+
+    def write_op(self, entry: dict[str, Any]) -> None:
+        """An operation of the driver itself (while settling), in the client's ops file."""
+        with open(self.ops_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"by": "driver", "target": "settle", **entry}, default=str) + "\n")
+
+    async def freeze(self, worker: Worker, seconds: float) -> None:
+        """SIGSTOP the worker's process group for ``seconds``, then SIGCONT it (unless it was killed meanwhile)."""
+        worker.frozen = True
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGSTOP)
+            self.note("freeze", worker=worker.worker_id, pid=worker.proc.pid, seconds=round(seconds, 2))
+            log(f"fault: SIGSTOP {worker.worker_id} for {seconds:.1f}s (lease {self.args.lease:g}s)")
+            self.faults["worker_freeze"] += 1
+            if seconds > self.args.lease:
+                self.faults["worker_freeze_beyond_lease"] += 1
+            await asyncio.sleep(seconds)
+            self.freeze_seconds += seconds
+        finally:
+            if worker.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.proc.pid, signal.SIGCONT)
+                self.note("thaw", worker=worker.worker_id, pid=worker.proc.pid)
+                log(f"SIGCONT {worker.worker_id}")
+            worker.frozen = False
 
     def kill_worker(self, worker: Worker) -> None:
         if worker.alive():
@@ -205,6 +262,7 @@ class Chaos:
                 self.kill_worker(worker)
 
     def kill_everything(self) -> None:
+        self.closing = True
         for worker in self.workers.values():
             if worker.alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -242,6 +300,7 @@ class Chaos:
 
     async def restart_db(self) -> None:
         log("fault: SIGKILL the database server")
+        self.note("db_kill")
         self.db_down = True
         self.server.kill()
         self.faults["db_restart"] += 1
@@ -307,6 +366,12 @@ class Chaos:
                 events.append((t, "failpoint", (kinds[i % len(kinds)], rng.choice(COMMAND_SETS), rng.randint(2, 4))))
                 i += 1
                 t += rng.uniform(2, 5)
+        if self.args.freezes:
+            lease = self.args.lease
+            for i in range(max(2, int(d / 10))):
+                # Every other one shorter than the lease (a stall), the others beyond it (a zombie comes back).
+                seconds = rng.uniform(1.2 * lease, 3 * lease) if i % 2 == 0 else rng.uniform(0.3, 0.8 * lease)
+                events.append((rng.uniform(2, max(3, d - 2 - seconds)), "freeze", seconds))  # thawed in time
         for i in range(self.args.snapshots):
             events.append((d * (i + 0.5) / self.args.snapshots, "snapshot", None))
         return sorted(events, key=lambda e: e[0])
@@ -314,7 +379,8 @@ class Chaos:
     async def start_workflows(self, ids: list[str]) -> None:
         assert self.engine is not None
         engine = self.engine
-        specs = [(wf, HANDLER, {"n": int(wf[1:])}) for wf in ids]
+        races = self.args.operator_races
+        specs = [(wf, HANDLER, {"n": int(wf[1:]), "fragile": races and fragile(int(wf[1:]))}) for wf in ids]
         await self.retry("start workflows", lambda: engine.start_many(specs), timeout=120)
 
     async def start_in_waves(self) -> None:
@@ -341,9 +407,14 @@ class Chaos:
                 if alive:
                     victim = self.rng.choice(alive)
                     log(f"fault: SIGKILL {victim.worker_id} (slot {victim.slot}, skew {victim.skew:g}s)")
+                    self.note("kill", worker=victim.worker_id, pid=victim.proc.pid, frozen=victim.frozen)
                     self.kill_worker(victim)
                     self.faults["worker_kill"] += 1
                     pending.add(asyncio.create_task(self.replace(victim.slot, self.rng.uniform(0.2, 3.0))))
+            elif action == "freeze":
+                awake = [w for w in self.slots.values() if w.alive() and not w.frozen]
+                if awake:
+                    pending.add(asyncio.create_task(self.freeze(self.rng.choice(awake), arg)))
             elif action == "restart_db":
                 if not self.db_down:
                     pending.add(asyncio.create_task(self.restart_db()))
@@ -363,18 +434,48 @@ class Chaos:
         worker = self.spawn(slot)
         log(f"started {worker.worker_id} in slot {slot}")
 
+    async def driver_op(self, op: str, wf: str, payload: Any = None) -> bool:
+        """One control while settling, logged to the ops file like the client's; whether it took effect."""
+        assert self.engine is not None
+        entry: dict[str, Any] = {"t": time.time(), "op": op, "wf": wf, "tries": 1}
+        try:
+            if op == "resume":
+                entry["returned"] = (await self.engine.resume(wf)).value
+            elif op == "retry":
+                await self.engine.retry(wf)
+            elif op == "approve":
+                entry["id"] = payload["id"]
+                await self.engine.send_event(wf, EVENT_TYPE, payload)
+            else:  # pragma: no cover
+                raise ValueError(op)
+            entry["outcome"] = "ok"
+        except InvalidTransition:
+            entry["outcome"] = "rejected"
+        except PyMongoError:
+            entry["outcome"] = "error"
+        entry["done"] = time.time()
+        self.write_op(entry)
+        if entry["outcome"] == "ok":
+            self.faults[f"settle_{op}"] += 1
+        return entry["outcome"] == "ok"
+
     async def settle(self) -> float:
-        """Resume what is paused, send missing approvals, wait until every workflow is final; seconds taken."""
+        """Resume what is paused, retry aborted fragile workflows, send missing approvals, wait until every
+        workflow is final; seconds taken."""
         assert self.engine is not None and self.admin is not None
         db = self.admin[self.db_name]
         started = time.monotonic()
         deadline = started + self.args.settle_timeout
         approved_at: dict[tuple[str, int], float] = {}
+        unsettled = {
+            "$or": [
+                {"status": {"$nin": sorted(checker.FINAL_STATUSES)}},
+                {"status": "aborted", "input.fragile": True, "run": 0},  # aborted on purpose: retried below
+            ]
+        }
         while True:
             self.check_workers()
-            docs = await self.retry(
-                "settle", lambda: db.workflows.find({"status": {"$nin": sorted(checker.FINAL_STATUSES)}}).to_list(None)
-            )
+            docs = await self.retry("settle", lambda: db.workflows.find(unsettled).to_list(None))
             if not docs:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
@@ -404,19 +505,19 @@ class Chaos:
             }
             for doc in docs:
                 wf = doc["_id"]
+                if doc["status"] == "aborted":
+                    await self.driver_op("retry", wf)
+                    continue
                 if doc["status"] == "paused" or doc.get("control") == "pause":
-                    with contextlib.suppress(InvalidTransition, PyMongoError):
-                        await self.engine.resume(wf)
-                        self.faults["settle_resume"] += 1
+                    await self.driver_op("resume", wf)
                 run = int(doc.get("run", 0))
                 if (wf, run) in approved or wf in buffered:
                     continue
                 if time.monotonic() - approved_at.get((wf, run), -1e9) < 15:
                     continue
-                with contextlib.suppress(InvalidTransition, PyMongoError):
-                    await self.engine.send_event(wf, EVENT_TYPE, {"by": "driver"})
+                self.driver_events += 1
+                if await self.driver_op("approve", wf, {"by": "driver", "id": f"d{self.driver_events}"}):
                     approved_at[(wf, run)] = time.monotonic()
-                    self.faults["settle_approval"] += 1
             await asyncio.sleep(2)
 
     async def run(self) -> int:
@@ -468,32 +569,31 @@ class Chaos:
         db = self.admin[self.db_name]
         workflows = await self.retry("read workflows", lambda: db.workflows.find({}).to_list(None))
         steps = await self.retry("read steps", lambda: db.steps.find({}).to_list(None))
-        ledger = []
-        for line in self.ledger_path.read_text().split("\n")[:-1]:
-            wf, run, step_id, worker_id, pid = line.split()
-            ledger.append((wf, int(run), step_id, worker_id, int(pid)))
-        ops = [json.loads(line) for line in self.ops_path.read_text().splitlines() if line.strip()]
-        anomalies = read_jsonl(Path(f"{self.ledger_path}.anomalies"))
+        naps = await self.retry("read naps", lambda: db.naps.find({}).to_list(None))
+        events = await self.retry("read events", lambda: db.events.find({}).to_list(None))
         workers = {w.worker_id: w.stats() for w in self.workers.values()}
-        invariants = checker.check(
-            workflows=workflows,
-            steps=steps,
-            snapshots=self.snapshots[:-1],
-            ledger=ledger,
-            ops=ops,
-            workers=workers,
-            expected_ids=self.ids,
-            anomalies=anomalies,
+        dump_state(
+            self.workdir / STATE_FILE,
+            {
+                "workflows": workflows,
+                "steps": steps,
+                "naps": naps,
+                "events": events,
+                "snapshots": [[[*key, value] for key, value in snap.items()] for snap in self.snapshots[:-1]],
+                "workers": workers,
+                "expected_ids": self.ids,
+                "unexpected_exits": self.unexpected_exits,
+            },
         )
-        invariants["no_unexpected_worker_exit"] = {
-            "description": "no worker process exited unless the driver killed or stopped it",
-            "checked": self.count,
-            "violations": len(self.unexpected_exits),
-            "examples": self.unexpected_exits[:10],
-        }
+        ledger, ops, _anomalies, finishes = read_logs(self.workdir)
+        invariants = evaluate(
+            self.workdir, workflows, steps, naps, events, self.snapshots[:-1], workers, self.ids, self.unexpected_exits
+        )
         hits: collections.Counter[str] = collections.Counter()
+        counters: collections.Counter[str] = collections.Counter()
         for info in workers.values():
             hits.update(info["failed_commands"])
+            counters.update(info["metrics"])
         finished = [w for w in workflows if w["status"] == "finished"]
         return {
             "seed": self.args.seed,
@@ -508,7 +608,24 @@ class Chaos:
             "wall_seconds": round(wall_s, 1),
             "faults": dict(sorted(self.faults.items())),
             "failed_commands_seen_by_workers": dict(sorted(hits.items())),
-            "client_ops": dict(sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops).items())),
+            "client_ops": dict(
+                sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") != "driver").items())
+            ),
+            "client_ops_by_target": dict(
+                sorted(
+                    collections.Counter(
+                        f"{o['op']}:{o.get('target', 'random')}:{o['outcome']}" for o in ops if o.get("by") != "driver"
+                    ).items()
+                )
+            ),
+            "driver_settle_ops": dict(
+                sorted(collections.Counter(f"{o['op']}:{o['outcome']}" for o in ops if o.get("by") == "driver").items())
+            ),
+            "races": race_figures(ops),
+            "freeze_seconds": round(self.freeze_seconds, 1),
+            "finishes_logged": len(finishes),
+            # Each worker's last STATS line: a SIGKILLed worker's counts are up to 2 s stale (lower bounds).
+            "worker_metrics": dict(sorted(counters.items())),
             "final_status": dict(collections.Counter(w["status"] for w in workflows)),
             "branches": dict(
                 collections.Counter(
@@ -524,6 +641,97 @@ class Chaos:
             "invariants": invariants,
             "violations": sum(inv["violations"] for inv in invariants.values()),
         }
+
+
+STATE_FILE = "final-state.json"
+"""The documents and facts the checker judged, written to the workdir (``--recheck`` reads them again)."""
+
+
+def dump_state(path: Path, state: dict[str, Any]) -> None:
+    path.write_text(json_util.dumps(state, json_options=json_util.RELAXED_JSON_OPTIONS))
+
+
+def read_logs(workdir: Path) -> tuple[list[tuple[str, int, str, str, int]], list[dict[str, Any]], list[Any], list[Any]]:
+    """The ledger, the ops, the anomalies and the finishes written during a run in ``workdir``."""
+    ledger = []
+    for line in (workdir / "ledger.txt").read_text().split("\n")[:-1]:
+        wf, run, step_id, worker_id, pid = line.split()
+        ledger.append((wf, int(run), step_id, worker_id, int(pid)))
+    ops = read_jsonl(workdir / "ops.jsonl")
+    return ledger, ops, read_jsonl(workdir / "ledger.txt.anomalies"), read_jsonl(workdir / "ledger.txt.finishes")
+
+
+def evaluate(
+    workdir: Path,
+    workflows: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    naps: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    snapshots: list[dict[checker.Key, tuple[Any, ...]]],
+    workers: dict[str, dict[str, Any]],
+    expected_ids: list[str],
+    unexpected_exits: list[str],
+) -> dict[str, Any]:
+    """Run the checker on one run's final state and its logs."""
+    ledger, ops, anomalies, finishes = read_logs(workdir)
+    invariants = checker.check(
+        workflows=workflows,
+        steps=steps,
+        snapshots=snapshots,
+        ledger=ledger,
+        ops=ops,
+        workers=workers,
+        expected_ids=expected_ids,
+        anomalies=anomalies,
+        naps=naps,
+        events=events,
+        finishes=finishes,
+    )
+    invariants["no_unexpected_worker_exit"] = {
+        "description": "no worker process exited unless the driver killed or stopped it",
+        "checked": len(workers),
+        "violations": len(unexpected_exits),
+        "examples": unexpected_exits[:10],
+    }
+    return invariants
+
+
+def recheck(workdir: Path) -> int:
+    """Judge a finished run again from its workdir (after a checker change, or to study a violation)."""
+    state = json_util.loads((workdir / STATE_FILE).read_text())
+    snapshots = [{(wf, int(run), step): tuple(value) for wf, run, step, value in snap} for snap in state["snapshots"]]
+    invariants = evaluate(
+        workdir,
+        state["workflows"],
+        state["steps"],
+        state["naps"],
+        state["events"],
+        snapshots,
+        state["workers"],
+        state["expected_ids"],
+        state["unexpected_exits"],
+    )
+    for name, inv in invariants.items():
+        mark = "ok  " if inv["violations"] == 0 else "FAIL"
+        print(f"  {mark} {name:28} checked {inv['checked']:6}  violations {inv['violations']}")
+        for example in inv["examples"]:
+            print(f"         - {example}")
+    return 0 if all(inv["violations"] == 0 for inv in invariants.values()) else 1
+
+
+def race_figures(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the operator races did: how the controls aimed at running workflows landed."""
+    running = [o for o in ops if o.get("target") == "running"]
+    pauses = [o for o in running if o["op"] == "pause" and o["outcome"] == "ok"]
+    resumes = [o for o in ops if o.get("target") == "after-pause"]
+    return {
+        "aimed_at_running": dict(collections.Counter(f"{o['op']}:{o['outcome']}" for o in running)),
+        "pause_of_running_returned": dict(collections.Counter(o.get("returned") for o in pauses)),
+        "status_before_its_resume": dict(collections.Counter(o.get("then") for o in resumes)),
+        "resume_after_pause_returned": dict(collections.Counter(o.get("returned", o["outcome"]) for o in resumes)),
+        "listing_to_call_seconds_max": max((o.get("read_s", 0.0) for o in running), default=None),
+        "retries": dict(collections.Counter(f"{o.get('target')}:{o['outcome']}" for o in ops if o["op"] == "retry")),
+    }
 
 
 def duplicates(ledger: list[tuple[str, int, str, str, int]]) -> dict[str, int]:
@@ -552,6 +760,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"faults injected: {report['faults']}")
     print(f"failed commands seen by workers: {report['failed_commands_seen_by_workers']}")
     print(f"client operations: {report['client_ops']}")
+    print(f"driver while settling: {report['driver_settle_ops']}")
+    print(f"operator races: {report['races']}")
+    print(f"worker counters: {report['worker_metrics']}  frozen for {report['freeze_seconds']}s in all")
     print(
         f"claims: {report['claims']}  step bodies run: {report['step_bodies_run']} "
         f"(ran again: {report['step_bodies_run_more_than_once']})  "
@@ -574,6 +785,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60, help="seconds of chaos")
     parser.add_argument("--db-restarts", type=int, default=0)
     parser.add_argument("--failpoints", action="store_true")
+    parser.add_argument("--freezes", action="store_true", help="SIGSTOP/SIGCONT workers, some beyond the lease")
+    parser.add_argument(
+        "--operator-races", action="store_true", help="the client also controls running workflows and retries"
+    )
     parser.add_argument("--skew", type=float, default=0.0, help="clock skew (s) of the first worker slot")
     parser.add_argument("--lease", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16, help="handler slots per worker")
@@ -581,6 +796,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, default=180)
     parser.add_argument("--report", default=None, help="write the report as JSON here")
     parser.add_argument("--workdir", default=None, help="keep logs, ledger and ops here (default: a temp dir)")
+    parser.add_argument(
+        "--recheck",
+        default=None,
+        metavar="WORKDIR",
+        help="run no chaos: judge the run kept in WORKDIR again (its final-state.json and logs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -605,6 +826,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.recheck:
+        return recheck(Path(args.recheck))
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     print(f"SEED {args.seed}", flush=True)

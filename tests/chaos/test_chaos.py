@@ -1,9 +1,12 @@
 """The chaos harness as a CI test: a short, fixed-seed run of :mod:`tests.chaos.driver`.
 
-Worker SIGKILLs, one database crash and restart, failCommand fail points of
-each kind and a worker clock 2 s ahead, over 100 workflows and 45 s of chaos;
-then every invariant of :mod:`tests.chaos.checker` must hold. The whole test
-takes about a minute on two cores. Seeds that once found a bug join ``SEEDS``.
+Worker SIGKILLs, worker freezes (SIGSTOP/SIGCONT, some longer than the lease),
+one database crash and restart, failCommand fail points of each kind, a worker
+clock 2 s ahead and an operator racing the workers (restart, terminate and
+pause of running workflows, retry of aborted and failed ones), over 100
+workflows and 45 s of chaos; then every invariant of
+:mod:`tests.chaos.checker` must hold. The whole test takes about a minute on
+two cores. Seeds that once found a bug join ``SEEDS``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ FAULT_KINDS = [
     "failpoint_network",
     "failpoint_write_conflict",
     "failpoint_shutdown_retryable",
+    "worker_freeze",
+    "worker_freeze_beyond_lease",
     "snapshot",
 ]
 
@@ -51,6 +56,8 @@ def test_chaos_run_violates_nothing(seed: int, tmp_path: Path) -> None:
         "--db-restarts",
         "1",
         "--failpoints",
+        "--freezes",
+        "--operator-races",
         "--skew",
         "2",
         "--settle-timeout",
@@ -72,6 +79,12 @@ def test_chaos_run_violates_nothing(seed: int, tmp_path: Path) -> None:
     seen = report["failed_commands_seen_by_workers"]
     for code in ("112", "91", "net"):
         assert any(key.endswith(f"/{code}") for key in seen), (code, seen)
+    # The operator raced the workers: controls aimed at running workflows took effect, aborted ones were retried.
+    raced = report["races"]["aimed_at_running"]
+    for op in ("pause", "restart"):
+        assert raced.get(f"{op}:ok", 0) >= 1, (op, report["races"])
+    retried = report["client_ops"].get("retry:ok", 0) + report["driver_settle_ops"].get("retry:ok", 0)
+    assert retried >= 1, (report["client_ops"], report["driver_settle_ops"])
     bad = {name: inv for name, inv in report["invariants"].items() if inv["violations"]}
     assert not bad, json.dumps(bad, indent=2)
     assert all(inv["checked"] > 0 for inv in report["invariants"].values()), report["invariants"]

@@ -9,10 +9,22 @@ really ran, whatever happens to the process afterwards.
 
 Every few seconds the process prints one line to stdout::
 
-    STATS {"rss_kb": ..., "peak_rss_kb": ..., "failed_commands": {"insert/112": 2, ...}}
+    STATS {"rss_kb": ..., "peak_rss_kb": ..., "failed_commands": {"insert/112": 2, ...}, "metrics": {...}}
 
 ``failed_commands`` counts commands the server failed (by command name and
-error code, ``net`` for a network error): proof that an injected fault was hit.
+error code, ``net`` for a network error): proof that an injected fault was hit;
+``metrics`` a few of the engine's counters (claims, finishes, lost leases).
+
+Each finish this process wrote (the engine's ``workflow %r finished`` log
+record, emitted only after the fenced finish write succeeded) is appended to
+``<ledger>.finishes`` as a JSON line ``{"wf", "run", "attempt", "worker",
+"pid"}``: the checker counts them per run ("no workflow finishes twice").
+
+*Fragile* workflows (``fragile(n)``, input ``{"fragile": true}``) fail on
+purpose after their first step while the claim count of run 0 is at most
+``FRAGILE_FAILS``: they are aborted after ``MAX_FAILURES`` retries, and the
+operator's ``retry`` (the client's, or the driver's while settling) makes them
+finish, keeping the recorded ``reserve``.
 """
 
 from __future__ import annotations
@@ -49,6 +61,16 @@ EVENT_TIMEOUT = "20 seconds"
 LONG_SLEEP = 2.0
 SHORT_SLEEP = 0.2
 SLEEP_THRESHOLD = 1.0
+MAX_FAILURES = 8
+FRAGILE_FAILS = MAX_FAILURES + 1
+"""A fragile workflow's run 0 fails while ``ctx.attempt <= FRAGILE_FAILS``: all of them failing aborts it."""
+FINISHED_MESSAGE = "workflow %r finished"
+"""The engine's debug record after a successful finish write (``bluestreak/execution.py``)."""
+
+
+def fragile(n: int) -> bool:
+    """Whether workflow ``w{n}`` is fragile (4% of them): it aborts unless retried."""
+    return n % 25 == 7
 
 
 def flaky(workflow_id: str, run: int, claim: int, try_no: int) -> bool:
@@ -122,6 +144,16 @@ class Ledger:
         }
         self._write(self.path + ".anomalies", json.dumps(line) + "\n")
 
+    def finished(self, record: logging.LogRecord) -> None:
+        line = {
+            "wf": getattr(record, "workflow_id", None),
+            "run": getattr(record, "run", None),
+            "attempt": getattr(record, "attempt", None),
+            "worker": self.worker_id,
+            "pid": self.pid,
+        }
+        self._write(self.path + ".finishes", json.dumps(line) + "\n")
+
     @staticmethod
     def _write(path: str, line: str) -> None:
         with open(path, "a", encoding="utf-8") as f:
@@ -138,7 +170,7 @@ def build_engine(args: argparse.Namespace, ledger: Ledger, listener: FailedComma
         poll_interval=0.2,
         retry_interval=0.1,
         max_retry_interval=1,
-        max_failures=20,
+        max_failures=MAX_FAILURES,
         sleep_threshold=SLEEP_THRESHOLD,
         shutdown_grace=2,
         max_concurrency=args.concurrency,
@@ -178,6 +210,8 @@ def build_engine(args: argparse.Namespace, ledger: Ledger, listener: FailedComma
     @engine.handler(HANDLER)
     async def order(ctx: WorkflowContext, input: Any) -> dict[str, Any]:
         total = await step(ctx, "reserve", body(ctx, "reserve"))
+        if isinstance(input, dict) and input.get("fragile") and ctx.run == 0 and ctx.attempt <= FRAGILE_FAILS:
+            raise RuntimeError(f"fragile {ctx.workflow_id}: fails on claim {ctx.attempt} (aborts unless retried)")
         try:
             total += await step(ctx, FLAKY_STEP, flaky_body(ctx), retries=RETRY)
             charged = True
@@ -200,6 +234,27 @@ def build_engine(args: argparse.Namespace, ledger: Ledger, listener: FailedComma
     return engine
 
 
+class FinishLog(logging.Handler):
+    """Writes each finish the engine reports (``FINISHED_MESSAGE``) to the ledger's ``.finishes`` file."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(logging.DEBUG)
+        self.ledger = ledger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == FINISHED_MESSAGE:
+            self.ledger.finished(record)
+
+
+def watch_finishes(ledger: Ledger) -> None:
+    """Route the engine's finish records to the ledger; everything else still goes to stderr at WARNING."""
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    execution_log = logging.getLogger("bluestreak.worker")
+    execution_log.setLevel(logging.DEBUG)
+    execution_log.addHandler(FinishLog(ledger))
+
+
 def rss_kb(field: str = "VmRSS") -> int:
     """This process's resident set (``VmRSS``) or its high-water mark (``VmHWM``), in KiB.
 
@@ -215,25 +270,34 @@ def rss_kb(field: str = "VmRSS") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if field == "VmHWM" else 0
 
 
-def stats_line(listener: FailedCommands) -> str:
-    stats = {"rss_kb": rss_kb(), "peak_rss_kb": rss_kb("VmHWM"), "failed_commands": dict(listener.counts)}
+METRICS = ("claimed", "finished", "failed", "aborted", "lease_lost")
+
+
+def stats_line(listener: FailedCommands, engine: Bluestreak) -> str:
+    stats = {
+        "rss_kb": rss_kb(),
+        "peak_rss_kb": rss_kb("VmHWM"),
+        "failed_commands": dict(listener.counts),
+        "metrics": {k: v for k, v in engine.metrics.snapshot().items() if k in METRICS},
+    }
     return "STATS " + json.dumps(stats)
 
 
-async def report(listener: FailedCommands, every: float) -> None:
+async def report(listener: FailedCommands, engine: Bluestreak, every: float) -> None:
     while True:
-        print(stats_line(listener), flush=True)
+        print(stats_line(listener, engine), flush=True)
         await asyncio.sleep(every)
 
 
 async def main(args: argparse.Namespace) -> None:
     ledger = Ledger(args.ledger, args.worker_id)
+    watch_finishes(ledger)
     listener = FailedCommands()
     engine = build_engine(args, ledger, listener)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
-    reporter = asyncio.create_task(report(listener, args.stats_every))
+    reporter = asyncio.create_task(report(listener, engine, args.stats_every))
     try:
         for tries in range(1, 61):  # the database may be down right now (the driver restarts it): keep trying
             try:
@@ -247,7 +311,7 @@ async def main(args: argparse.Namespace) -> None:
             await engine.poll()
     finally:
         reporter.cancel()
-        print(stats_line(listener), flush=True)
+        print(stats_line(listener, engine), flush=True)
         print(f"EXIT {args.worker_id}", flush=True)
 
 

@@ -114,9 +114,8 @@ class ChangeStreamWaker:
                     if self.opened == 0 and failures == 0:  # never worked: a standalone server, say
                         self._give_up("the server has no change streams", exc.code)
                         return
+                    self._resume = None  # its point may be gone (or invalidated): reopen from now
                     failures = self._failed(exc, failures)
-                    if exc.code == CHANGE_STREAM_HISTORY_LOST:
-                        self._resume = None
                     await asyncio.sleep(_backoff(failures))
                     continue
                 except PyMongoError as exc:
@@ -131,22 +130,20 @@ class ChangeStreamWaker:
                             self._wake_now()
                         failures = 0
                         await self._read(stream)
+                    failures = self._failed(None, failures)  # closed under it (invalidated, or closed)
                 except OperationFailure as exc:
                     if exc.code == CHANGE_STREAM_HISTORY_LOST:
                         self._resume = None
                     failures = self._failed(exc, failures)
-                    await asyncio.sleep(_backoff(failures))
-                except PyMongoError as exc:
+                except Exception as exc:  # a network error, or anything else: never take the worker down
                     failures = self._failed(exc, failures)
-                    await asyncio.sleep(_backoff(failures))
-                except Exception as exc:  # never let the waker take the worker down
-                    failures = self._failed(exc, failures)
-                    await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(_backoff(failures))
         finally:
             self.live = False
             self.close()
 
     async def _read(self, stream: Any) -> None:
+        """Read while armed, until the stream dies (an error raises; a closed stream returns)."""
         while True:
             await self._armed.wait()
             change = await stream.try_next()  # one getMore when nothing is buffered; None after max_await
@@ -154,7 +151,12 @@ class ChangeStreamWaker:
             if token is not None:
                 self._resume = token
             if change is not None:
+                if change.get("operationType") == "invalidate":
+                    self._resume = None
+                    return
                 self._consider(change)
+            elif not stream.alive:
+                return
 
     def _consider(self, change: dict[str, Any]) -> None:
         if change.get("operationType") == "insert":
@@ -173,6 +175,7 @@ class ChangeStreamWaker:
 
     def _wake_now(self) -> None:
         self.woken += 1
+        self._armed.clear()  # read again only when the worker next idles: no getMore while it claims
         self._wake()
 
     def _wake_at(self, due: datetime, wait: float) -> None:
@@ -195,9 +198,10 @@ class ChangeStreamWaker:
         detail = f" (code {code})" if code is not None else ""
         log.log(level, "%s%s: polling for new work instead", why, detail)
 
-    def _failed(self, exc: BaseException, failures: int) -> int:
+    def _failed(self, exc: BaseException | None, failures: int) -> int:
         self.live = False
-        log.warning("change stream failed (%s); reopening it, polling meanwhile", type(exc).__name__)
+        why = "it was closed" if exc is None else type(exc).__name__
+        log.warning("change stream failed (%s); reopening it, polling meanwhile", why)
         return failures + 1
 
 

@@ -112,6 +112,7 @@ class Worker:
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}
         self._spread: dict[str | None, int] = {}
+        self._due: tuple[float, tuple[str | None, ...], Any] | None = None
         self.waker: ChangeStreamWaker | None = None
         """The change stream waker of the running loop (``None`` before ``run()``)."""
         self.finished = asyncio.Event()
@@ -310,16 +311,36 @@ class Worker:
         blocked = len(open_queues) < len(self.listen)
         if blocked:  # a limited queue is blocked: claim from it again by then
             tick = min(tick, longest)
-        try:
-            due = await self.store.next_due(handlers, open_queues)
-        except PyMongoError:
-            return longest, True
+        due = self._cached_due(open_queues, tick)
+        if due is False:
+            try:
+                due = await self.store.next_due(handlers, open_queues)
+            except PyMongoError:
+                return longest, True
+            self._due = (time.monotonic(), tuple(open_queues), due)
         wait = tick if due is None else (due - self.clock.now()).total_seconds()
         if wait <= 0:
             return 0.0, True
         if wait < tick:
             return max(0.005, wait), True
         return tick, blocked
+
+    def _cached_due(self, open_queues: list[str | None], tick: float) -> Any:
+        """The next due time read less than a tick ago, if a live change stream vouches for it; else ``False``.
+
+        With a live stream, whatever becomes due sooner is reported by it
+        (now, or at its ``due_at`` through the waker's timer), so an idle
+        worker woken for a workflow another worker took need not read again.
+        A due time that has come is never reused: it may be the one just taken.
+        """
+        if self._due is None or self.waker is None or not self.waker.live:
+            return False
+        read_at, queues, due = self._due
+        if queues != tuple(open_queues) or time.monotonic() - read_at >= tick:
+            return False
+        if due is not None and due <= self.clock.now():
+            return False
+        return due
 
     async def _idle(self, seconds: float) -> bool:
         """Wait up to ``seconds``; whether :meth:`wake` (or ``stop``) ended the wait."""

@@ -39,7 +39,7 @@ class Settings:
     retention_finished: float | None = None
     retention_failed: float | None = None
     purge_interval: float = 60.0
-    change_streams: bool = False
+    change_streams: bool | None = None
     write_concern: str | int = "majority"
     strict_replay: bool = True
     error_callback: ErrorCallback | None = None
@@ -163,6 +163,8 @@ def from_environment(environ: Mapping[str, str], wanted: Iterable[str]) -> dict[
                 found[name] = int(text)
             except ValueError:
                 raise InvalidArgument(f"{var}={raw!r}: expected a whole number") from None
+        elif name == "change_streams" and text.lower() == "auto":
+            found[name] = None  # detect: use them where the server has them
         elif name in BOOLS:
             if text.lower() not in _TRUE | _FALSE:
                 raise InvalidArgument(f"{var}={raw!r}: expected true or false")
@@ -261,10 +263,13 @@ def check_collection_prefix(prefix: object, db_name: str | None) -> str:
     return prefix
 
 
-def check_change_streams(value: object) -> bool:
-    """``change_streams`` is a bool (``"false"`` would be true)."""
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"change_streams must be True or False, got {type(value).__name__} {value!r:.80}")
+def check_change_streams(value: object) -> bool | None:
+    """``change_streams`` is a bool, or ``None`` (use them where the server has them; ``"false"`` would be true)."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgument(
+            f"change_streams must be True or False (or None: use them where the server has them), "
+            f"got {type(value).__name__} {value!r:.80}"
+        )
     return value
 
 

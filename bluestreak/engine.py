@@ -100,7 +100,9 @@ class Bluestreak:
     :param strict_replay: pause a workflow whose code no longer replays its history (a step renamed,
         removed or reordered) before the changed step runs; ``False`` runs on and only logs a warning.
     :param change_streams: let ``poll()`` watch a change stream and claim a workflow as soon as it
-        becomes due anywhere (needs a replica set or sharded cluster; falls back to polling otherwise).
+        becomes due anywhere. ``None`` (the default): use one where the server has them (a replica set
+        or sharded cluster) and poll where not (a standalone server, ``memory://``); ``True``: the same,
+        with a warning when they are missing; ``False``: always poll.
     :param client_options: keyword arguments for the ``AsyncMongoClient`` the engine creates from
         ``db_url`` (timeouts, TLS, pool size, ``appname``...).
     """

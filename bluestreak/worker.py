@@ -8,9 +8,17 @@ One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
    each queue with limits (its slots first, then the workflow);
 2. run each as an :class:`~bluestreak.execution.Execution` in a task of its
    own (which writes its outcome, fenced by its lease token);
-3. when nothing is due, sleep until the earliest due workflow, at most
-   ``poll_interval``, or until :meth:`wake` (a start in this process, or a
-   change stream event).
+3. when nothing is due, sleep until the earliest due workflow or until
+   :meth:`wake` (a start in this process, or a change stream event: see
+   :mod:`bluestreak.wakeups`). Without a live change stream the idle worker
+   reads the next due time every half ``poll_interval`` (one query; it
+   claims only when something is due), so work started elsewhere waits a
+   quarter of ``poll_interval`` on average; with one, it re-reads only every
+   :func:`stream_idle_poll`.
+
+Several workers draining one backlog spread their batch claims (see
+``Store.claim``'s ``spread``) once they see each other take their
+candidates, so that they do not all race for the head of the queue.
 
 Beside it, one task renews every held lease in one bulk write per
 ``lease_duration / 3`` — queue slots first, then the leases of the
@@ -30,13 +38,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from .clock import ServerClock
 from .config import Settings
@@ -47,11 +56,29 @@ from .metrics import Metrics
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
 from .store import Doc, Lease, Store
+from .wakeups import ChangeStreamWaker
 
 if TYPE_CHECKING:
     from .schedules import Schedules
 
 log = logging.getLogger("bluestreak.worker")
+
+MAX_SPREAD = 8
+"""At most how many batch-sized slices from the head of the queue a contended claim chooses among."""
+STREAM_IDLE_POLL = 5.0
+"""With a live change stream, an idle worker re-reads the next due time at most this often (see below)."""
+
+
+def stream_idle_poll(settings: Settings) -> float:
+    """How long an idle worker with a live change stream waits before re-reading on its own.
+
+    ``max(poll_interval, min(5 s, lease_duration / 2))``: the stream reports
+    every start, event, release and failure, and the worker's timer every
+    known due time; the re-read catches what neither sees — a lease that
+    expired in a worker that died after this one last read, say — within
+    half a lease.
+    """
+    return max(settings.poll_interval, min(STREAM_IDLE_POLL, settings.lease_duration / 2))
 
 
 class Worker:
@@ -90,6 +117,10 @@ class Worker:
         self._slots: dict[Lease, list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}
+        self._spread: dict[str | None, int] = {}
+        self._due: tuple[float, tuple[str | None, ...], Any] | None = None
+        self.waker: ChangeStreamWaker | None = None
+        """The change stream waker of the running loop (``None`` before ``run()``)."""
         self.finished = asyncio.Event()
         self.schedules = schedules
         """Set when ``run()`` has returned (after its graceful shutdown)."""
@@ -133,10 +164,19 @@ class Worker:
         if not self.handlers:
             raise InvalidArgument("poll() needs at least one registered handler: use @engine.handler('id')")
         handlers = sorted(self.handlers)
+        self.waker = ChangeStreamWaker(
+            self.store,
+            self.clock,
+            self.wake,
+            mode=self.settings.change_streams,
+            handlers=handlers,
+            queues=self.listen,
+            max_await=min(1.0, stream_idle_poll(self.settings)),
+        )
         helpers = [
             asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
-            asyncio.create_task(self._watch_loop(), name="bluestreak-watch"),
+            asyncio.create_task(self.waker.run(), name="bluestreak-watch"),
         ]
         if self.schedules is not None:
             helpers.append(
@@ -161,7 +201,7 @@ class Worker:
                     await self._idle(pause)
                     continue
                 if not busy:
-                    await self._idle(await self._idle_time(handlers))
+                    await self._wait_for_work(handlers)
         finally:
             await self._shutdown()
             for task in helpers:
@@ -193,18 +233,26 @@ class Worker:
                 docs_count = len(got)
             else:
                 # Claim one at a time while work trickles in (one find_one_and_update each),
-                # doubling the batch while every claim fills it (a batch costs three commands).
+                # doubling the batch while a backlog fills it (a batch costs three commands);
+                # spread over more of the backlog while other workers take the same candidates.
                 limit = min(free, self._burst.get(name, 1))
+                spread = self._spread.get(name, 1)
                 started = time.perf_counter()
                 now = self.clock.now()
                 token = uuid.uuid4().hex
                 claimed = await self.store.claim(
-                    handlers, now, now + self._lease, token, self.settings.worker_id, limit, queue=name
+                    handlers, now, now + self._lease, token, self.settings.worker_id, limit, queue=name, spread=spread
                 )
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 for doc in claimed:
                     self._spawn(doc)
                 docs_count = len(claimed)
+                if getattr(claimed, "contended", False):
+                    self._spread[name] = min(MAX_SPREAD, spread * 2)
+                elif limit > 1 and spread > 1:
+                    self._spread[name] = spread - 1
+                if getattr(claimed, "backlog", False):
+                    docs_count = limit  # lost candidates to another worker, but more are due: look again
             full = docs_count == limit
             self._burst[name] = min(self.settings.max_concurrency, limit * 2) if full else 1
             busy = busy or full
@@ -221,13 +269,44 @@ class Worker:
             self._stopping = True
         return self._stopping
 
-    async def _idle_time(self, handlers: list[str]) -> float:
-        """Until the earliest due workflow of a queue this worker could claim from now, at most ``poll_interval``.
+    async def _wait_for_work(self, handlers: list[str]) -> None:
+        """Idle until something may be claimable: a wake-up, a due time, or a read that finds work due.
 
-        A queue blocked by its rate limit counts from when its window frees;
-        one whose slots are all held, or this worker's share of it, from the
-        next poll (or the moment one of this worker's runs of it ends).
+        Each tick costs one query (the next due time), never a claim; the
+        change stream waker reads only meanwhile.
         """
+        waker = self.waker
+        if waker is not None:
+            waker.arm()
+        try:
+            while not self._should_stop():
+                seconds, claim_after = await self._idle_time(handlers)
+                if seconds <= 0:
+                    return
+                if await self._idle(seconds) or claim_after:
+                    return
+        finally:
+            if waker is not None:
+                waker.disarm()
+
+    def _tick(self) -> float:
+        """How long an idle worker waits before reading the next due time again (see the module docstring)."""
+        limited = any(q is not None and q in self.queues and self.queues[q].limited for q in self.listen)
+        if self.waker is not None and self.waker.live and not limited:
+            return stream_idle_poll(self.settings)
+        half = self.settings.poll_interval / 2
+        return half * random.uniform(0.9, 1.1)  # jittered, so that idle workers do not read in step
+
+    async def _idle_time(self, handlers: list[str]) -> tuple[float, bool]:
+        """How long to wait, and whether to claim after it (``False``: read the due time again first).
+
+        Until the earliest due workflow of a queue this worker could claim
+        from now (0: something is due), at most one tick. A queue blocked by
+        its rate limit counts from when its window frees; one whose slots are
+        all held, or this worker's share of it, from ``poll_interval`` (or
+        the moment one of this worker's runs of it ends).
+        """
+        tick = self._tick()
         longest = self.settings.poll_interval
         open_queues: list[str | None] = []
         for name in self.listen:
@@ -241,21 +320,48 @@ class Worker:
                     continue
             open_queues.append(name)
         if not open_queues:
-            return max(0.005, longest)
-        try:
-            due = await self.store.next_due(handlers, open_queues)
-        except PyMongoError:
-            return longest
-        if due is None:
-            return longest
-        wait = (due - self.clock.now()).total_seconds()
-        return min(longest, max(0.005, wait))
+            return max(0.005, longest), True
+        blocked = len(open_queues) < len(self.listen)
+        if blocked:  # a limited queue is blocked: claim from it again by then
+            tick = min(tick, longest)
+        due = self._cached_due(open_queues, tick)
+        if due is False:
+            try:
+                due = await self.store.next_due(handlers, open_queues)
+            except PyMongoError:
+                return longest, True
+            self._due = (time.monotonic(), tuple(open_queues), due)
+        wait = tick if due is None else (due - self.clock.now()).total_seconds()
+        if wait <= 0:
+            return 0.0, True
+        if wait < tick:
+            return max(0.005, wait), True
+        return tick, blocked
 
-    async def _idle(self, seconds: float) -> None:
+    def _cached_due(self, open_queues: list[str | None], tick: float) -> Any:
+        """The next due time read less than a tick ago, if a live change stream vouches for it; else ``False``.
+
+        With a live stream, whatever becomes due sooner is reported by it
+        (now, or at its ``due_at`` through the waker's timer), so an idle
+        worker woken for a workflow another worker took need not read again.
+        A due time that has come is never reused: it may be the one just taken.
+        """
+        if self._due is None or self.waker is None or not self.waker.live:
+            return False
+        read_at, queues, due = self._due
+        if queues != tuple(open_queues) or time.monotonic() - read_at >= tick:
+            return False
+        if due is not None and due <= self.clock.now():
+            return False
+        return due
+
+    async def _idle(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; whether :meth:`wake` (or ``stop``) ended the wait."""
         if self._stopping:
-            return
+            return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        return self._wake.is_set()
 
     async def _shutdown(self) -> None:
         if not self._tasks:
@@ -326,32 +432,6 @@ class Worker:
         self._wake.set()
 
     # -- helpers beside the loop ---------------------------------------------------------
-
-    async def _watch_loop(self) -> None:
-        """With ``change_streams=True``: wake the loop as soon as a workflow becomes due anywhere."""
-        if not self.settings.change_streams:
-            return
-        failures = 0
-        while True:
-            try:
-                stream = await self.store.watch_due()
-                async with stream:
-                    failures = 0
-                    async for _change in stream:
-                        self.wake()
-            except OperationFailure as exc:
-                log.warning(
-                    "change streams unavailable (%s); polling every %.3gs instead",
-                    exc.code,
-                    self.settings.poll_interval,
-                )
-                return
-            except NotImplementedError:  # the in-memory backend has none
-                log.info("change streams are not supported by this backend; polling instead")
-                return
-            except PyMongoError:
-                failures += 1
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
 
     async def _janitor_loop(self) -> None:
         """Every ``purge_interval``: measure the clock's offset to the database's; purge expired workflows."""

@@ -99,15 +99,24 @@ async def test_good_collection_prefixes() -> None:
 # -- change_streams, clock, client_options --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, "auto"])
 def test_change_streams_must_be_a_bool(value: object) -> None:
     with pytest.raises(InvalidArgument, match="change_streams must be True or False"):
         Bluestreak("memory://", change_streams=value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [True, False])
-def test_change_streams_bools(value: bool) -> None:
+@pytest.mark.parametrize("value", [True, False, None])
+def test_change_streams_bools(value: bool | None) -> None:
     assert Bluestreak("memory://", change_streams=value).settings.change_streams is value
+
+
+def test_change_streams_are_detected_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLUESTREAK_CHANGE_STREAMS", raising=False)
+    assert Bluestreak("memory://").settings.change_streams is None
+    monkeypatch.setenv("BLUESTREAK_CHANGE_STREAMS", "auto")
+    assert Bluestreak("memory://").settings.change_streams is None
+    monkeypatch.setenv("BLUESTREAK_CHANGE_STREAMS", "off")
+    assert Bluestreak("memory://").settings.change_streams is False
 
 
 class SyncSleepClock:

@@ -8,6 +8,7 @@ anything. Every status change is a :class:`~bluestreak.transitions.Transition`.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -27,6 +28,20 @@ CLAIM_ORDER = [("priority", DESCENDING), ("tag", ASCENDING), ("due_at", ASCENDIN
 Inserted = Literal["created", "exists", "duplicate"]
 Lease = tuple[str, str]
 """``(workflow_id, token)``: one execution. A worker may hold a zombie and a live execution of one workflow."""
+
+
+class Claimed(list[Doc]):
+    """The documents a claim took, and ``backlog``: whether at least as many as asked for were due.
+
+    A claim that lost some of its candidates to another worker comes back
+    short although work is waiting; ``backlog`` tells the worker to look
+    again at once (and to keep its batch size) rather than treat it as a
+    trickle.
+    """
+
+    backlog: bool = False
+    contended: bool = False
+    """Some candidates were taken by another worker between the read and the claim."""
 
 
 class WorkflowQueries(Collections):
@@ -145,7 +160,9 @@ class WorkflowQueries(Collections):
         worker_id: str,
         limit: int,
         queue: str | None = None,
-    ) -> list[Doc]:
+        *,
+        spread: int = 1,
+    ) -> Claimed:
         """Atomically move up to ``limit`` due workflows to ``running`` under ``token``; the documents as claimed.
 
         Every claim is a write whose filter requires ``due_at <= now`` and
@@ -155,6 +172,13 @@ class WorkflowQueries(Collections):
         with one ``update_many`` that checks each again, and the documents
         that now carry ``token`` are read back — the state as claimed, never
         the state before (an operator may have restarted one in between).
+
+        ``spread > 1`` (the worker saw other workers take its candidates):
+        read up to ``spread * limit`` candidates from the head of the claim
+        order and claim one slice of ``limit`` of them, chosen at random, so
+        that workers draining one backlog take different documents instead of
+        all racing for the same head ones. Order is kept within a slice, and
+        the head is never more than ``spread * limit`` due workflows away.
         """
         args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
         query = tr.claim_query(now, list(handlers), queue)
@@ -163,17 +187,23 @@ class WorkflowQueries(Collections):
             doc: Doc | None = await self.workflows.find_one_and_update(
                 query, update, sort=CLAIM_ORDER, return_document=ReturnDocument.AFTER
             )
-            return [] if doc is None else [doc]
-        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(limit).to_list(None)
+            return _claimed([] if doc is None else [doc], backlog=doc is not None)
+        window = limit * max(1, spread)
+        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(window).to_list(None)
         ids = [d["_id"] for d in found]
         if not ids:
-            return []
+            return _claimed([], backlog=False)
+        backlog = len(ids) >= limit
+        if len(ids) > limit:
+            first = random.randrange(-(-len(ids) // limit)) * limit
+            ids = ids[first : first + limit]
         result = await self.workflows.update_many({**query, "_id": {"$in": ids}}, update)
+        contended = result.modified_count < len(ids)
         if result.modified_count == 0:
-            return []
+            return _claimed([], backlog=backlog, contended=contended)
         mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).to_list(None)
         order = {wid: i for i, wid in enumerate(ids)}
-        return sorted(mine, key=lambda d: order[d["_id"]])
+        return _claimed(sorted(mine, key=lambda d: order[d["_id"]]), backlog=backlog, contended=contended)
 
     async def queue_candidates(
         self, queue: str, handlers: Sequence[str], now: datetime, skip_partitions: Sequence[str], limit: int
@@ -296,11 +326,13 @@ class WorkflowQueries(Collections):
 
     # -- change streams --------------------------------------------------------------------
 
-    async def watch_due(self) -> Any:
+    async def watch_due(self, resume_after: Any = None, max_await: float = 1.0) -> Any:
         """A change stream of workflows becoming runnable: inserts, wake-ups, failures, releases, events.
 
         Claims (``status: running``) and lease renewals (``due_at`` alone) are
-        left out, so workers do not wake each other for nothing. Raises
+        left out, so workers do not wake each other for nothing. Each change
+        carries only what a waker needs: the id, and when known the new
+        ``due_at`` (and, for an insert, its handler and queue). Raises
         ``OperationFailure`` where change streams are not supported (a
         standalone server).
         """
@@ -315,9 +347,21 @@ class WorkflowQueries(Collections):
                         {"updateDescription.updatedFields.run": {"$exists": True}},
                     ]
                 }
-            }
+            },
+            {
+                "$project": {
+                    "operationType": 1,
+                    "documentKey": 1,
+                    "fullDocument.due_at": 1,
+                    "fullDocument.handler": 1,
+                    "fullDocument.queue": 1,
+                    "updateDescription.updatedFields.due_at": 1,
+                }
+            },
         ]
-        return await self.workflows.watch(pipeline)
+        return await self.workflows.watch(
+            pipeline, resume_after=resume_after, max_await_time_ms=max(1, int(max_await * 1000))
+        )
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -348,3 +392,10 @@ class WorkflowQueries(Collections):
         """Delete the documents of marked workflows (their history first: see ``Store.purge_expired``)."""
         result = await self.workflows.delete_many({"_id": {"$in": ids}, "purging": {"$exists": True}})
         return int(result.deleted_count)
+
+
+def _claimed(docs: list[Doc], *, backlog: bool, contended: bool = False) -> Claimed:
+    out = Claimed(docs)
+    out.backlog = backlog
+    out.contended = contended
+    return out

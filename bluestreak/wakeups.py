@@ -1,0 +1,209 @@
+"""Wake an idle worker as soon as a workflow becomes runnable anywhere, through a change stream.
+
+The :class:`ChangeStreamWaker` only ever *wakes* the worker's loop: claims
+stay the same atomic writes, and a worker whose stream is missing, broken or
+slow still finds every workflow by polling. So a change stream is never
+needed for correctness, only for latency and for idling without queries.
+
+Cost: the stream is read only while the worker is idle (:meth:`arm` /
+:meth:`disarm` around its waits). A busy worker claims anyway, and the
+changes that pile up meanwhile come back in one ``getMore`` the next time it
+idles — so the stream adds no command per workflow under load, and one
+``getMore`` per idle wait (held open by the server for up to ``max_await``)
+when there is none.
+
+Filtering: an insert of a handler or queue this worker does not claim is
+ignored; a change whose new ``due_at`` lies in the future (a retry, a nap, a
+workflow started with a delay) does not wake the worker now but schedules a
+wake-up for that moment, so the worker need not poll for it.
+
+Modes (``Settings.change_streams``): ``None`` (the default) uses a stream
+where the server has them and quietly polls where not (the in-memory
+backend, a standalone server); ``True`` the same, warning when they are
+missing; ``False`` never opens one. The stream resumes after errors from its
+last resume token (PyMongo retries a resumable error once by itself; this
+reopens after any other, with backoff), reopens from now when its history
+was lost — waking the worker once, since a change may have been missed — and
+is closed when the worker stops (the task is cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from .clock import Clock
+from .store import Store
+
+log = logging.getLogger("bluestreak.worker")
+
+CHANGE_STREAM_HISTORY_LOST = 286
+"""The resume token's point is gone from the oplog: reopen from now."""
+
+
+class ChangeStreamWaker:
+    """Watches the workflows collection for runnable work and calls ``wake`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        wake: Callable[[], None],
+        *,
+        mode: bool | None,
+        handlers: Collection[str],
+        queues: Collection[str | None],
+        max_await: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._wake = wake
+        self.mode = mode
+        self.handlers = set(handlers)
+        self.queues = set(queues)
+        self.max_await = max_await
+        self.live = False
+        """The stream is open and has not failed since: the worker may idle without polling often."""
+        self.unavailable = False
+        """The server (or backend) has no change streams: the worker polls."""
+        self.opened = 0
+        """How many times a stream was opened (the first time, and after each error)."""
+        self.woken = 0
+        """How many times a change woke the worker."""
+        self._armed = asyncio.Event()
+        self._resume: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: datetime | None = None
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """The worker is idle: read the stream."""
+        self._armed.set()
+
+    def disarm(self) -> None:
+        """The worker is busy claiming: leave the changes to pile up (one read fetches them all later)."""
+        self._armed.clear()
+
+    def close(self) -> None:
+        """Drop a scheduled wake-up (the task itself is cancelled by its owner)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the task ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open, read and reopen the stream until cancelled; return at once when streams are unavailable."""
+        if self.mode is False:
+            return
+        failures = 0
+        try:
+            while True:
+                try:
+                    stream = await self.store.watch_due(self._resume, self.max_await)
+                except NotImplementedError:  # the in-memory backend has none
+                    self._give_up("this backend has no change streams", None)
+                    return
+                except OperationFailure as exc:
+                    if self.opened == 0 and failures == 0:  # never worked: a standalone server, say
+                        self._give_up("the server has no change streams", exc.code)
+                        return
+                    self._resume = None  # its point may be gone (or invalidated): reopen from now
+                    failures = self._failed(exc, failures)
+                    await asyncio.sleep(_backoff(failures))
+                    continue
+                except PyMongoError as exc:
+                    failures = self._failed(exc, failures)
+                    await asyncio.sleep(_backoff(failures))
+                    continue
+                try:
+                    async with stream:
+                        self.opened += 1
+                        self.live = True
+                        if failures:  # changes may have been missed while it was down
+                            self._wake_now()
+                        failures = 0
+                        await self._read(stream)
+                    failures = self._failed(None, failures)  # closed under it (invalidated, or closed)
+                except OperationFailure as exc:
+                    if exc.code == CHANGE_STREAM_HISTORY_LOST:
+                        self._resume = None
+                    failures = self._failed(exc, failures)
+                except Exception as exc:  # a network error, or anything else: never take the worker down
+                    failures = self._failed(exc, failures)
+                await asyncio.sleep(_backoff(failures))
+        finally:
+            self.live = False
+            self.close()
+
+    async def _read(self, stream: Any) -> None:
+        """Read while armed, until the stream dies (an error raises; a closed stream returns)."""
+        while True:
+            await self._armed.wait()
+            change = await stream.try_next()  # one getMore when nothing is buffered; None after max_await
+            token = stream.resume_token
+            if token is not None:
+                self._resume = token
+            if change is not None:
+                if change.get("operationType") == "invalidate":
+                    self._resume = None
+                    return
+                self._consider(change)
+            elif not stream.alive:
+                return
+
+    def _consider(self, change: dict[str, Any]) -> None:
+        if change.get("operationType") == "insert":
+            doc = change.get("fullDocument") or {}
+            if doc.get("handler") not in self.handlers or doc.get("queue") not in self.queues:
+                return  # not this worker's work
+            due = doc.get("due_at")
+        else:
+            due = ((change.get("updateDescription") or {}).get("updatedFields") or {}).get("due_at")
+        if isinstance(due, datetime):
+            wait = (due - self.clock.now()).total_seconds()
+            if wait > 0.001:
+                self._wake_at(due, wait)
+                return
+        self._wake_now()
+
+    def _wake_now(self) -> None:
+        self.woken += 1
+        self._armed.clear()  # read again only when the worker next idles: no getMore while it claims
+        self._wake()
+
+    def _wake_at(self, due: datetime, wait: float) -> None:
+        """Wake the worker when ``due`` comes (keeping only the earliest such moment)."""
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= due:
+            return
+        self.close()
+        self._timer_at = due
+        self._timer = asyncio.get_running_loop().call_later(wait, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._wake_now()
+
+    def _give_up(self, why: str, code: int | None) -> None:
+        self.unavailable = True
+        self.live = False
+        level = logging.WARNING if self.mode is True else logging.INFO
+        detail = f" (code {code})" if code is not None else ""
+        log.log(level, "%s%s: polling for new work instead", why, detail)
+
+    def _failed(self, exc: BaseException | None, failures: int) -> int:
+        self.live = False
+        why = "it was closed" if exc is None else type(exc).__name__
+        log.warning("change stream failed (%s); reopening it, polling meanwhile", why)
+        return failures + 1
+
+
+def _backoff(failures: int) -> float:
+    return float(min(30.0, 0.1 * 2 ** min(failures, 10)))

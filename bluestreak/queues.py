@@ -252,6 +252,12 @@ class Admission:
                 if partition is not None and queue.partition_concurrency == 1:
                     skip.append(partition)  # its one slot is ours now
         await self._raise_floor(queue, state, claimed)
+        if not claimed and skip and state.blocked_until <= mono:
+            # Everything due waits in partitions that are full or rate-limited here: leave the queue alone
+            # until the first of them frees (a local release unblocks it sooner), at most poll_interval, so a
+            # workflow of another partition started elsewhere waits no longer than that.
+            first_free = min(state.full_partitions[p] for p in skip if p in state.full_partitions)
+            state.blocked_until = min(first_free, mono + self.poll_interval)
         return claimed
 
     async def _claim_one(self, queue: Queue, state: _QueueState, candidate: Doc) -> Claimed | str | None:

@@ -282,6 +282,7 @@ class Worker:
             while not self._should_stop():
                 seconds, claim_after = await self._idle_time(handlers)
                 if seconds <= 0:
+                    await asyncio.sleep(0)  # claim again at once, but let the other tasks of the loop run first
                     return
                 if await self._idle(seconds) or claim_after:
                     return

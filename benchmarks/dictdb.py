@@ -249,16 +249,22 @@ class DictCollection:
         self.name = name
         self.docs: dict[Any, Doc] = {}
         self._unique: dict[str, tuple[list[str], dict[tuple[Any, ...], Any]]] = {}
+        self._partial: dict[str, list[str]] = {}  # unique index -> fields a document needs to be in it
         self._by_workflow: dict[Any, set[Any]] = {}
         self._due: list[tuple[Any, ...]] = []  # sorted (-priority, due_at, _id) of docs with due_at
         self._due_key: dict[Any, tuple[Any, ...]] = {}
 
     # -- index upkeep ------------------------------------------------------------
 
+    def _in(self, name: str, doc: Doc) -> bool:
+        """Whether ``doc`` is in unique index ``name`` (a partial index holds only the documents with its fields)."""
+        return all(f in doc for f in self._partial.get(name, ()))
+
     def _index(self, doc: Doc) -> None:
         _id = doc["_id"]
-        for fields, table in self._unique.values():
-            table[tuple(doc.get(f) for f in fields)] = _id
+        for name, (fields, table) in self._unique.items():
+            if self._in(name, doc):
+                table[tuple(doc.get(f) for f in fields)] = _id
         wf = doc.get("workflow_id", _MISSING)
         if wf is not _MISSING:
             self._by_workflow.setdefault(wf, set()).add(_id)
@@ -269,8 +275,9 @@ class DictCollection:
 
     def _unindex(self, doc: Doc) -> None:
         _id = doc["_id"]
-        for fields, table in self._unique.values():
-            table.pop(tuple(doc.get(f) for f in fields), None)
+        for name, (fields, table) in self._unique.items():
+            if self._in(name, doc):
+                table.pop(tuple(doc.get(f) for f in fields), None)
         wf = doc.get("workflow_id", _MISSING)
         if wf is not _MISSING:
             ids = self._by_workflow.get(wf)
@@ -285,6 +292,8 @@ class DictCollection:
 
     def _check_unique(self, doc: Doc, ignore: Any = _MISSING) -> None:
         for name, (fields, table) in self._unique.items():
+            if not self._in(name, doc):
+                continue
             owner = table.get(tuple(doc.get(f) for f in fields), _MISSING)
             if owner is not _MISSING and owner != ignore:
                 raise DuplicateKeyError(f"E11000 duplicate key error index: {name}", 11000)
@@ -333,13 +342,18 @@ class DictCollection:
 
     # -- the API the store uses ------------------------------------------------------
 
-    async def create_index(self, keys: Any, name: str | None = None, unique: bool = False, **_: Any) -> str:
+    async def create_index(self, keys: Any, name: str | None = None, unique: bool = False, **options: Any) -> str:
         fields = [k if isinstance(k, str) else k[0] for k in keys]
         index_name = name or "_".join(fields)
         if unique and index_name not in self._unique:
+            partial = options.get("partialFilterExpression") or {}
+            if any(v != {"$exists": True} for v in partial.values()):
+                raise NotImplementedError(f"dictdb: partial filter {partial!r} (only {{field: {{'$exists': True}}}})")
+            self._partial[index_name] = list(partial)
             table: dict[tuple[Any, ...], Any] = {}
             for doc in self.docs.values():
-                table[tuple(doc.get(f) for f in fields)] = doc["_id"]
+                if self._in(index_name, doc):
+                    table[tuple(doc.get(f) for f in fields)] = doc["_id"]
             self._unique[index_name] = (fields, table)
         return index_name
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from .cancellation import Canceller
 from .clock import ServerClock
 from .codec import restore
 from .config import (
@@ -189,6 +190,7 @@ class Bluestreak:
             lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
         )
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
+        self._canceller = Canceller(lambda: self.store, self.settings, self._cancel_here, self._wake_local)
         self._queues: dict[str, Queue] = {}
         self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
 
@@ -331,6 +333,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[T]: ...
 
     @overload
@@ -347,6 +350,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[Any]: ...
 
     async def start(
@@ -362,6 +366,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[Any]:
         """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
         ``workflow_id`` exists).
@@ -380,6 +385,9 @@ class Bluestreak:
         queued or running, another start with it raises
         :class:`DuplicateWorkflow` (``on_duplicate="existing"``: returns the
         holder's handle instead).
+
+        ``timeout`` (a duration): the workflow's deadline, that long after it is first due. A workflow that
+        has not ended by then is cancelled (:meth:`cancel`, reason ``"deadline exceeded"``).
         """
         handler_id = handler_id_of(handler)
         with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
@@ -393,6 +401,7 @@ class Bluestreak:
                 queue=queue,
                 partition=partition,
                 deduplication_id=deduplication_id,
+                timeout=timeout,
             )
             started = await self._starter.insert(doc, on_duplicate)
         if started.created:
@@ -536,7 +545,7 @@ class Bluestreak:
                 status = doc["status"]
                 if status == Status.FINISHED.value:
                     return restore(doc.get("result"), doc.get("result_type"))
-                if status in (Status.ABORTED.value, Status.TERMINATED.value):
+                if status in (Status.ABORTED.value, Status.TERMINATED.value, Status.CANCELLED.value):
                     raise WorkflowFailed(workflow_id, status, ErrorInfo.from_doc(doc.get("error")))
                 remaining = math.inf if deadline is None else deadline - loop.time()
                 if remaining <= 0:
@@ -706,6 +715,21 @@ class Bluestreak:
     async def terminate(self, workflow_id: str) -> None:
         """Stop a workflow for good (status ``terminated``), cancelling a running handler. Idempotent."""
         await self._controls.terminate(workflow_id)
+
+    async def cancel(self, workflow_id: str, reason: str | None = None) -> None:
+        """Cancel a workflow, letting it clean up: its handler gets :class:`WorkflowCancelled` at its next
+        ``ctx`` call (a step started with ``cancellable=True`` is interrupted), runs its ``except``/``finally``
+        blocks — their steps recorded like any others — and the workflow ends ``cancelled``.
+
+        A sleeping or waiting workflow is woken for it; a paused one is resumed. Idempotent while the
+        cancellation is under way; raises :class:`InvalidTransition` on an ended workflow. ``terminate``
+        remains the hard stop that runs nothing more. See ``docs/composition.md``.
+        """
+        await self._canceller.cancel(workflow_id, reason)
+
+    def _cancel_here(self, workflow_id: str, info: dict[str, Any]) -> None:
+        if self._worker is not None:
+            self._worker.cancel_requested(workflow_id, info)
 
     async def restart(self, workflow_id: str) -> None:
         """Run the workflow again from the beginning with the same input, forgetting its steps, naps and events."""

@@ -196,3 +196,21 @@ class StrayCancellation(BluestreakError):
     the run), not as a cancellation: a real cancellation of a run comes only
     from bluestreak (a lost lease, a suspension, a shutdown).
     """
+
+
+class WorkflowCancelled(BluestreakError):
+    """The workflow was cancelled (``Bluestreak.cancel``, or its deadline passed): raised into its handler.
+
+    Raised at the handler's next ``ctx`` call (or inside a step started with
+    ``cancellable=True``), at the same call on every replay, so ``except`` and
+    ``finally`` blocks can run compensation steps, recorded like any other.
+    Let it propagate (or raise it again) to end the workflow ``cancelled``.
+    ``reason`` is what the canceller gave (``"deadline exceeded"`` for a
+    deadline); ``workflow_id`` names the workflow.
+    """
+
+    def __init__(self, workflow_id: str, reason: str | None = None) -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow_id!r} was cancelled{detail}")
+        self.workflow_id = workflow_id
+        self.reason = reason

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import bson
 
+from .cancellation import due_within_deadline, watch_deadline
 from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare, restore, short
 from .config import Settings
 from .context import Stop, Suspension, WorkflowContext
@@ -45,11 +46,13 @@ from .store import Doc, Store, expiry, is_transient
 from .tracing import workflow_span
 from .transitions import (
     ABORT,
+    CANCELLED,
     DIVERGED,
     FAIL,
     FINISH,
     PAUSE_AT_BOUNDARY,
     RELEASE,
+    RERUN_CANCELLING,
     RUN_AGAIN,
     SUSPEND,
     Transition,
@@ -195,6 +198,8 @@ class Execution:
             stubs=self._stubs,
         )
         self.ctx = ctx
+        if doc.get("cancel"):
+            ctx.request_cancel(doc["cancel"])
         if self.stop_reason == "lost":  # lost before it began
             self._cancelled_as_lost()
             return
@@ -205,7 +210,12 @@ class Execution:
             name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
             handler = asyncio.create_task(self._handle(ctx, value), name=name)
             ctx.bind(handler)
-            await self._await_handler(ctx, handler)
+            deadline = self._watch_deadline(ctx)
+            try:
+                await self._await_handler(ctx, handler)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
             await self._outcome(ctx, handler)
             span.outcome(self.outcome)
 
@@ -276,12 +286,36 @@ class Execution:
             return
         exc = handler.exception()
         if exc is not None:
+            if ctx.cancel_requested:
+                await self._cancelled(exc)
+                return
             await self._fail(exc)
             return
         self._warn_unreached(ctx)
         await self._finish(handler.result())
 
+    def _watch_deadline(self, ctx: WorkflowContext) -> asyncio.Task[None] | None:
+        """A workflow with a deadline is cancelled when it passes (see bluestreak.cancellation)."""
+        deadline = self.doc.get("deadline")
+        if deadline is None or ctx.cancel_requested:
+            return None
+        return asyncio.ensure_future(
+            watch_deadline(self.store, self.settings.clock, self.workflow_id, self.token, deadline, ctx.request_cancel)
+        )
+
     # -- outcomes ------------------------------------------------------------------------
+
+    async def _cancelled(self, exc: BaseException) -> None:
+        """The handler of a cancelled workflow raised (its WorkflowCancelled, or its clean-up failed)."""
+        now = self.settings.clock.now()
+        fields: Doc = {"error": error_info(exc).to_doc(), "finished_at": now}
+        fields.update(expiry(now, self.settings.retention_failed))
+        if not await self._write(CANCELLED, "cancelled", fields):
+            self._lost_before("record its cancellation")
+            return
+        self.outcome = Status.CANCELLED.value
+        log.info("workflow %r cancelled", self.workflow_id, extra=self.fields())
+        self._on_settled(self.workflow_id)
 
     def _args(self, outcome: str, **more: Any) -> dict[str, Any]:
         settled = self.ctx.settled if self.ctx is not None else []
@@ -413,6 +447,9 @@ class Execution:
         the status written, or ``None`` if the lease is gone.
         """
         paused = {k: v for k, v in fields.items() if k not in ("due_at", "status")}
+        fields = due_within_deadline(
+            fields, self.doc.get("deadline"), self.ctx.cancellation if self.ctx else None, self.settings.clock.now()
+        )
         for _ in range(_RETRIES):
             if t is not PAUSE_AT_BOUNDARY and await self._write(t, outcome, fields, **guards):
                 return Status(t.target or fields.get("status") or Status.SLEEPING)
@@ -421,7 +458,9 @@ class Execution:
             doc = await self.store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "control": 1, "inbox": 1})
             if doc is None or doc.get("lease") != self.token or doc.get("status") != Status.RUNNING.value:
                 return None
-            if t is PAUSE_AT_BOUNDARY and doc.get("control") is None:
+            if doc.get("control") == "cancel":
+                t, fields, guards = RERUN_CANCELLING, {}, {}  # a cancellation it was not told of: the next run
+            elif t is PAUSE_AT_BOUNDARY and doc.get("control") is None:
                 t, fields, guards = RUN_AGAIN, {}, {}  # the pause was withdrawn: run again now
             elif "inbox" in guards and doc.get("inbox") != guards["inbox"]:
                 t, fields, guards = RUN_AGAIN, {}, {}  # an event arrived while deciding to wait: run again now

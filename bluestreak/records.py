@@ -29,14 +29,17 @@ class Status(StrEnum):
     """Returned a result. Final."""
     TERMINATED = "terminated"
     """Stopped for good by an operator. Final."""
+    CANCELLED = "cancelled"
+    """Cancelled (``Bluestreak.cancel`` or its deadline): its handler got ``WorkflowCancelled`` and ran its
+    clean-up. Final."""
 
     @property
     def is_final(self) -> bool:
-        """True for ``finished``, ``aborted`` and ``terminated``."""
+        """True for ``finished``, ``aborted``, ``terminated`` and ``cancelled``."""
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({Status.FINISHED, Status.ABORTED, Status.TERMINATED})
+FINAL_STATUSES = frozenset({Status.FINISHED, Status.ABORTED, Status.TERMINATED, Status.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)

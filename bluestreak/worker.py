@@ -114,6 +114,12 @@ class Worker:
             if execution.ctx is not None:
                 execution.ctx.pause_requested = requested
 
+    def cancel_requested(self, workflow_id: str, info: Doc | None = None) -> None:
+        """An operator cancelled this workflow: its handler gets ``WorkflowCancelled`` at its next ctx call."""
+        for execution in self.executions(workflow_id):
+            if execution.ctx is not None:
+                execution.ctx.request_cancel(info)
+
     @property
     def in_flight(self) -> int:
         """How many executions run now."""
@@ -408,6 +414,8 @@ class Worker:
             execution.lease_until = until
             if execution.ctx is not None:
                 execution.ctx.pause_requested = controls.get(key) == "pause"
+                if controls.get(key) == "cancel":
+                    execution.ctx.request_cancel()
 
 
 def _listened(queues: Mapping[str, Queue], listen: Sequence[str] | None) -> list[str | None]:

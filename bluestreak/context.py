@@ -115,6 +115,7 @@ class WorkflowContext:
         self._overdue: dict[str, None] = {
             rid: None for rid, rec in records.items() if rec.get("parent") is None or rec.get("parent") in final
         }
+        self._published: dict[tuple[str, str], int] = {}  # (kind, key) -> calls so far (bluestreak.published)
         self._cancel = RunCancellation(workflow_id, self._steps.get(CANCEL_STEP))
         if self._cancel.delivered:
             self._reach(CANCEL_STEP)
@@ -311,6 +312,27 @@ class WorkflowContext:
             return bool(await self._record_step(step_id, not old_run, False, 1, None, call))
         finally:
             self._end(call)
+
+    async def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` as the latest value of ``key``, for ``Bluestreak.get_event`` (progress, a
+        partial result, a URL to poll). Recorded: a replay does not set it again; fenced: an execution that
+        lost its lease sets nothing. See :mod:`bluestreak.published`."""
+        from .published import publish
+
+        await publish(self, "event", key, value)
+
+    async def write_stream(self, key: str, value: Any) -> None:
+        """Append ``value`` to the stream ``key``, for ``Bluestreak.read_stream`` (each item read once, in
+        order). Recorded and fenced like :meth:`set_event`."""
+        from .published import publish
+
+        await publish(self, "stream", key, value)
+
+    async def close_stream(self, key: str) -> None:
+        """End the stream ``key``: its readers stop after its last item (they also stop when the workflow ends)."""
+        from .published import publish
+
+        await publish(self, "close", key, None)
 
     def unreached_records(self) -> list[str]:
         """Ids recorded in an earlier execution of this run that this execution did not reach.

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -42,6 +42,7 @@ from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of,
 from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
+from .published import PublishedReader
 from .queues import Queue, make_queue
 from .records import ErrorInfo, EventRecord, NapRecord, Stats, Status, StepRecord, WorkflowRecord
 from .starting import OnDuplicate, Starter, spec_items
@@ -190,6 +191,7 @@ class Bluestreak:
             lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
         )
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
+        self._published = PublishedReader(lambda: self.store, self.settings)
         self._canceller = Canceller(lambda: self.store, self.settings, self._cancel_here, self._wake_local)
         self._queues: dict[str, Queue] = {}
         self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
@@ -696,6 +698,28 @@ class Bluestreak:
         self.metrics.events_sent += 1
         if handler is not None:
             self._wake_local(handler)
+
+    # -- published state -------------------------------------------------------------
+
+    async def get_event(self, workflow_id: str, key: str, timeout: object | None = None) -> Any:
+        """The latest value the workflow published under ``key`` (``ctx.set_event``); waits until it is set.
+
+        Raises :class:`WaitTimeout` after ``timeout`` (default: wait forever), :class:`EventNotSet` if the
+        workflow ended without setting it, :class:`WorkflowNotFound`. Values belong to the current run: a
+        restart forgets the old run's.
+        """
+        return await self._published.get_event(workflow_id, key, timeout)
+
+    def read_stream(self, workflow_id: str, key: str) -> AsyncIterator[Any]:
+        """The items the workflow writes to stream ``key`` (``ctx.write_stream``), in order, each once::
+
+            async for item in engine.read_stream("report-1", "rows"):
+                ...
+
+        Ends after the last item once the stream is closed (``ctx.close_stream``) or the workflow ended
+        (or was restarted). Items written before the call are read too.
+        """
+        return self._published.read_stream(workflow_id, key)
 
     # -- operator controls -----------------------------------------------------------
 

@@ -214,3 +214,17 @@ class WorkflowCancelled(BluestreakError):
         super().__init__(f"workflow {workflow_id!r} was cancelled{detail}")
         self.workflow_id = workflow_id
         self.reason = reason
+
+
+class EventNotSet(BluestreakError, LookupError):
+    """``Bluestreak.get_event``: the workflow ended without setting this key (``workflow_id``, ``key``,
+    ``status``); it never will."""
+
+    def __init__(self, workflow_id: str, key: str, status: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is {status} and never set event {key!r}; it never will "
+            "(check the key, or restart the workflow)"
+        )
+        self.workflow_id = workflow_id
+        self.key = key
+        self.status = status

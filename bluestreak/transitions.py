@@ -517,6 +517,16 @@ CANCELLED = Transition(
     "Final.",
 )
 
+PUBLISH = Transition(
+    "publish",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$inc": {"published_seq": 1}},
+    doc="Before ctx.set_event / write_stream write published state: only the lease holder may (a zombie is "
+    "refused here), and the counter orders event values, so a late write never replaces a newer one.",
+)
+
 EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CLAIM,
     RENEW,
@@ -534,6 +544,7 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CANCEL_DELIVERED,
     RERUN_CANCELLING,
     CANCELLED,
+    PUBLISH,
 )
 OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     PAUSE,

@@ -46,7 +46,8 @@ def compensating(engine: Bluestreak, calls: list[str], *, park: str = "sleep") -
                 await ctx.wait_for_event("approval", "approved", timeout=3600)
             await ctx.step("ship", lambda: calls.append("ship"))
         except WorkflowCancelled as exc:
-            await ctx.step("refund", lambda: calls.append(f"refund:{exc.reason}"))
+            reason = exc.reason
+            await ctx.step("refund", lambda: calls.append(f"refund:{reason}"))
             raise
         return "shipped"
 

@@ -10,6 +10,7 @@ from .durations import Duration, parse_duration
 from .engine import Bluestreak, StartResult
 from .errors import (
     BluestreakError,
+    ChildWorkflowFailed,
     DocumentTooLarge,
     DuplicateWorkflow,
     EventNotSet,
@@ -47,6 +48,7 @@ __all__ = [
     "BluestreakError",
     "Clock",
     "DocumentTooLarge",
+    "ChildWorkflowFailed",
     "DuplicateWorkflow",
     "EventNotSet",
     "Duration",

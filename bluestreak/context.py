@@ -115,6 +115,8 @@ class WorkflowContext:
         self._overdue: dict[str, None] = {
             rid: None for rid, rec in records.items() if rec.get("parent") is None or rec.get("parent") in final
         }
+        self.starter: Any = None  # set by the execution: how ctx.start_child creates workflows (bluestreak.children)
+        self.deadline: datetime | None = None  # this workflow's deadline (start(timeout=)), set by the execution
         self._published: dict[tuple[str, str], int] = {}  # (kind, key) -> calls so far (bluestreak.published)
         self._cancel = RunCancellation(workflow_id, self._steps.get(CANCEL_STEP))
         if self._cancel.delivered:
@@ -312,6 +314,54 @@ class WorkflowContext:
             return bool(await self._record_step(step_id, not old_run, False, 1, None, call))
         finally:
             self._end(call)
+
+    async def start_child(
+        self,
+        step_id: str,
+        handler: Any,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        queue: Any = None,
+        priority: int = 0,
+        timeout: Duration | None = None,
+        parent_close: str = "terminate",
+    ) -> Any:
+        """Start a child workflow (recorded as ``step_id``: a replay returns the same handle); its handle.
+
+        Its id is ``<this workflow's id>/<step_id>`` unless ``id`` is given. ``queue``, ``priority`` and
+        ``timeout`` are :meth:`Bluestreak.start`'s; without a ``timeout`` it inherits this workflow's
+        deadline. ``parent_close``: what happens to it if this workflow ends first — ``"terminate"``,
+        ``"cancel"`` (it cleans up) or ``"abandon"`` (it runs on). ``await handle.result()`` waits for it.
+        See :mod:`bluestreak.children`.
+        """
+        from .children import start_child
+
+        return await start_child(
+            self,
+            step_id,
+            handler,
+            input,
+            id=id,
+            queue=queue,
+            priority=priority,
+            timeout=timeout,
+            parent_close=parent_close,
+        )
+
+    async def wait_child(self, step_id: str, child_id: str) -> Any:
+        """Wait for a child workflow to end (suspended: no lease is held); its result, recorded as ``step_id``.
+
+        A child that did not finish raises :class:`ChildWorkflowFailed` (recorded: every replay raises it).
+        """
+        from .children import wait_child
+
+        return await wait_child(self, step_id, child_id)
+
+    async def run_child(self, step_id: str, handler: Any, input: Any = None, **options: Any) -> Any:
+        """Start a child workflow and wait for its result: :meth:`start_child` then ``handle.result()``."""
+        handle = await self.start_child(step_id, handler, input, **options)
+        return await handle.result()
 
     async def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` as the latest value of ``key``, for ``Bluestreak.get_event`` (progress, a
@@ -855,7 +905,7 @@ def _as_step_error(exc: Exception, where: str) -> StepError:
     return err
 
 
-_ERROR_ATTRS = ("attempts", "error_type", "error_message", "step_id", "timeout")
+_ERROR_ATTRS = ("attempts", "error_type", "error_message", "step_id", "timeout", "child_id", "child_status")
 
 _KNOWN: dict[str, type[StepError]] = {
     cls.__qualname__: cls

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .children import workflow_ended
 from .codec import prepare
 from .config import Settings
 from .errors import InvalidTransition, WorkflowNotFound
@@ -115,7 +116,9 @@ class Controls:
         for _ in range(_RETRIES):
             now = self.settings.clock.now()
             fields = expiry(now, self.settings.retention_failed)
-            if await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields) is not None:
+            ended = await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields)
+            if ended is not None:
+                await workflow_ended(self.store, self.settings, ended)
                 break
             status = await self.status(workflow_id)
             if status == Status.TERMINATED.value:

@@ -621,9 +621,12 @@ class Bluestreak:
         created_before: datetime | None = None,
         limit: int = 100,
         skip: int = 0,
+        parent: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflows, newest first, filtered by status, handler and creation time; paginate with ``skip``."""
+        """Workflows, newest first, filtered by status, handler, creation time and ``parent`` (the children
+        a workflow started with ``ctx.start_child``); paginate with ``skip``."""
         return await self._inspector.list_workflows(
+            parent=parent,
             status=status,
             handler_id=handler_id,
             created_after=created_after,
@@ -642,12 +645,14 @@ class Bluestreak:
         created_before: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> WorkflowPage:
         """Workflows newest first, a page at a time, paginated by index (no ``skip`` scan): for 100,000+ workflows.
 
         Pass the returned ``next_cursor`` as ``cursor`` for the next page.
         """
         return await self._inspector.page_workflows(
+            parent=parent,
             status=status,
             handler_id=handler_id,
             id_prefix=id_prefix,

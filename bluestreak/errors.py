@@ -228,3 +228,29 @@ class EventNotSet(BluestreakError, LookupError):
         self.workflow_id = workflow_id
         self.key = key
         self.status = status
+
+
+class ChildWorkflowFailed(StepError):
+    """A child workflow ended without a result (aborted, cancelled, terminated): raised into its parent where it
+    waits for it, recorded so replay raises it again.
+
+    ``child_id``, ``child_status``, and the child's ``error_type`` and ``error_message``; ``step_id`` names the
+    parent's wait.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        child_id: str = "",
+        child_status: str = "",
+        error_type: str = "",
+        error_message: str = "",
+        step_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.child_status = child_status
+        self.error_type = error_type
+        self.error_message = error_message
+        self.step_id = step_id

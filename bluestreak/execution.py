@@ -34,6 +34,7 @@ from typing import Any, Literal
 import bson
 
 from .cancellation import due_within_deadline, watch_deadline
+from .children import workflow_ended
 from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare, restore, short
 from .config import Settings
 from .context import Stop, Suspension, WorkflowContext
@@ -96,6 +97,8 @@ class Execution:
         self.outcome: str | None = None
         """How this execution ended, once it has: its span and logs say so."""
         self._aborted = asyncio.Event()
+        self.starter: Any = None
+        """Set by the worker: how ctx.start_child creates workflows."""
         log_entries = doc.get("attempt_log") or []
         self._logged = any(e.get("token") == self.token for e in log_entries)
 
@@ -198,6 +201,7 @@ class Execution:
             stubs=self._stubs,
         )
         self.ctx = ctx
+        ctx.starter, ctx.deadline = self.starter, doc.get("deadline")
         if doc.get("cancel"):
             ctx.request_cancel(doc["cancel"])
         if self.stop_reason == "lost":  # lost before it began
@@ -316,6 +320,7 @@ class Execution:
         self.outcome = Status.CANCELLED.value
         log.info("workflow %r cancelled", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake)
 
     def _args(self, outcome: str, **more: Any) -> dict[str, Any]:
         settled = self.ctx.settled if self.ctx is not None else []
@@ -356,6 +361,7 @@ class Execution:
         self.outcome = "finished"
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake)
         if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
             try:
                 await self.store.delete_history(self.workflow_id, before_run=self.run_number)
@@ -399,6 +405,7 @@ class Execution:
         if status is Status.ABORTED:
             self.metrics.aborted += 1
             self._on_settled(self.workflow_id)
+            await workflow_ended(self.store, self.settings, self.doc, self._wake)
         await self._callback(exc)
 
     async def _diverged(self, exc: BaseException) -> None:

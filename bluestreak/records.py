@@ -87,6 +87,8 @@ class WorkflowRecord:
     """The worker that last claimed it."""
     attempts: tuple[AttemptRecord, ...] = ()
     """The latest claims of the workflow (at most 20), oldest first: who ran it, when, and how it ended."""
+    parent: str | None = None
+    """The workflow that started this one with ``ctx.start_child``, if any."""
 
 
 @dataclass(frozen=True, slots=True)

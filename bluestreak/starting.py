@@ -163,6 +163,16 @@ class Starter:
             doc["dedup"] = deduplication_id
         return doc
 
+    def child_doc(
+        self, workflow_id: str, handler_id: str, input: Any, *, queue: Any, priority: Any, timeout: Any
+    ) -> Doc:
+        """A child workflow's document: validated against its handler where this engine registers it (a child
+        may run on workers of another service)."""
+        if handler_id in self._handlers or not self._handlers:
+            return self.new_doc(workflow_id, handler_id, input, queue=queue, priority=priority, timeout=timeout)
+        other = Starter(self._store, self.settings, {}, self._queues)
+        return other.new_doc(workflow_id, handler_id, input, queue=queue, priority=priority, timeout=timeout)
+
     def _queue_name(self, queue: Any, workflow_id: Any) -> str | None:
         if queue is None or queue == DEFAULT_QUEUE:
             return None

@@ -46,6 +46,7 @@ from .handlers import HandlerSpec
 from .metrics import Metrics
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
+from .starting import Starter
 from .store import Doc, Lease, Store
 
 log = logging.getLogger("bluestreak.worker")
@@ -84,6 +85,8 @@ class Worker:
         self._slots: dict[Lease, list[str]] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}
+        self.starter = Starter(lambda: store, settings, handlers, self.queues)
+        """How executions start child workflows (bluestreak.children)."""
         self.finished = asyncio.Event()
         """Set when ``run()`` has returned (after its graceful shutdown)."""
 
@@ -280,6 +283,7 @@ class Worker:
             wake=self.wake,
             stubs=self._stubs.get(doc["_id"]),
         )
+        execution.starter = self.starter
         log.debug(
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
         )

@@ -160,6 +160,11 @@ class Collections:
             name="schedule",
             partialFilterExpression={"schedule": {"$exists": True}},
         )
+        await self.workflows.create_index(
+            [("parent", ASCENDING), ("created_at", DESCENDING)],
+            name="children",
+            partialFilterExpression={"parent": {"$exists": True}},
+        )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
         await self.workflows.create_index([("created_at", DESCENDING), ("_id", ASCENDING)], name="created")
         await self.workflows.create_index(

@@ -53,7 +53,14 @@ async def test_run_child_returns_its_result_and_the_parent_waits_suspended(engin
     async with running(engine):
         await engine.start("p", "parent")
         await eventually(_is(engine, "p", Status.WAITING))  # suspended: no lease while the child runs
-        assert engine._worker is not None and not engine._worker.executions("p")  # nothing holds it in memory
+        worker = engine._worker
+        assert worker is not None
+
+        async def released() -> bool:
+            return not worker.executions("p")  # nothing holds it in memory
+
+        await eventually(released)
+        assert await _status(engine, "p") is Status.WAITING
         kids = await engine.list_workflows(parent="p")
         assert [k.id for k in kids] == ["p/double"] and kids[0].parent == "p"
         release.set()

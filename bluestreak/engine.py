@@ -704,6 +704,54 @@ class Bluestreak:
         if handler is not None:
             self._wake_local(handler)
 
+    async def signal_with_start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        event_type: str,
+        payload: Any = None,
+        priority: int = 0,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        timeout: object | None = None,
+    ) -> WorkflowHandle[Any]:
+        """Deliver an event to a workflow, starting it first (with ``handler`` and ``input``) if it does not
+        exist — atomically: the workflow never exists without the event, and concurrent calls start one
+        workflow and deliver every event once. ``handle.created`` says whether this call started it.
+
+        Raises :class:`InvalidTransition` if the workflow exists and has ended. See
+        :mod:`bluestreak.signal_start`.
+        """
+        from .signal_start import signal_with_start
+
+        options = {"priority": priority, "queue": queue, "partition": partition, "timeout": timeout}
+        started, woken = await signal_with_start(
+            self._starter, self._controls, workflow_id, handler_id_of(handler), input, event_type, payload, options
+        )
+        self.metrics.events_sent += 1
+        if started.created:
+            self.metrics.started += 1
+        if woken is not None:
+            self._wake_local(woken)
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    async def fork(self, workflow_id: str, *, from_step: str, new_id: str | None = None) -> WorkflowHandle[Any]:
+        """A new workflow with this one's handler and input and copies of the records of its steps before
+        ``from_step``: it replays those and runs from ``from_step`` on with today's code (re-running after a
+        downstream outage or a bug fix). The source is not changed and may still be running. ``new_id``
+        defaults to ``<id>~fork-<random>``. See :mod:`bluestreak.forking`.
+        """
+        from .forking import fork
+
+        started = await fork(self.store, self._starter, workflow_id, from_step, new_id)
+        if started.created:
+            self.metrics.started += 1
+            if self._worker is not None:
+                self._worker.wake()
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
     # -- published state -------------------------------------------------------------
 
     async def get_event(self, workflow_id: str, key: str, timeout: object | None = None) -> Any:

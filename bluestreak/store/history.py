@@ -63,6 +63,19 @@ class HistoryQueries(Collections):
         for coll in (self.steps, self.naps, self.events, self.published):
             await coll.delete_many({"workflow_id": {"$in": workflow_ids}})
 
+    async def insert_records(self, steps: list[Doc], naps: list[Doc]) -> None:
+        """Insert copied records (a fork's): records already there stay (first writer wins)."""
+        for coll, docs in ((self.steps, steps), (self.naps, naps)):
+            if not docs:
+                continue
+            try:
+                await coll.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if write_concern_errors(exc.details) or any(
+                    e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])
+                ):
+                    raise
+
     async def flush_records(self, collection: str, docs: list[Doc]) -> list[Doc | BaseException | None]:
         """First-writer-wins insert of many records in one unordered ``insert_many``.
 

@@ -563,7 +563,7 @@ async def _fork(engine: Bluestreak, workflow_id: str, form: Mapping[str, str]) -
     step = form.get("from_step", "")
     if not step:
         raise InvalidArgument("choose the step to fork from")
-    await engine.fork(workflow_id, from_step=step)  # type: ignore[attr-defined]
+    await engine.fork(workflow_id, from_step=step)
     return "fork"
 
 

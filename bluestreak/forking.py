@@ -6,13 +6,16 @@ current run, every final step record (and durable sleep) recorded before
 new workflow replays those records and runs from ``from_step`` on with
 today's code: the tool for re-running after a downstream outage or a bug fix.
 The source is not touched; it may still be running (what it had recorded
-when the fork read its history is copied).
+when the fork read its history is copied). ``from_step`` may also name the call a
+cancellation was delivered at (it has no record of its own): re-running a
+cancelled workflow from where it stopped.
 
 Records are copied first, the workflow document last, so no worker can claim
 the fork before its history exists; the document starts with ``attempt: 1``
 so that its first claim loads that history. Not copied: records made at or
 after ``from_step``, records still pending (a retrying step, an event wait
-in progress), the record of a cancellation, and published state.
+in progress), the record of a cancellation, and published state (values set
+before ``from_step`` are not set again in the fork: their records replay).
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ async def fork(store: Store, starter: Starter, workflow_id: str, from_step: str,
     steps = await store.list_steps(workflow_id, run)
     naps = await store.list_naps(workflow_id, run)
     start = next((s for s in steps if s["step_id"] == from_step), None)
+    if start is None:  # the call a cancellation was delivered at has no record of its own: the cancellation's
+        start = next(
+            (s for s in steps if s["step_id"] == CANCEL_STEP and (s.get("output") or {}).get("at") == from_step), None
+        )
     if start is None:
         known = ", ".join(repr(s["step_id"]) for s in steps if s["step_id"] != CANCEL_STEP) or "none"
         raise InvalidArgument(

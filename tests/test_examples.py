@@ -26,6 +26,7 @@ EXPECTED: dict[str, str] = {
     "typed_workflows.py": "typed workflows: OK",
     "scheduling.py": "scheduling: OK",
     "dashboard.py": "dashboard: OK",
+    "composition.py": "composition: OK",
 }
 
 

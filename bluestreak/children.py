@@ -107,6 +107,9 @@ async def start_child(
         doc.update(parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close)
         if "deadline" not in doc and ctx.deadline is not None:
             doc["deadline"] = ctx.deadline
+        if not ctx.doc_has_children:  # the mark that makes its end close its children (one write per parent)
+            await ctx._db(ctx._store.mark_parent(ctx.workflow_id), call)
+            ctx.doc_has_children = True
         started = await ctx._db(starter.insert(doc), call)
         if not started.created:
             existing = await ctx._db(ctx._store.get_workflow(started.workflow_id, {"parent": 1}), call)
@@ -171,14 +174,21 @@ async def notify_parent(store: Store, parent_id: str, now: Any) -> bool:
 
 
 async def workflow_ended(
-    store: Store, settings: Settings, doc: Doc, wake: Callable[[], None] | None = None, depth: int = 0
+    store: Store,
+    settings: Settings,
+    doc: Doc,
+    wake: Callable[[], None] | None = None,
+    depth: int = 0,
+    children: bool = False,
 ) -> None:
-    """A workflow ended: wake its parent; apply its parent-close policy to its children. Never raises."""
+    """A workflow ended: wake its parent; apply its parent-close policy to its children (if it started any:
+    ``children`` or the document's mark). Never raises; costs nothing for a workflow with neither."""
     now = settings.clock.now()
     try:
         if doc.get("parent") and await notify_parent(store, doc["parent"], now) and wake is not None:
             wake()
-        await close_children(store, settings, doc["_id"], depth)
+        if children or doc.get("children"):
+            await close_children(store, settings, doc["_id"], depth)
     except Exception as exc:  # the parent's recheck and a later end find what this missed
         log.warning("workflow %r: could not notify its parent or close its children (%s)", doc["_id"], exc)
 
@@ -189,11 +199,7 @@ async def close_children(store: Store, settings: Settings, parent_id: str, depth
 
     if depth > 32:
         return
-    children = await store.workflows.find(
-        {"parent": parent_id, "status": {"$nin": sorted(FINAL)}, "parent_close": {"$in": ["terminate", "cancel"]}},
-        {"_id": 1, "parent_close": 1},
-    ).to_list(None)
-    for child in children:
+    for child in await store.open_children(parent_id):
         now = settings.clock.now()
         if child["parent_close"] == "cancel":
             try:
@@ -205,5 +211,5 @@ async def close_children(store: Store, settings: Settings, parent_id: str, depth
             continue
         fields = {**expiry(now, settings.retention_failed)}
         ended = await store.apply(TERMINATE, child["_id"], now=now, fields=fields)
-        if ended is not None:
+        if ended is not None and ended.get("children"):
             await close_children(store, settings, child["_id"], depth + 1)

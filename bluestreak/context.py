@@ -117,6 +117,7 @@ class WorkflowContext:
         }
         self.starter: Any = None  # set by the execution: how ctx.start_child creates workflows (bluestreak.children)
         self.deadline: datetime | None = None  # this workflow's deadline (start(timeout=)), set by the execution
+        self.doc_has_children = False  # its document carries the mark of a parent (bluestreak.children)
         self._published: dict[tuple[str, str], int] = {}  # (kind, key) -> calls so far (bluestreak.published)
         self._cancel = RunCancellation(workflow_id, self._steps.get(CANCEL_STEP))
         if self._cancel.delivered:

@@ -202,6 +202,7 @@ class Execution:
         )
         self.ctx = ctx
         ctx.starter, ctx.deadline = self.starter, doc.get("deadline")
+        ctx.doc_has_children = bool(doc.get("children"))
         if doc.get("cancel"):
             ctx.request_cancel(doc["cancel"])
         if self.stop_reason == "lost":  # lost before it began
@@ -307,6 +308,11 @@ class Execution:
             watch_deadline(self.store, self.settings.clock, self.workflow_id, self.token, deadline, ctx.request_cancel)
         )
 
+    @property
+    def _parent(self) -> bool:
+        """Whether this workflow started children (in this execution, or before: its document's mark)."""
+        return bool(self.doc.get("children") or (self.ctx is not None and self.ctx.doc_has_children))
+
     # -- outcomes ------------------------------------------------------------------------
 
     async def _cancelled(self, exc: BaseException) -> None:
@@ -320,7 +326,7 @@ class Execution:
         self.outcome = Status.CANCELLED.value
         log.info("workflow %r cancelled", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
-        await workflow_ended(self.store, self.settings, self.doc, self._wake)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
 
     def _args(self, outcome: str, **more: Any) -> dict[str, Any]:
         settled = self.ctx.settled if self.ctx is not None else []
@@ -361,7 +367,7 @@ class Execution:
         self.outcome = "finished"
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
-        await workflow_ended(self.store, self.settings, self.doc, self._wake)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
         if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
             try:
                 await self.store.delete_history(self.workflow_id, before_run=self.run_number)
@@ -405,7 +411,7 @@ class Execution:
         if status is Status.ABORTED:
             self.metrics.aborted += 1
             self._on_settled(self.workflow_id)
-            await workflow_ended(self.store, self.settings, self.doc, self._wake)
+            await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
         await self._callback(exc)
 
     async def _diverged(self, exc: BaseException) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from ..batch import GroupCommit
 from ..transitions import Transition
 from .base import Doc, is_transient, log
+from .children import ChildQueries
 from .events import UNCONSUMED, EventQueries
 from .history import HistoryQueries
 from .published import PublishedQueries
@@ -32,7 +33,7 @@ from .workflows import FINAL, Lease, WorkflowQueries
 __all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log", "rate_id", "slot_id"]
 
 
-class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ReportQueries, PublishedQueries):
+class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ReportQueries, PublishedQueries, ChildQueries):
     """Typed operations on the four collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from

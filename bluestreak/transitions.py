@@ -499,9 +499,11 @@ RERUN_CANCELLING = Transition(
     Status.SLEEPING,
     fenced=True,
     guard=lambda a: {**_logged(a), "control": "cancel"},
-    update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"]}), a),
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a
+    ),
     doc="An execution ending (failure, suspension) finds a cancellation it was not told of: run again now, "
-    "so the next run delivers it.",
+    "so the next run delivers it (the cancel field says so; a control is only ever on a running workflow).",
 )
 
 CANCELLED = Transition(

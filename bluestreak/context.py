@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar, overload
 
+from .cancellation import CANCEL_STEP, RunCancellation, StepInterrupted
 from .clock import Clock
 from .codec import error_info, import_type, prepare, restore
 from .durations import Duration, parse_duration
@@ -47,6 +48,7 @@ from .records import Status
 from .retry import RetryPolicy
 from .store import Doc, Store, is_transient
 from .tracing import event_span, step_span
+from .transitions import CANCEL_DELIVERED
 from .unwind import Call, Interrupt, RunControl, Stop, Suspension, current_call
 
 __all__ = ["Interrupt", "Stop", "Suspension", "WorkflowContext"]
@@ -115,6 +117,13 @@ class WorkflowContext:
         self._overdue: dict[str, None] = {
             rid: None for rid, rec in records.items() if rec.get("parent") is None or rec.get("parent") in final
         }
+        self.starter: Any = None  # set by the execution: how ctx.start_child creates workflows (bluestreak.children)
+        self.deadline: datetime | None = None  # this workflow's deadline (start(timeout=)), set by the execution
+        self.doc_has_children = False  # its document carries the mark of a parent (bluestreak.children)
+        self._published: dict[tuple[str, str], int] = {}  # (kind, key) -> calls so far (bluestreak.published)
+        self._cancel = RunCancellation(workflow_id, self._steps.get(CANCEL_STEP))
+        if self._cancel.delivered:
+            self._reach(CANCEL_STEP)
         self._control = RunControl()
         self._events = Inbox(
             store=store,
@@ -140,6 +149,7 @@ class WorkflowContext:
         retries: RetryPolicy | None = None,
         timeout: Duration | None = None,
         thread: bool = False,
+        cancellable: bool = False,
         **kwargs: Any,
     ) -> T: ...
 
@@ -153,6 +163,7 @@ class WorkflowContext:
         retries: RetryPolicy | None = None,
         timeout: Duration | None = None,
         thread: bool = False,
+        cancellable: bool = False,
         **kwargs: Any,
     ) -> T: ...
 
@@ -165,6 +176,7 @@ class WorkflowContext:
         retries: RetryPolicy | None = None,
         timeout: Duration | None = None,
         thread: bool = False,
+        cancellable: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once and record its result; on replay return the record.
@@ -184,6 +196,12 @@ class WorkflowContext:
         :class:`NonRetryableError` or a :class:`StepTimeoutError` (``timeout``
         exceeded) is recorded and raised at once unless retries remain for it.
         Recorded errors are raised again identically on every replay.
+
+        ``cancellable=True``: a cancellation of the workflow (``Bluestreak.cancel``,
+        a deadline) interrupts the step while it runs — its function is
+        cancelled and the step raises :class:`WorkflowCancelled`. Otherwise a
+        step in flight finishes and is recorded, and the cancellation comes at
+        the next ctx call.
         """
         self._claim_id(step_id, "step id")
         if not callable(fn):
@@ -204,7 +222,13 @@ class WorkflowContext:
                 await self._control.halt(Stop("history_end", None, step_id), call)
             fn = self._stubs.get(step_id, fn)  # a test's stand-in for this step (bluestreak.testing)
             body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-            return await self._attempts(call, body, record, retries, timeout_s, thread)
+            if cancellable is True and call.parent is None:
+                body, thread = self._cancel.interruptible(body, _call, thread), False
+            try:
+                return await self._attempts(call, body, record, retries, timeout_s, thread)
+            except StepInterrupted:
+                await self._deliver_cancel(call)
+                raise AssertionError("unreachable") from None  # pragma: no cover
         finally:
             self._end(call)
 
@@ -294,6 +318,75 @@ class WorkflowContext:
         finally:
             self._end(call)
 
+    async def start_child(
+        self,
+        step_id: str,
+        handler: Any,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        queue: Any = None,
+        priority: int = 0,
+        timeout: Duration | None = None,
+        parent_close: str = "terminate",
+    ) -> Any:
+        """Start a child workflow (recorded as ``step_id``: a replay returns the same handle); its handle.
+
+        Its id is ``<this workflow's id>/<step_id>`` unless ``id`` is given. ``queue``, ``priority`` and
+        ``timeout`` are :meth:`Bluestreak.start`'s; without a ``timeout`` it inherits this workflow's
+        deadline. ``parent_close``: what happens to it if this workflow ends first — ``"terminate"``,
+        ``"cancel"`` (it cleans up) or ``"abandon"`` (it runs on). ``await handle.result()`` waits for it.
+        See :mod:`bluestreak.children`.
+        """
+        from .children import start_child
+
+        return await start_child(
+            self,
+            step_id,
+            handler,
+            input,
+            id=id,
+            queue=queue,
+            priority=priority,
+            timeout=timeout,
+            parent_close=parent_close,
+        )
+
+    async def wait_child(self, step_id: str, child_id: str) -> Any:
+        """Wait for a child workflow to end (suspended: no lease is held); its result, recorded as ``step_id``.
+
+        A child that did not finish raises :class:`ChildWorkflowFailed` (recorded: every replay raises it).
+        """
+        from .children import wait_child
+
+        return await wait_child(self, step_id, child_id)
+
+    async def run_child(self, step_id: str, handler: Any, input: Any = None, **options: Any) -> Any:
+        """Start a child workflow and wait for its result: :meth:`start_child` then ``handle.result()``."""
+        handle = await self.start_child(step_id, handler, input, **options)
+        return await handle.result()
+
+    async def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` as the latest value of ``key``, for ``Bluestreak.get_event`` (progress, a
+        partial result, a URL to poll). Recorded: a replay does not set it again; fenced: an execution that
+        lost its lease sets nothing. See :mod:`bluestreak.published`."""
+        from .published import publish
+
+        await publish(self, "event", key, value)
+
+    async def write_stream(self, key: str, value: Any) -> None:
+        """Append ``value`` to the stream ``key``, for ``Bluestreak.read_stream`` (each item read once, in
+        order). Recorded and fenced like :meth:`set_event`."""
+        from .published import publish
+
+        await publish(self, "stream", key, value)
+
+    async def close_stream(self, key: str) -> None:
+        """End the stream ``key``: its readers stop after its last item (they also stop when the workflow ends)."""
+        from .published import publish
+
+        await publish(self, "close", key, None)
+
     def unreached_records(self) -> list[str]:
         """Ids recorded in an earlier execution of this run that this execution did not reach.
 
@@ -351,11 +444,75 @@ class WorkflowContext:
         call = control.begin(call_id)
         if isinstance(control.interrupt, Stop):
             await control.park(call)
-        if control.pause_requested and call.parent is None:
+        if self._cancel.replayed_at(call_id):  # the cancellation was delivered here: raise it on every replay
+            control.end(call)
+            raise self._cancel.error()
+        if control.pause_requested and call.parent is None and not self._cancel.requested:
             await control.halt(Suspension(Status.PAUSED, None), call)
         if not recorded and checked:
             await self._check_history(call)
+        if checked and self._cancel.pending and call.parent is None and not self._replays(call_id):
+            try:
+                await self._deliver_cancel(call)
+            finally:
+                control.end(call)
         return call
+
+    # -- cancellation (see bluestreak.cancellation) ----------------------------------
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether this workflow is being cancelled (asked for, delivered or not)."""
+        return self._cancel.requested
+
+    @property
+    def cancel_delivered(self) -> bool:
+        """Whether the handler got its ``WorkflowCancelled`` (this run holds the record of where)."""
+        return self._cancel.delivered
+
+    @property
+    def cancellation(self) -> RunCancellation:
+        """This run's cancellation state (read by the execution)."""
+        return self._cancel
+
+    def request_cancel(self, info: Doc | None = None) -> None:
+        """Set by the worker: the workflow is being cancelled; the next fresh ctx call raises ``WorkflowCancelled``."""
+        self._cancel.request(info)
+
+    def _replays(self, call_id: str) -> bool:
+        """Whether this call returns its record without waiting (a final step, a nap already over)."""
+        record = self._steps.get(call_id)
+        if record is not None:
+            return record.get("status") != "pending"
+        nap = self._naps.get(call_id)
+        return nap is not None and nap["wake_at"] <= self._clock.now()
+
+    async def _deliver_cancel(self, call: Call) -> NoReturn:
+        """Raise ``WorkflowCancelled`` at this call, recording where (first writer wins) for every replay."""
+        now = self._clock.now()
+        if self._cancel.info is None:
+            doc = await self._db(self._store.get_workflow(self.workflow_id, {"cancel": 1}), call)
+            self._cancel.request((doc or {}).get("cancel") or {})
+        info = self._cancel.info or {}
+        output = {"at": call.step_id, "reason": info.get("reason"), "by": info.get("by")}
+        record: Doc = {
+            **self._key(CANCEL_STEP),
+            "parent": None,
+            "status": "done",
+            "output": output,
+            "output_type": None,
+            "attempts": 1,
+            "started_at": now,
+            "recorded_at": now,
+        }
+        existing = await self._db(self._store.insert_record("steps", record), call)
+        self._cancel.record = existing if existing is not None else record
+        self._steps[CANCEL_STEP] = self._cancel.record
+        self._reach(CANCEL_STEP)
+        await self._db(self._store.apply_quiet(CANCEL_DELIVERED, self.workflow_id, self._token, now=now), call)
+        if not self._cancel.replayed_at(call.step_id):  # another execution delivered it elsewhere first
+            await self._control.halt(Stop("lease_lost"), call)
+        raise self._cancel.error()
 
     def _end(self, call: Call) -> None:
         self._control.end(call)
@@ -751,7 +908,7 @@ def _as_step_error(exc: Exception, where: str) -> StepError:
     return err
 
 
-_ERROR_ATTRS = ("attempts", "error_type", "error_message", "step_id", "timeout")
+_ERROR_ATTRS = ("attempts", "error_type", "error_message", "step_id", "timeout", "child_id", "child_status")
 
 _KNOWN: dict[str, type[StepError]] = {
     cls.__qualname__: cls

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .children import workflow_ended
 from .codec import prepare
 from .config import Settings
 from .errors import InvalidTransition, WorkflowNotFound
@@ -115,7 +116,9 @@ class Controls:
         for _ in range(_RETRIES):
             now = self.settings.clock.now()
             fields = expiry(now, self.settings.retention_failed)
-            if await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields) is not None:
+            ended = await self.store.apply(TERMINATE, workflow_id, now=now, fields=fields)
+            if ended is not None:
+                await workflow_ended(self.store, self.settings, ended)
                 break
             status = await self.status(workflow_id)
             if status == Status.TERMINATED.value:
@@ -168,21 +171,29 @@ class Controls:
         withdrawn — unless a wait took it in between, in which case it was
         delivered and this is a success.
         """
+        event = self.event_doc(workflow_id, event_type, payload)
+        await self.store.insert_event(event)
+        return await self.deliver(event)
+
+    def event_doc(self, workflow_id: str, event_type: str, payload: Any) -> dict[str, Any]:
+        """A new, buffered event (validated; nothing is written)."""
         check_id(workflow_id, "workflow id")
         check_id(event_type, "event type")
         stored, tag, _ = prepare(payload, f"the payload of event {event_type!r} for workflow {workflow_id!r}")
-        now = self.settings.clock.now()
-        event = {
+        return {
             "workflow_id": workflow_id,
             "type": event_type,
             "payload": stored,
             "payload_type": tag,
-            "sent_at": now,
+            "sent_at": self.settings.clock.now(),
             "consumed_by": None,
             "consumed_run": UNCONSUMED,
             "trace": carrier(),
         }
-        await self.store.insert_event(event)
+
+    async def deliver(self, event: dict[str, Any]) -> str | None:
+        """Count an inserted event on its workflow (waking it if it waits); see :meth:`send_event`."""
+        workflow_id, event_type, now = event["workflow_id"], event["type"], self.settings.clock.now()
         doc = await self.store.apply(NOTIFY_WAITING, workflow_id, now=now)
         if doc is None:
             doc = await self.store.apply(NOTIFY, workflow_id, now=now)

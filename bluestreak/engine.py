@@ -7,11 +7,12 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from .cancellation import Canceller
 from .clock import ServerClock
 from .codec import restore
 from .config import (
@@ -41,6 +42,7 @@ from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of,
 from .handles import WorkflowHandle
 from .inspection import Inspector, WorkflowPage
 from .metrics import Metrics
+from .published import PublishedReader
 from .queues import Queue, make_queue
 from .records import ErrorInfo, EventRecord, NapRecord, ScheduleRecord, Stats, Status, StepRecord, WorkflowRecord
 from .schedules import Schedule, Schedules, make_schedule
@@ -192,6 +194,8 @@ class Bluestreak:
             lambda: self.store, self.settings, lambda: self._worker, self._wake_local, self._on_settled
         )
         self._inspector = Inspector(lambda: self.store, self.settings.clock.now)
+        self._published = PublishedReader(lambda: self.store, self.settings)
+        self._canceller = Canceller(lambda: self.store, self.settings, self._cancel_here, self._wake_local)
         self._queues: dict[str, Queue] = {}
         self._starter = Starter(lambda: self.store, self.settings, self._handlers, self._queues)
         self._schedules = Schedules(lambda: self.store, self._starter, self.settings.clock)
@@ -338,6 +342,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[T]: ...
 
     @overload
@@ -354,6 +359,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[Any]: ...
 
     async def start(
@@ -369,6 +375,7 @@ class Bluestreak:
         partition: str | None = None,
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
+        timeout: object | None = None,
     ) -> WorkflowHandle[Any]:
         """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
         ``workflow_id`` exists).
@@ -387,6 +394,9 @@ class Bluestreak:
         queued or running, another start with it raises
         :class:`DuplicateWorkflow` (``on_duplicate="existing"``: returns the
         holder's handle instead).
+
+        ``timeout`` (a duration): the workflow's deadline, that long after it is first due. A workflow that
+        has not ended by then is cancelled (:meth:`cancel`, reason ``"deadline exceeded"``).
         """
         handler_id = handler_id_of(handler)
         with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
@@ -400,6 +410,7 @@ class Bluestreak:
                 queue=queue,
                 partition=partition,
                 deduplication_id=deduplication_id,
+                timeout=timeout,
             )
             started = await self._starter.insert(doc, on_duplicate)
         if started.created:
@@ -624,7 +635,7 @@ class Bluestreak:
                 status = doc["status"]
                 if status == Status.FINISHED.value:
                     return restore(doc.get("result"), doc.get("result_type"))
-                if status in (Status.ABORTED.value, Status.TERMINATED.value):
+                if status in (Status.ABORTED.value, Status.TERMINATED.value, Status.CANCELLED.value):
                     raise WorkflowFailed(workflow_id, status, ErrorInfo.from_doc(doc.get("error")))
                 remaining = math.inf if deadline is None else deadline - loop.time()
                 if remaining <= 0:
@@ -701,10 +712,13 @@ class Bluestreak:
         skip: int = 0,
         queue: str | None = None,
         schedule: str | None = None,
+        parent: str | None = None,
     ) -> list[WorkflowRecord]:
-        """Workflows, newest first, filtered by status, handler, creation time, queue (``"default"``: none)
-        and schedule; paginate with ``skip``."""
+        """Workflows, newest first, filtered by status, handler, creation time, queue (``"default"``: none),
+        schedule and ``parent`` (the children a workflow started with ``ctx.start_child``); paginate with
+        ``skip``."""
         return await self._inspector.list_workflows(
+            parent=parent,
             status=status,
             handler_id=handler_id,
             created_after=created_after,
@@ -727,12 +741,14 @@ class Bluestreak:
         cursor: str | None = None,
         queue: str | None = None,
         schedule: str | None = None,
+        parent: str | None = None,
     ) -> WorkflowPage:
         """Workflows newest first, a page at a time, paginated by index (no ``skip`` scan): for 100,000+ workflows.
 
         Pass the returned ``next_cursor`` as ``cursor`` for the next page.
         """
         return await self._inspector.page_workflows(
+            parent=parent,
             status=status,
             handler_id=handler_id,
             id_prefix=id_prefix,
@@ -787,6 +803,76 @@ class Bluestreak:
         if handler is not None:
             self._wake_local(handler)
 
+    async def signal_with_start(
+        self,
+        workflow_id: str,
+        handler: str | type[Workflow] | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        event_type: str,
+        payload: Any = None,
+        priority: int = 0,
+        queue: str | Queue | None = None,
+        partition: str | None = None,
+        timeout: object | None = None,
+    ) -> WorkflowHandle[Any]:
+        """Deliver an event to a workflow, starting it first (with ``handler`` and ``input``) if it does not
+        exist — atomically: the workflow never exists without the event, and concurrent calls start one
+        workflow and deliver every event once. ``handle.created`` says whether this call started it.
+
+        Raises :class:`InvalidTransition` if the workflow exists and has ended. See
+        :mod:`bluestreak.signal_start`.
+        """
+        from .signal_start import signal_with_start
+
+        options = {"priority": priority, "queue": queue, "partition": partition, "timeout": timeout}
+        started, woken = await signal_with_start(
+            self._starter, self._controls, workflow_id, handler_id_of(handler), input, event_type, payload, options
+        )
+        self.metrics.events_sent += 1
+        if started.created:
+            self.metrics.started += 1
+        if woken is not None:
+            self._wake_local(woken)
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    async def fork(self, workflow_id: str, *, from_step: str, new_id: str | None = None) -> WorkflowHandle[Any]:
+        """A new workflow with this one's handler and input and copies of the records of its steps before
+        ``from_step``: it replays those and runs from ``from_step`` on with today's code (re-running after a
+        downstream outage or a bug fix). The source is not changed and may still be running. ``new_id``
+        defaults to ``<id>~fork-<random>``. See :mod:`bluestreak.forking`.
+        """
+        from .forking import fork
+
+        started = await fork(self.store, self._starter, workflow_id, from_step, new_id)
+        if started.created:
+            self.metrics.started += 1
+            if self._worker is not None:
+                self._worker.wake()
+        return WorkflowHandle(self, started.workflow_id, started.created)
+
+    # -- published state -------------------------------------------------------------
+
+    async def get_event(self, workflow_id: str, key: str, timeout: object | None = None) -> Any:
+        """The latest value the workflow published under ``key`` (``ctx.set_event``); waits until it is set.
+
+        Raises :class:`WaitTimeout` after ``timeout`` (default: wait forever), :class:`EventNotSet` if the
+        workflow ended without setting it, :class:`WorkflowNotFound`. Values belong to the current run: a
+        restart forgets the old run's.
+        """
+        return await self._published.get_event(workflow_id, key, timeout)
+
+    def read_stream(self, workflow_id: str, key: str) -> AsyncIterator[Any]:
+        """The items the workflow writes to stream ``key`` (``ctx.write_stream``), in order, each once::
+
+            async for item in engine.read_stream("report-1", "rows"):
+                ...
+
+        Ends after the last item once the stream is closed (``ctx.close_stream``) or the workflow ended
+        (or was restarted). Items written before the call are read too.
+        """
+        return self._published.read_stream(workflow_id, key)
+
     # -- operator controls -----------------------------------------------------------
 
     async def pause(self, workflow_id: str) -> Status:
@@ -805,6 +891,21 @@ class Bluestreak:
     async def terminate(self, workflow_id: str) -> None:
         """Stop a workflow for good (status ``terminated``), cancelling a running handler. Idempotent."""
         await self._controls.terminate(workflow_id)
+
+    async def cancel(self, workflow_id: str, reason: str | None = None) -> None:
+        """Cancel a workflow, letting it clean up: its handler gets :class:`WorkflowCancelled` at its next
+        ``ctx`` call (a step started with ``cancellable=True`` is interrupted), runs its ``except``/``finally``
+        blocks — their steps recorded like any others — and the workflow ends ``cancelled``.
+
+        A sleeping or waiting workflow is woken for it; a paused one is resumed. Idempotent while the
+        cancellation is under way; raises :class:`InvalidTransition` on an ended workflow. ``terminate``
+        remains the hard stop that runs nothing more. See ``docs/composition.md``.
+        """
+        await self._canceller.cancel(workflow_id, reason)
+
+    def _cancel_here(self, workflow_id: str, info: dict[str, Any]) -> None:
+        if self._worker is not None:
+            self._worker.cancel_requested(workflow_id, info)
 
     async def restart(self, workflow_id: str) -> None:
         """Run the workflow again from the beginning with the same input, forgetting its steps, naps and events."""

@@ -204,3 +204,61 @@ class StrayCancellation(BluestreakError):
     the run), not as a cancellation: a real cancellation of a run comes only
     from bluestreak (a lost lease, a suspension, a shutdown).
     """
+
+
+class WorkflowCancelled(BluestreakError):
+    """The workflow was cancelled (``Bluestreak.cancel``, or its deadline passed): raised into its handler.
+
+    Raised at the handler's next ``ctx`` call (or inside a step started with
+    ``cancellable=True``), at the same call on every replay, so ``except`` and
+    ``finally`` blocks can run compensation steps, recorded like any other.
+    Let it propagate (or raise it again) to end the workflow ``cancelled``.
+    ``reason`` is what the canceller gave (``"deadline exceeded"`` for a
+    deadline); ``workflow_id`` names the workflow.
+    """
+
+    def __init__(self, workflow_id: str, reason: str | None = None) -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow_id!r} was cancelled{detail}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+class EventNotSet(BluestreakError, LookupError):
+    """``Bluestreak.get_event``: the workflow ended without setting this key (``workflow_id``, ``key``,
+    ``status``); it never will."""
+
+    def __init__(self, workflow_id: str, key: str, status: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is {status} and never set event {key!r}; it never will "
+            "(check the key, or restart the workflow)"
+        )
+        self.workflow_id = workflow_id
+        self.key = key
+        self.status = status
+
+
+class ChildWorkflowFailed(StepError):
+    """A child workflow ended without a result (aborted, cancelled, terminated): raised into its parent where it
+    waits for it, recorded so replay raises it again.
+
+    ``child_id``, ``child_status``, and the child's ``error_type`` and ``error_message``; ``step_id`` names the
+    parent's wait.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        child_id: str = "",
+        child_status: str = "",
+        error_type: str = "",
+        error_message: str = "",
+        step_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.child_status = child_status
+        self.error_type = error_type
+        self.error_message = error_message
+        self.step_id = step_id

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import bson
 
+from .cancellation import due_within_deadline, watch_deadline
+from .children import workflow_ended
 from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare, restore, short
 from .config import Settings
 from .context import Stop, Suspension, WorkflowContext
@@ -45,11 +47,13 @@ from .store import Doc, Store, expiry, is_transient
 from .tracing import workflow_span
 from .transitions import (
     ABORT,
+    CANCELLED,
     DIVERGED,
     FAIL,
     FINISH,
     PAUSE_AT_BOUNDARY,
     RELEASE,
+    RERUN_CANCELLING,
     RUN_AGAIN,
     SUSPEND,
     Transition,
@@ -93,6 +97,8 @@ class Execution:
         self.outcome: str | None = None
         """How this execution ended, once it has: its span and logs say so."""
         self._aborted = asyncio.Event()
+        self.starter: Any = None
+        """Set by the worker: how ctx.start_child creates workflows."""
         log_entries = doc.get("attempt_log") or []
         self._logged = any(e.get("token") == self.token for e in log_entries)
 
@@ -196,6 +202,10 @@ class Execution:
         )
         ctx.scheduled_at = doc.get("scheduled_at")
         self.ctx = ctx
+        ctx.starter, ctx.deadline = self.starter, doc.get("deadline")
+        ctx.doc_has_children = bool(doc.get("children"))
+        if doc.get("cancel"):
+            ctx.request_cancel(doc["cancel"])
         if self.stop_reason == "lost":  # lost before it began
             self._cancelled_as_lost()
             return
@@ -206,7 +216,12 @@ class Execution:
             name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
             handler = asyncio.create_task(self._handle(ctx, value), name=name)
             ctx.bind(handler)
-            await self._await_handler(ctx, handler)
+            deadline = self._watch_deadline(ctx)
+            try:
+                await self._await_handler(ctx, handler)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
             await self._outcome(ctx, handler)
             span.outcome(self.outcome)
 
@@ -277,12 +292,42 @@ class Execution:
             return
         exc = handler.exception()
         if exc is not None:
+            if ctx.cancel_requested:
+                await self._cancelled(exc)
+                return
             await self._fail(exc)
             return
         self._warn_unreached(ctx)
         await self._finish(handler.result())
 
+    def _watch_deadline(self, ctx: WorkflowContext) -> asyncio.Task[None] | None:
+        """A workflow with a deadline is cancelled when it passes (see bluestreak.cancellation)."""
+        deadline = self.doc.get("deadline")
+        if deadline is None or ctx.cancel_requested:
+            return None
+        return asyncio.ensure_future(
+            watch_deadline(self.store, self.settings.clock, self.workflow_id, self.token, deadline, ctx.request_cancel)
+        )
+
+    @property
+    def _parent(self) -> bool:
+        """Whether this workflow started children (in this execution, or before: its document's mark)."""
+        return bool(self.doc.get("children") or (self.ctx is not None and self.ctx.doc_has_children))
+
     # -- outcomes ------------------------------------------------------------------------
+
+    async def _cancelled(self, exc: BaseException) -> None:
+        """The handler of a cancelled workflow raised (its WorkflowCancelled, or its clean-up failed)."""
+        now = self.settings.clock.now()
+        fields: Doc = {"error": error_info(exc).to_doc(), "finished_at": now}
+        fields.update(expiry(now, self.settings.retention_failed))
+        if not await self._write(CANCELLED, "cancelled", fields):
+            self._lost_before("record its cancellation")
+            return
+        self.outcome = Status.CANCELLED.value
+        log.info("workflow %r cancelled", self.workflow_id, extra=self.fields())
+        self._on_settled(self.workflow_id)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
 
     def _args(self, outcome: str, **more: Any) -> dict[str, Any]:
         settled = self.ctx.settled if self.ctx is not None else []
@@ -323,6 +368,7 @@ class Execution:
         self.outcome = "finished"
         log.debug("workflow %r finished", self.workflow_id, extra=self.fields())
         self._on_settled(self.workflow_id)
+        await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
         if self.run_number > 0:  # records a zombie of an earlier run wrote after the restart's clean-up
             try:
                 await self.store.delete_history(self.workflow_id, before_run=self.run_number)
@@ -366,6 +412,7 @@ class Execution:
         if status is Status.ABORTED:
             self.metrics.aborted += 1
             self._on_settled(self.workflow_id)
+            await workflow_ended(self.store, self.settings, self.doc, self._wake, children=self._parent)
         await self._callback(exc)
 
     async def _diverged(self, exc: BaseException) -> None:
@@ -414,6 +461,9 @@ class Execution:
         the status written, or ``None`` if the lease is gone.
         """
         paused = {k: v for k, v in fields.items() if k not in ("due_at", "status")}
+        fields = due_within_deadline(
+            fields, self.doc.get("deadline"), self.ctx.cancellation if self.ctx else None, self.settings.clock.now()
+        )
         for _ in range(_RETRIES):
             if t is not PAUSE_AT_BOUNDARY and await self._write(t, outcome, fields, **guards):
                 return Status(t.target or fields.get("status") or Status.SLEEPING)
@@ -422,7 +472,9 @@ class Execution:
             doc = await self.store.get_workflow(self.workflow_id, {"lease": 1, "status": 1, "control": 1, "inbox": 1})
             if doc is None or doc.get("lease") != self.token or doc.get("status") != Status.RUNNING.value:
                 return None
-            if t is PAUSE_AT_BOUNDARY and doc.get("control") is None:
+            if doc.get("control") == "cancel":
+                t, fields, guards = RERUN_CANCELLING, {}, {}  # a cancellation it was not told of: the next run
+            elif t is PAUSE_AT_BOUNDARY and doc.get("control") is None:
                 t, fields, guards = RUN_AGAIN, {}, {}  # the pause was withdrawn: run again now
             elif "inbox" in guards and doc.get("inbox") != guards["inbox"]:
                 t, fields, guards = RUN_AGAIN, {}, {}  # an event arrived while deciding to wait: run again now

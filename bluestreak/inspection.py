@@ -75,9 +75,12 @@ class Inspector:
         skip: int,
         queue: str | None = None,
         schedule: str | None = None,
+        parent: str | None = None,
     ) -> list[WorkflowRecord]:
         """See :meth:`Bluestreak.list_workflows`."""
         query = _filters(status, handler_id, created_after, created_before, queue=queue, schedule=schedule)
+        if parent is not None:
+            query["parent"] = check_id(parent, "parent workflow id")
         if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < 2**63:
             raise InvalidArgument(f"skip must be an int >= 0, got {skip!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
@@ -96,9 +99,12 @@ class Inspector:
         cursor: str | None,
         queue: str | None = None,
         schedule: str | None = None,
+        parent: str | None = None,
     ) -> WorkflowPage:
         """See :meth:`Bluestreak.page_workflows`."""
         query = _filters(status, handler_id, created_after, created_before, queue=queue, schedule=schedule)
+        if parent is not None:
+            query["parent"] = check_id(parent, "parent workflow id")
         if id_prefix is not None:
             query["_id"] = {"$regex": f"^{re.escape(check_id(id_prefix, 'id prefix'))}"}
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
@@ -284,6 +290,7 @@ def workflow_record(doc: Doc) -> WorkflowRecord:
         due_at=doc.get("due_at"),
         finished_at=doc.get("finished_at"),
         worker=doc.get("worker"),
+        parent=doc.get("parent"),
         attempts=tuple(
             AttemptRecord(
                 worker=str(e.get("worker", "")),

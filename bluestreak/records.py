@@ -29,14 +29,17 @@ class Status(StrEnum):
     """Returned a result. Final."""
     TERMINATED = "terminated"
     """Stopped for good by an operator. Final."""
+    CANCELLED = "cancelled"
+    """Cancelled (``Bluestreak.cancel`` or its deadline): its handler got ``WorkflowCancelled`` and ran its
+    clean-up. Final."""
 
     @property
     def is_final(self) -> bool:
-        """True for ``finished``, ``aborted`` and ``terminated``."""
+        """True for ``finished``, ``aborted``, ``terminated`` and ``cancelled``."""
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({Status.FINISHED, Status.ABORTED, Status.TERMINATED})
+FINAL_STATUSES = frozenset({Status.FINISHED, Status.ABORTED, Status.TERMINATED, Status.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,8 @@ class WorkflowRecord:
     """The cron schedule that started it."""
     scheduled_at: datetime | None = None
     """The tick of that schedule it runs for (UTC)."""
+    parent: str | None = None
+    """The workflow that started this one with ``ctx.start_child``, if any."""
 
 
 @dataclass(frozen=True, slots=True)

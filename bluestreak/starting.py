@@ -43,6 +43,7 @@ START_KEYS = frozenset(
         "queue",
         "partition",
         "deduplication_id",
+        "timeout",
     }
 )
 
@@ -85,6 +86,7 @@ class Starter:
         queue: Any = None,
         partition: Any = None,
         deduplication_id: Any = None,
+        timeout: Any = None,
     ) -> Doc:
         """Validate one start and build its document (nothing is written)."""
         check_id(workflow_id, "workflow id")
@@ -152,9 +154,24 @@ class Starter:
         }
         if partition is not None:
             doc["partition"] = partition
+        if timeout is not None:
+            limit = parse_duration(timeout, name=f"timeout of workflow {workflow_id!r}")
+            if limit.total_seconds() <= 0:
+                raise InvalidArgument(f"timeout of workflow {workflow_id!r} must be greater than zero, got {timeout!r}")
+            doc["deadline"] = due + limit
         if deduplication_id is not None:
             doc["dedup"] = deduplication_id
         return doc
+
+    def child_doc(
+        self, workflow_id: str, handler_id: str, input: Any, *, queue: Any, priority: Any, timeout: Any
+    ) -> Doc:
+        """A child workflow's document: validated against its handler where this engine registers it (a child
+        may run on workers of another service)."""
+        if handler_id in self._handlers or not self._handlers:
+            return self.new_doc(workflow_id, handler_id, input, queue=queue, priority=priority, timeout=timeout)
+        other = Starter(self._store, self.settings, {}, self._queues)
+        return other.new_doc(workflow_id, handler_id, input, queue=queue, priority=priority, timeout=timeout)
 
     def _queue_name(self, queue: Any, workflow_id: Any) -> str | None:
         if queue is None or queue == DEFAULT_QUEUE:
@@ -187,6 +204,7 @@ class Starter:
                 queue=item.get("queue"),
                 partition=item.get("partition"),
                 deduplication_id=item.get("deduplication_id"),
+                timeout=item.get("timeout"),
             )
         if isinstance(item, tuple) and len(item) in (2, 3):
             return self.new_doc(item[0], item[1], item[2] if len(item) == 3 else None)

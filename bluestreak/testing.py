@@ -254,7 +254,7 @@ class WorkflowRun:
             doc = await engine.get_workflow(workflow_id)
             if doc.status is Status.FINISHED:
                 return doc.result
-            if doc.status in (Status.ABORTED, Status.TERMINATED):
+            if doc.status in (Status.ABORTED, Status.TERMINATED, Status.CANCELLED):
                 raise WorkflowFailed(workflow_id, doc.status.value, doc.error)
             worker = engine._worker
             idle = worker is not None and worker.in_flight == 0

@@ -20,6 +20,7 @@ Statuses (see :class:`~bluestreak.records.Status`)::
       │               │ └──pause at a step boundary──▶ paused ──resume──▶ idle
       └──release──────┘
     any non-final ──terminate──▶ terminated;  any ──restart──▶ idle (run + 1)
+    not ended ──cancel──▶ (due now, handler gets WorkflowCancelled) ──cancelled──▶ cancelled
     (in a queue with limits, claim first takes a slot: see bluestreak/store/queues.py)
     aborted, failed ──retry──▶ idle;  final + expired ──purge──▶ (deleted)
 """
@@ -275,6 +276,7 @@ PAUSE = Transition(
     RUNNABLE,
     Status.PAUSED,
     fenced=False,
+    guard=lambda a: {"cancel": {"$exists": False}},
     update=lambda a: _set({"status": Status.PAUSED.value, "updated_at": a["now"], "control": None}, unset=("due_at",)),
     doc="Pause a workflow no worker runs now.",
 )
@@ -284,6 +286,7 @@ REQUEST_PAUSE = Transition(
     frozenset({Status.RUNNING}),
     None,
     fenced=False,
+    guard=lambda a: {"cancel": {"$exists": False}},
     update=lambda a: {"$set": {"control": "pause", "updated_at": a["now"]}},
     doc="Ask the running execution to pause at its next step boundary (the step in flight is recorded).",
 )
@@ -350,7 +353,7 @@ RESTART = Transition(
             "updated_at": a["now"],
             "run_started_at": a["now"],
         },
-        "$unset": {"expire_at": "", "admitted": ""},
+        "$unset": {"expire_at": "", "admitted": "", "cancel": "", "deadline": ""},
         "$inc": {"run": 1, "history_gc": 1},
     },
     doc="Run again from the beginning with the same input. The old run's records are deleted afterwards "
@@ -423,6 +426,109 @@ PURGE = Transition(
     "here on, so its history can be deleted before the document without racing retry or restart.",
 )
 
+# -- cancellation (bluestreak/cancellation.py) ---------------------------------------------
+# ``cancel`` ({reason, by, requested_at}) marks a workflow whose cancellation was asked for: it stays until
+# the workflow ends (a restart removes it). A running execution learns of it through ``control: "cancel"``
+# (its lease renewal reports it, as it reports a pause) until it delivers it to the handler.
+
+_NOT_CANCELLING: Doc = {"cancel": {"$exists": False}}
+
+CANCEL = Transition(
+    "cancel",
+    RUNNABLE,
+    None,
+    fenced=False,
+    guard=lambda a: _NOT_CANCELLING,
+    update=lambda a: {"$set": {"cancel": a["cancel"], "due_at": a["now"], "updated_at": a["now"]}},
+    doc="Cancel a workflow no worker runs now: due now, so a worker runs its handler, which gets "
+    "WorkflowCancelled at the call it stopped at (a sleep, an event wait) and runs its clean-up.",
+)
+
+CANCEL_PAUSED = Transition(
+    "cancel_paused",
+    frozenset({Status.PAUSED}),
+    Status.IDLE,
+    fenced=False,
+    guard=lambda a: _NOT_CANCELLING,
+    update=lambda a: {
+        "$set": {
+            "status": Status.IDLE.value,
+            "cancel": a["cancel"],
+            "due_at": a["now"],
+            "updated_at": a["now"],
+            "control": None,
+        }
+    },
+    doc="Cancelling a paused workflow resumes it, so that its clean-up runs (a cancellation outranks a pause).",
+)
+
+REQUEST_CANCEL = Transition(
+    "request_cancel",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=False,
+    guard=lambda a: _NOT_CANCELLING,
+    update=lambda a: {"$set": {"cancel": a["cancel"], "control": "cancel", "updated_at": a["now"]}},
+    doc="Cancel a running workflow: its execution delivers WorkflowCancelled at the handler's next ctx call "
+    "(told at once in this process, by its next lease renewal elsewhere). A pending pause is replaced.",
+)
+
+DEADLINE_PASSED = Transition(
+    "deadline_passed",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    guard=lambda a: _NOT_CANCELLING,
+    update=lambda a: {"$set": {"cancel": a["cancel"], "updated_at": a["now"]}},
+    doc="The execution running a workflow past its deadline cancels it itself (it delivers the cancellation).",
+)
+
+CANCEL_DELIVERED = Transition(
+    "cancel_delivered",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    guard=lambda a: {"control": "cancel"},
+    update=lambda a: {"$set": {"control": None, "updated_at": a["now"]}},
+    doc="The handler got its WorkflowCancelled (recorded): the control is done; the clean-up runs as any run.",
+)
+
+RERUN_CANCELLING = Transition(
+    "rerun_cancelling",
+    frozenset({Status.RUNNING}),
+    Status.SLEEPING,
+    fenced=True,
+    guard=lambda a: {**_logged(a), "control": "cancel"},
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a
+    ),
+    doc="An execution ending (failure, suspension) finds a cancellation it was not told of: run again now, "
+    "so the next run delivers it (the cancel field says so; a control is only ever on a running workflow).",
+)
+
+CANCELLED = Transition(
+    "cancelled",
+    frozenset({Status.RUNNING}),
+    Status.CANCELLED,
+    fenced=True,
+    guard=_logged,
+    update=lambda a: _set(
+        {**_outcome_fields(a, Status.CANCELLED), "control": None, "taken": []}, unset=("due_at", "dedup")
+    ),
+    doc="The handler of a cancelled workflow ended by raising (WorkflowCancelled, or an error in its clean-up). "
+    "Final.",
+)
+
+PUBLISH = Transition(
+    "publish",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$inc": {"published_seq": 1}},
+    doc="Before ctx.set_event / write_stream write published state: only the lease holder may (a zombie is "
+    "refused here), and the counter orders event values, so a late write never replaces a newer one.",
+)
+
 EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CLAIM,
     RENEW,
@@ -436,6 +542,11 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     RELEASE,
     TAKE_EVENT,
     DROP_EVENT,
+    DEADLINE_PASSED,
+    CANCEL_DELIVERED,
+    RERUN_CANCELLING,
+    CANCELLED,
+    PUBLISH,
 )
 OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     PAUSE,
@@ -450,6 +561,9 @@ OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     WAKE_WAITING,
     HISTORY_COLLECTED,
     PURGE,
+    CANCEL,
+    CANCEL_PAUSED,
+    REQUEST_CANCEL,
 )
 ALL: tuple[Transition, ...] = EXECUTION_TRANSITIONS + OPERATOR_TRANSITIONS
 BY_NAME: dict[str, Transition] = {t.name: t for t in ALL}

@@ -55,6 +55,7 @@ from .handlers import HandlerSpec
 from .metrics import Metrics
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
+from .starting import Starter
 from .store import Doc, Lease, Store
 from .wakeups import ChangeStreamWaker
 
@@ -121,6 +122,8 @@ class Worker:
         self._due: tuple[float, tuple[str | None, ...], Any] | None = None
         self.waker: ChangeStreamWaker | None = None
         """The change stream waker of the running loop (``None`` before ``run()``)."""
+        self.starter = Starter(lambda: store, settings, handlers, self.queues)
+        """How executions start child workflows (bluestreak.children)."""
         self.finished = asyncio.Event()
         self.schedules = schedules
         """Set when ``run()`` has returned (after its graceful shutdown)."""
@@ -151,6 +154,12 @@ class Worker:
         for execution in self.executions(workflow_id):
             if execution.ctx is not None:
                 execution.ctx.pause_requested = requested
+
+    def cancel_requested(self, workflow_id: str, info: Doc | None = None) -> None:
+        """An operator cancelled this workflow: its handler gets ``WorkflowCancelled`` at its next ctx call."""
+        for execution in self.executions(workflow_id):
+            if execution.ctx is not None:
+                execution.ctx.request_cancel(info)
 
     @property
     def in_flight(self) -> int:
@@ -394,6 +403,7 @@ class Worker:
             wake=self.wake,
             stubs=self._stubs.get(doc["_id"]),
         )
+        execution.starter = self.starter
         log.debug(
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
         )
@@ -504,6 +514,8 @@ class Worker:
             execution.lease_until = until
             if execution.ctx is not None:
                 execution.ctx.pause_requested = controls.get(key) == "pause"
+                if controls.get(key) == "cancel":
+                    execution.ctx.request_cancel()
 
 
 def _listened(queues: Mapping[str, Queue], listen: Sequence[str] | None) -> list[str | None]:

@@ -28,6 +28,7 @@ EXPECTED: dict[str, str] = {
     "dashboard.py": "dashboard: OK",
     "queues.py": "queues: OK",
     "cron_schedules.py": "cron schedules: OK",
+    "composition.py": "composition: OK",
 }
 
 

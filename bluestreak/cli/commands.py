@@ -203,6 +203,19 @@ async def _control(engine: Bluestreak, args: argparse.Namespace, out: Output) ->
     return await _report(engine, out, args.workflow_id, args.command, message)
 
 
+async def _cancel(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
+    await engine.cancel(args.workflow_id, reason=args.reason)
+    return await _report(engine, out, args.workflow_id, "cancel", "cancellation of {id} requested (status {status})")
+
+
+async def _fork(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
+    handle = await engine.fork(args.workflow_id, from_step=args.from_step, new_id=args.new_id)
+    message = "forked {id} from step {from_step!r} as {new_id} (status {status})"
+    return await _report(
+        engine, out, handle.workflow_id, "fork", message, new_id=handle.workflow_id, from_step=args.from_step
+    )
+
+
 async def _send_event(engine: Bluestreak, args: argparse.Namespace, out: Output) -> int:
     await engine.send_event(args.workflow_id, args.event_type, args.payload)
     message = "sent event {event_type!r} to {id} (status {status})"
@@ -331,6 +344,8 @@ COMMANDS: dict[str, Callable[[Bluestreak, argparse.Namespace, Output], Awaitable
     "restart": _control,
     "retry": _control,
     "send-event": _send_event,
+    "cancel": _cancel,
+    "fork": _fork,
     "stats": _stats,
     "schedules": _schedules,
     "schedule": _schedule,

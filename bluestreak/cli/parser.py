@@ -202,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         p.add_argument("workflow_id", type=_text, metavar="ID")
 
+    text = "cancel a workflow: its handler gets WorkflowCancelled, runs its clean-up, and it ends cancelled"
+    p = sub.add_parser("cancel", parents=[common], help=text, description=text)
+    p.add_argument("workflow_id", type=_text, metavar="ID")
+    p.add_argument("--reason", type=_text, default=None, metavar="TEXT", help="why (the handler sees it)")
+
+    text = "start a new workflow with this one's input and its steps recorded before STEP, run on today's code"
+    p = sub.add_parser("fork", parents=[common], help=text, description=text)
+    p.add_argument("workflow_id", type=_text, metavar="ID")
+    p.add_argument("--from-step", type=_text, required=True, metavar="STEP", help="the first step to run again")
+    p.add_argument("--new-id", type=_text, default=None, metavar="NEW_ID", help="the new workflow's id")
+
     p = sub.add_parser("send-event", parents=[common], help="send an event to a workflow")
     p.add_argument("workflow_id", type=_text, metavar="ID")
     p.add_argument("event_type", type=_text, metavar="TYPE")

@@ -1,11 +1,12 @@
 """The store: the only code that speaks MongoDB.
 
-Six collections (names prefixed by ``collection_prefix``), one module each:
+Seven collections (names prefixed by ``collection_prefix``), one module each:
 :mod:`.workflows` (one document per workflow: claim, renew, every status
 transition), :mod:`.history` (steps and naps, first writer wins),
 :mod:`.events` (the inbox), :mod:`.queues` (concurrency slots, rate-limit
 windows, fair-order counters), :mod:`.schedules` (cron schedules and
-the compare-and-set that fires their ticks). :mod:`.base` holds the indexes, the write
+the compare-and-set that fires their ticks), :mod:`.published` (what workflows
+publish: ``ctx.set_event`` values, streams). :mod:`.base` holds the indexes, the write
 concern and which errors pass by themselves.
 
 Every write to a workflow made on behalf of an execution is *fenced*: it
@@ -22,8 +23,10 @@ from typing import Any
 from ..batch import GroupCommit
 from ..transitions import Transition
 from .base import Doc, is_transient, log
+from .children import ChildQueries
 from .events import UNCONSUMED, EventQueries
 from .history import HistoryQueries
+from .published import PublishedQueries
 from .queues import QueueQueries, rate_id, slot_id
 from .reports import ReportQueries
 from .schedules import ScheduleQueries
@@ -32,8 +35,17 @@ from .workflows import FINAL, Lease, WorkflowQueries
 __all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log", "rate_id", "slot_id"]
 
 
-class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ScheduleQueries, ReportQueries):
-    """Typed operations on the six collections of one database.
+class Store(
+    WorkflowQueries,
+    HistoryQueries,
+    EventQueries,
+    QueueQueries,
+    ScheduleQueries,
+    ReportQueries,
+    PublishedQueries,
+    ChildQueries,
+):
+    """Typed operations on the seven collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from
     :mod:`bluestreak.memory`; nothing else in bluestreak touches either.
@@ -67,10 +79,10 @@ class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, Schedul
     async def purge_expired(self, now: datetime, limit: int = 500) -> int:
         """Delete up to ``limit`` ended workflows whose ``expire_at`` has passed, with their history.
 
-        Six commands per batch, whatever its size: one read; one write that
+        Seven commands per batch, whatever its size: one read; one write that
         marks them (:data:`~bluestreak.transitions.PURGE`), after which no
-        ``retry`` or ``restart`` applies to them; three deletes of their
-        steps, naps and events; one of the documents. A purge that dies
+        ``retry`` or ``restart`` applies to them; four deletes of their
+        steps, naps, events and published state; one of the documents. A purge that dies
         halfway leaves marked workflows that the next purge finishes: never
         orphans, and never a workflow that lives on without its history.
         """

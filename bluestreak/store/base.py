@@ -97,7 +97,10 @@ class Collections:
 
     def __init__(self, database: Any, collection_prefix: str = "", write_concern: str | int = "majority") -> None:
         self.database = database
-        names = {n: f"{collection_prefix}{n}" for n in ("workflows", "steps", "naps", "events", "queues", "schedules")}
+        names = {
+            n: f"{collection_prefix}{n}"
+            for n in ("workflows", "steps", "naps", "events", "queues", "schedules", "published")
+        }
         if hasattr(database, "get_collection"):  # PyMongo: the engine decides durability, not the caller's defaults
             wc = WriteConcern(w=write_concern)
             get = database.get_collection
@@ -107,6 +110,7 @@ class Collections:
             self.events = get(names["events"], write_concern=wc)
             self.queues = get(names["queues"], write_concern=wc)
             self.schedules = get(names["schedules"], write_concern=wc)
+            self.published = get(names["published"], write_concern=wc)
             majority = ReadConcern("majority")
             self.steps_committed = get(names["steps"], write_concern=wc, read_concern=majority)
             self.naps_committed = get(names["naps"], write_concern=wc, read_concern=majority)
@@ -117,6 +121,7 @@ class Collections:
             self.events = database[names["events"]]
             self.queues = database[names["queues"]]
             self.schedules = database[names["schedules"]]
+            self.published = database[names["published"]]
             self.steps_committed = self.steps
             self.naps_committed = self.naps
 
@@ -160,6 +165,11 @@ class Collections:
             name="schedule",
             partialFilterExpression={"schedule": {"$exists": True}},
         )
+        await self.workflows.create_index(
+            [("parent", ASCENDING), ("created_at", DESCENDING)],
+            name="children",
+            partialFilterExpression={"parent": {"$exists": True}},
+        )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
         await self.workflows.create_index([("created_at", DESCENDING), ("_id", ASCENDING)], name="created")
         await self.workflows.create_index(
@@ -184,6 +194,18 @@ class Collections:
         await self.events.create_index([("workflow_id", ASCENDING), ("sent_at", ASCENDING)], name="event_order")
         await self.queues.create_index([("expires_at", ASCENDING)], name="unused", expireAfterSeconds=0)
         await self.queues.create_index([("kind", ASCENDING), ("token", ASCENDING)], name="held_by")
+        # Published state (ctx.set_event, ctx.write_stream): one document per event value or stream item.
+        await self.published.create_index(
+            [
+                ("workflow_id", ASCENDING),
+                ("run", ASCENDING),
+                ("kind", ASCENDING),
+                ("key", ASCENDING),
+                ("index", ASCENDING),
+            ],
+            name="published_key",
+            unique=True,
+        )
 
     async def _index(self, collection: Any, keys: list[tuple[str, int]], *, name: str, **options: Any) -> None:
         """Create an index; one of this name with other keys (an older version's) is replaced."""

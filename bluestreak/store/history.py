@@ -48,19 +48,33 @@ class HistoryQueries(Collections):
         return docs
 
     async def delete_history(self, workflow_id: str, before_run: int) -> None:
-        """Remove the steps, naps and consumed events of a workflow's runs before ``before_run``.
+        """Remove the steps, naps, published state and consumed events of a workflow's runs before ``before_run``.
 
         Records of the new run (a fast worker may already have written some) stay.
         """
         key: Doc = {"workflow_id": workflow_id, "run": {"$lt": before_run}}
         await self.steps.delete_many(key)
         await self.naps.delete_many(key)
+        await self.published.delete_many(key)
         await self.events.delete_many({"workflow_id": workflow_id, "consumed_run": {"$gte": 0, "$lt": before_run}})
 
     async def delete_all_history(self, workflow_ids: list[str]) -> None:
         """Remove every record of these workflows (their purge)."""
-        for coll in (self.steps, self.naps, self.events):
+        for coll in (self.steps, self.naps, self.events, self.published):
             await coll.delete_many({"workflow_id": {"$in": workflow_ids}})
+
+    async def insert_records(self, steps: list[Doc], naps: list[Doc]) -> None:
+        """Insert copied records (a fork's): records already there stay (first writer wins)."""
+        for coll, docs in ((self.steps, steps), (self.naps, naps)):
+            if not docs:
+                continue
+            try:
+                await coll.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if write_concern_errors(exc.details) or any(
+                    e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])
+                ):
+                    raise
 
     async def flush_records(self, collection: str, docs: list[Doc]) -> list[Doc | BaseException | None]:
         """First-writer-wins insert of many records in one unordered ``insert_many``.

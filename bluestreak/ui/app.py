@@ -382,7 +382,7 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
     attempts = views.attempt_rows(record, now)
     children: list[WorkflowRecord] | None = None
     if "parent" in inspect.signature(engine.list_workflows).parameters:
-        children = await engine.list_workflows(parent=workflow_id, limit=200)  # type: ignore[call-arg]
+        children = await engine.list_workflows(parent=workflow_id, limit=200)
     allowed = _statuses_for(record)
     actions = [
         a
@@ -563,7 +563,7 @@ async def _fork(engine: Bluestreak, workflow_id: str, form: Mapping[str, str]) -
     step = form.get("from_step", "")
     if not step:
         raise InvalidArgument("choose the step to fork from")
-    await engine.fork(workflow_id, from_step=step)  # type: ignore[attr-defined]
+    await engine.fork(workflow_id, from_step=step)
     return "fork"
 
 

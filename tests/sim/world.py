@@ -31,7 +31,7 @@ from .db import ACTOR, Faults, Scheduler, SimDatabase
 from .loop import VirtualTimeLoop
 from .workflows import KINDS, Key, Ledger, Workflows
 
-FINAL = {"finished", "aborted", "terminated"}
+FINAL = {"finished", "aborted", "terminated", "cancelled"}
 QUEUE, QUEUE_LIMIT, RATE = "q", 2, (6, 2.0)
 """A third of the workflows go to a queue: at most 2 at once, one per partition, 6 begin per 2 s."""
 TICKS = "tick"
@@ -232,14 +232,14 @@ class World:
         return ok
 
     async def _operator(self, engine: Bluestreak) -> None:
-        actions = ["pause", "resume", "pause", "resume", "restart", "retry", "terminate"]
+        actions = ["pause", "resume", "pause", "resume", "restart", "retry", "terminate", "cancel"]
         while True:
             await asyncio.sleep(self.rng.uniform(0.2, 1.5))
             if not self.started:
                 continue
             wid = self.rng.choice(sorted(self.started))
             action = self.rng.choice(actions)
-            if action == "terminate" and self.rng.random() < 0.6:
+            if action in ("terminate", "cancel") and self.rng.random() < 0.6:
                 action = "pause"
             self.counts["operator_calls"] += 1
             await self._try(lambda action=action, wid=wid: getattr(engine, action)(wid))

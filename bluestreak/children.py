@@ -1,0 +1,215 @@
+"""Child workflows: ``ctx.start_child``, ``ctx.run_child``, ``ctx.wait_child``, and the parent-close policy.
+
+Starting a child is a ctx call with a record, like a step: the child is an
+ordinary workflow document (``parent``, ``parent_run``, ``parent_step``,
+``parent_close``) inserted under a deterministic id — ``<parent id>/<step
+id>`` (``<parent id>/r<run>/<step id>`` after a restart), or the one given —
+and the record holds its id, so a replay returns the same handle and never
+starts a second child. It can be started into a queue; it inherits the
+parent's deadline unless it is given a ``timeout`` of its own.
+
+Waiting for a child (``wait_child``, ``handle.result()``, ``run_child``) reads
+the child: ended, its result (or a recorded
+:class:`~bluestreak.errors.ChildWorkflowFailed`) is the wait's record;
+otherwise the parent is *suspended* (status ``waiting``, no lease) until the
+child ends. The child's end makes the parent due now, with the counter
+``send_event`` uses (``inbox``), so a parent deciding to wait at that moment
+runs again at once instead of missing it. Should the child's worker die
+between its end and that wake-up, the parent looks again after
+:data:`RECHECK` at the latest.
+
+When a workflow ends (finished, aborted, cancelled, terminated), its children
+that have not ended get its ``parent_close`` policy: ``"terminate"``
+(default), ``"cancel"`` (their handlers clean up) or ``"abandon"`` (they run
+on).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from .codec import restore
+from .config import Settings
+from .errors import ChildWorkflowFailed, InvalidArgument
+from .handlers import check_id, handler_id_of
+from .records import FINAL_STATUSES, Status
+from .store import Doc, Store, expiry
+from .transitions import NOTIFY, NOTIFY_WAITING, TERMINATE, WAKE_WAITING
+from .unwind import Suspension
+
+if TYPE_CHECKING:
+    from .context import WorkflowContext
+
+log = logging.getLogger("bluestreak.children")
+ParentClose = Literal["terminate", "cancel", "abandon"]
+POLICIES = ("terminate", "cancel", "abandon")
+RECHECK = timedelta(minutes=5)
+"""The longest a parent waits before looking at its child again (should the child's wake-up be lost)."""
+FINAL = {s.value for s in FINAL_STATUSES}
+_CHILD_FIELDS = {"status": 1, "result": 1, "result_type": 1, "error": 1, "parent": 1}
+
+
+@dataclass(frozen=True)
+class ChildHandle:
+    """A child workflow started by ``ctx.start_child``: its ``id``, and ``await handle.result()``."""
+
+    ctx: WorkflowContext
+    step_id: str
+    id: str
+
+    async def result(self) -> Any:
+        """Wait (suspended, no lease) until the child ends: its result, or a recorded ``ChildWorkflowFailed``.
+
+        A ctx call recorded as ``<start step id>.result``; call it once per handle (or use
+        ``ctx.wait_child`` with ids of your own)."""
+        return await self.ctx.wait_child(f"{self.step_id}.result", self.id)
+
+
+def child_id(ctx: WorkflowContext, step_id: str) -> str:
+    """The deterministic id of the child started by ``step_id``."""
+    if ctx.run == 0:
+        return f"{ctx.workflow_id}/{step_id}"
+    return f"{ctx.workflow_id}/r{ctx.run}/{step_id}"
+
+
+async def start_child(
+    ctx: WorkflowContext,
+    step_id: str,
+    handler: object,
+    input: Any,
+    *,
+    id: str | None,
+    queue: Any,
+    priority: int,
+    timeout: object | None,
+    parent_close: str,
+) -> ChildHandle:
+    """See :meth:`WorkflowContext.start_child`."""
+    if parent_close not in POLICIES:
+        raise InvalidArgument(f"parent_close must be one of {', '.join(POLICIES)}, got {parent_close!r}")
+    handler_id = handler_id_of(handler)
+    wanted = check_id(id, "child workflow id") if id is not None else None
+    ctx._claim_id(step_id, "step id")
+    call = await ctx._begin(step_id, recorded=step_id in ctx._steps)
+    try:
+        record = ctx._steps.get(step_id)
+        if record is not None and record.get("status") != "pending":
+            return ChildHandle(ctx, step_id, str(ctx._replay(record)["id"]))
+        starter = ctx.starter
+        if starter is None:
+            raise InvalidArgument(f"{ctx._where(step_id)}: child workflows need the engine's worker (engine.poll())")
+        cid = wanted or child_id(ctx, step_id)
+        doc = starter.child_doc(cid, handler_id, input, queue=queue, priority=priority, timeout=timeout)
+        doc.update(parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close)
+        if "deadline" not in doc and ctx.deadline is not None:
+            doc["deadline"] = ctx.deadline
+        if not ctx.doc_has_children:  # the mark that makes its end close its children (one write per parent)
+            await ctx._db(ctx._store.mark_parent(ctx.workflow_id), call)
+            ctx.doc_has_children = True
+        started = await ctx._db(starter.insert(doc), call)
+        if not started.created:
+            existing = await ctx._db(ctx._store.get_workflow(started.workflow_id, {"parent": 1}), call)
+            if existing is None or existing.get("parent") != ctx.workflow_id:
+                raise InvalidArgument(
+                    f"{ctx._where(step_id)}: workflow {started.workflow_id!r} exists and is not a child of "
+                    f"{ctx.workflow_id!r}; give the child another id"
+                )
+        await ctx._record_step(step_id, {"id": started.workflow_id}, record is not None, 1, None, call)
+        return ChildHandle(ctx, step_id, started.workflow_id)
+    finally:
+        ctx._end(call)
+
+
+async def wait_child(ctx: WorkflowContext, step_id: str, workflow_id: str) -> Any:
+    """See :meth:`WorkflowContext.wait_child`."""
+    check_id(workflow_id, "child workflow id")
+    ctx._claim_id(step_id, "step id")
+    call = await ctx._begin(step_id, recorded=step_id in ctx._steps)
+    try:
+        record = ctx._steps.get(step_id)
+        if record is not None and record.get("status") != "pending":
+            return ctx._replay(record)
+        doc = await ctx._db(ctx._store.get_workflow(workflow_id, _CHILD_FIELDS), call)
+        if doc is None or doc.get("parent") != ctx.workflow_id:
+            raise InvalidArgument(f"{ctx._where(step_id)}: {workflow_id!r} is not a child of {ctx.workflow_id!r}")
+        status = doc["status"]
+        if status == Status.FINISHED.value:
+            value = restore(doc.get("result"), doc.get("result_type"))
+            return await ctx._record_step(step_id, value, record is not None, 1, None, call)
+        if status in FINAL:
+            error = doc.get("error") or {}
+            exc = ChildWorkflowFailed(
+                f"child workflow {workflow_id!r} of {ctx.workflow_id!r} is {status}"
+                + (f": {error.get('type')}: {error.get('message')}" if error else ""),
+                child_id=workflow_id,
+                child_status=status,
+                error_type=str(error.get("type", "")),
+                error_message=str(error.get("message", "")),
+                step_id=step_id,
+            )
+            return await ctx._fail_step(call, exc, record)
+        due = ctx._clock.now() + RECHECK
+        if ctx.deadline is not None and not ctx.cancel_delivered:
+            due = min(due, ctx.deadline)
+        await ctx._halt(Suspension(Status.WAITING, due, inbox=ctx._inbox), call)
+    finally:
+        ctx._end(call)
+
+
+# -- when a workflow ends ------------------------------------------------------------------
+
+
+async def notify_parent(store: Store, parent_id: str, now: Any) -> bool:
+    """A child ended: make its parent due now if it waits, count it otherwise (as ``send_event`` does)."""
+    doc = await store.apply(NOTIFY_WAITING, parent_id, now=now)
+    if doc is None:
+        doc = await store.apply(NOTIFY, parent_id, now=now)
+        if doc is not None and doc.get("status") == Status.WAITING.value:
+            await store.apply_quiet(WAKE_WAITING, parent_id, now=now)
+    return doc is not None
+
+
+async def workflow_ended(
+    store: Store,
+    settings: Settings,
+    doc: Doc,
+    wake: Callable[[], None] | None = None,
+    depth: int = 0,
+    children: bool = False,
+) -> None:
+    """A workflow ended: wake its parent; apply its parent-close policy to its children (if it started any:
+    ``children`` or the document's mark). Never raises; costs nothing for a workflow with neither."""
+    now = settings.clock.now()
+    try:
+        if doc.get("parent") and await notify_parent(store, doc["parent"], now) and wake is not None:
+            wake()
+        if children or doc.get("children"):
+            await close_children(store, settings, doc["_id"], depth)
+    except Exception as exc:  # the parent's recheck and a later end find what this missed
+        log.warning("workflow %r: could not notify its parent or close its children (%s)", doc["_id"], exc)
+
+
+async def close_children(store: Store, settings: Settings, parent_id: str, depth: int = 0) -> None:
+    """Apply each open child's ``parent_close`` policy (terminated children pass theirs on to their own)."""
+    from .cancellation import Canceller
+
+    if depth > 32:
+        return
+    for child in await store.open_children(parent_id):
+        now = settings.clock.now()
+        if child["parent_close"] == "cancel":
+            try:
+                await Canceller(lambda: store, settings, lambda _i, _d: None, lambda _h: None).cancel(
+                    child["_id"], f"parent {parent_id!r} ended", by="parent"
+                )
+            except Exception as exc:  # ended meanwhile
+                log.info("child %r: not cancelled (%s)", child["_id"], type(exc).__name__)
+            continue
+        fields = {**expiry(now, settings.retention_failed)}
+        ended = await store.apply(TERMINATE, child["_id"], now=now, fields=fields)
+        if ended is not None and ended.get("children"):
+            await close_children(store, settings, child["_id"], depth + 1)

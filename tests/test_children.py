@@ -1,0 +1,246 @@
+"""Child workflows on both backends (bluestreak/children.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bluestreak import (
+    Bluestreak,
+    ChildWorkflowFailed,
+    NonRetryableError,
+    Status,
+    WorkflowCancelled,
+    WorkflowContext,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+
+from .conftest import EngineFactory, eventually, running
+
+
+async def _status(engine: Bluestreak, wid: str) -> Status:
+    return (await engine.get_workflow(wid)).status
+
+
+def _is(engine: Bluestreak, wid: str, status: Status) -> Any:
+    async def check() -> bool:
+        try:
+            return await _status(engine, wid) is status
+        except WorkflowNotFound:  # not started yet
+            return False
+
+    return check
+
+
+async def test_run_child_returns_its_result_and_the_parent_waits_suspended(engine: Bluestreak) -> None:
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, n: int) -> int:
+        runs.append(ctx.workflow_id)
+        await ctx.step("work", release.wait)
+        return n * 2
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> int:
+        a = await ctx.run_child("double", "child", 21)
+        return int(a) + 1
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))  # suspended: no lease while the child runs
+        worker = engine._worker
+        assert worker is not None
+
+        async def released() -> bool:
+            return not worker.executions("p")  # nothing holds it in memory
+
+        await eventually(released)
+        assert await _status(engine, "p") is Status.WAITING
+        kids = await engine.list_workflows(parent="p")
+        assert [k.id for k in kids] == ["p/double"] and kids[0].parent == "p"
+        release.set()
+        assert await engine.wait("p", timeout=10) == 43
+    assert runs == ["p/double"]  # one child, though the parent replayed after its wake-up
+    steps = {s.step_id: s.output for s in await engine.list_steps("p")}
+    assert steps["double"] == {"id": "p/double"} and steps["double.result"] == 42
+
+
+async def test_a_childs_failure_reaches_the_parent_as_a_recorded_catchable_error(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_failures=0)
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.step("boom", _boom)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        handle = await ctx.start_child("c", "child")
+        try:
+            await handle.result()
+        except ChildWorkflowFailed as exc:
+            await ctx.sleep("nap", 0.6)  # the replay after it raises the recorded error again
+            return f"{exc.child_id} {exc.child_status} {exc.error_type}"
+        return "no"
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=15) == "p/c aborted bluestreak.errors.NonRetryableError"
+
+
+def _boom() -> None:
+    raise NonRetryableError("bad input")
+
+
+async def test_parent_close_policies(engine: Bluestreak) -> None:
+    cleaned: list[str] = []
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        try:
+            await ctx.sleep("long", 3600)
+        except WorkflowCancelled:
+            await ctx.step("cleanup", lambda: cleaned.append(ctx.workflow_id))
+            raise
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("t", "child")  # parent_close="terminate" by default
+        await ctx.start_child("c", "child", parent_close="cancel")
+        await ctx.start_child("a", "child", parent_close="abandon")
+        return "done"
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=10) == "done"
+        await eventually(_is(engine, "p/c", Status.CANCELLED))
+        assert await _status(engine, "p/t") is Status.TERMINATED
+        await eventually(_is(engine, "p/a", Status.SLEEPING))
+    assert cleaned == ["p/c"]
+
+
+async def test_terminating_a_parent_closes_its_children_and_a_terminated_child_wakes_its_parent(
+    engine: Bluestreak,
+) -> None:
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        try:
+            await ctx.run_child("c", "child")
+        except ChildWorkflowFailed as exc:
+            return exc.child_status
+        return "no"
+
+    async with running(engine):
+        await engine.start("p1", "parent")
+        await eventually(_is(engine, "p1/c", Status.SLEEPING))
+        await eventually(_is(engine, "p1", Status.WAITING))
+        await engine.terminate("p1/c")  # the parent is woken at once, not at its recheck
+        assert await engine.wait("p1", timeout=5) == "terminated"
+
+        await engine.start("p2", "parent")
+        await eventually(_is(engine, "p2/c", Status.SLEEPING))
+        await engine.terminate("p2")
+        assert await _status(engine, "p2/c") is Status.TERMINATED
+
+
+async def test_cancelling_a_parent_waiting_for_its_child(engine: Bluestreak) -> None:
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> None:
+        try:
+            await ctx.run_child("c", "child", parent_close="cancel")
+        except WorkflowCancelled:
+            await ctx.step("undo", lambda: "undone")
+            raise
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        await engine.cancel("p")
+        with pytest.raises(WorkflowFailed):
+            await engine.wait("p", timeout=10)
+        await eventually(_is(engine, "p/c", Status.CANCELLED))
+    assert {s.step_id for s in await engine.list_steps("p")} >= {"undo", "c"}
+
+
+async def test_a_child_finishing_while_its_parent_is_being_cancelled(engine: Bluestreak) -> None:
+    """Either order is serial: the wait records the child's result and the cancellation comes at the next call,
+    or the cancellation comes at the wait. Never both, never neither."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "child result"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        try:
+            got = await ctx.run_child("c", "child")
+            await ctx.step("after", lambda: "after")
+            return str(got)
+        except WorkflowCancelled:
+            await ctx.step("undo", lambda: "undone")
+            raise
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        release.set()
+        await engine.cancel("p")
+        with pytest.raises(WorkflowFailed) as failed:
+            await engine.wait("p", timeout=10)
+    assert failed.value.status == "cancelled"
+    steps = {s.step_id: s for s in await engine.list_steps("p")}
+    delivered_at = steps["bluestreak:cancel"].output["at"]
+    assert delivered_at in ("c.result", "after")
+    assert ("c.result" in steps) == (delivered_at == "after")
+    assert "undo" in steps and await _status(engine, "p/c") is Status.FINISHED
+
+
+async def test_a_child_inherits_its_parents_deadline_and_can_be_queued(engine: Bluestreak) -> None:
+    engine.queue("kids", concurrency=1)
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        return "ok"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child", queue="kids"))
+
+    async with running(engine):
+        await engine.start("p", "parent", timeout=60)
+        assert await engine.wait("p", timeout=10) == "ok"
+    p, c = await engine.store.get_workflow("p"), await engine.store.get_workflow("p/c")
+    assert p is not None and c is not None
+    assert c["deadline"] == p["deadline"] and c["queue"] == "kids" and c["parent_run"] == 0
+
+
+async def test_after_a_restart_the_parent_starts_new_children(engine: Bluestreak) -> None:
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        return ctx.workflow_id
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=10) == "p/c"
+        await engine.restart("p")
+        await eventually(_is(engine, "p", Status.FINISHED))
+    assert (await engine.get_workflow("p")).result == "p/r1/c"
+    assert sorted(k.id for k in await engine.list_workflows(parent="p")) == ["p/c", "p/r1/c"]

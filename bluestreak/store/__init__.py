@@ -4,7 +4,8 @@ Five collections (names prefixed by ``collection_prefix``), one module each:
 :mod:`.workflows` (one document per workflow: claim, renew, every status
 transition), :mod:`.history` (steps and naps, first writer wins),
 :mod:`.events` (the inbox), :mod:`.queues` (concurrency slots, rate-limit
-windows, fair-order counters). :mod:`.base` holds the indexes, the write
+windows, fair-order counters), :mod:`.transactions` (transactional steps).
+:mod:`.base` holds the indexes, the write
 concern and which errors pass by themselves.
 
 Every write to a workflow made on behalf of an execution is *fenced*: it
@@ -25,12 +26,25 @@ from .events import UNCONSUMED, EventQueries
 from .history import HistoryQueries
 from .queues import QueueQueries, rate_id, slot_id
 from .reports import ReportQueries
+from .transactions import TransactionQueries, TransactionResult
 from .workflows import FINAL, Lease, WorkflowQueries
 
-__all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log", "rate_id", "slot_id"]
+__all__ = [
+    "FINAL",
+    "UNCONSUMED",
+    "Doc",
+    "Lease",
+    "Store",
+    "TransactionResult",
+    "expiry",
+    "is_transient",
+    "log",
+    "rate_id",
+    "slot_id",
+]
 
 
-class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ReportQueries):
+class Store(WorkflowQueries, HistoryQueries, EventQueries, QueueQueries, ReportQueries, TransactionQueries):
     """Typed operations on the four collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from

@@ -256,7 +256,7 @@ async def test_transient_errors_retry_the_transaction_and_unknown_commits_retry_
         k1 = {"workflow_id": "t", "run": 0, "step_id": "s1"}
         r1 = await engine.store.transact("t", "tok", k1, body_writing(engine, "date"), now)
         assert (r1.outcome, r1.transactions, r1.commits) == ("committed", 2, 1)
-        await fail_point(engine, "commitTransaction", "UnknownTransactionCommitResult", 2, code=91)
+        await fail_point(engine, "commitTransaction", "UnknownTransactionCommitResult", 2, code=50)
         k2 = {"workflow_id": "t", "run": 0, "step_id": "s2"}
         r2 = await engine.store.transact("t", "tok", k2, body_writing(engine, "date"), now)
         assert r2.outcome == "committed" and r2.transactions == 1 and r2.commits >= 2

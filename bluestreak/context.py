@@ -115,6 +115,8 @@ class WorkflowContext:
         self._overdue: dict[str, None] = {
             rid: None for rid, rec in records.items() if rec.get("parent") is None or rec.get("parent") in final
         }
+        self.transacting = 0
+        """Transactional steps of this execution with a transaction open (the worker defers their lease renewal)."""
         self._control = RunControl()
         self._events = Inbox(
             store=store,
@@ -579,7 +581,11 @@ class WorkflowContext:
 
         try:
             key = self._key(step_id)
-            result = await self._store.transact(self.workflow_id, self._token, key, body, self._clock.now)
+            self.transacting += 1
+            try:
+                result = await self._store.transact(self.workflow_id, self._token, key, body, self._clock.now)
+            finally:
+                self.transacting -= 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:

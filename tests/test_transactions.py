@@ -8,6 +8,7 @@ The crash tests with real processes are in ``tests/test_transactions_crash.py``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -469,3 +470,29 @@ async def test_memory_backend_raises_unless_the_step_is_stubbed() -> None:
     finally:
         await engine.close()
         reset_memory(name)
+
+
+async def test_a_transaction_longer_than_a_renewal_round_is_not_undone_by_its_own_renewal(
+    tx_engine: Bluestreak,
+) -> None:
+    """The worker defers renewing a lease whose transactional step is in a transaction (up to 2/3 of the lease):
+    a renewal would write the fenced workflow document and make the transaction conflict and start over."""
+    engine = tx_engine
+    await stock(engine).insert_one({"_id": "yuzu", "qty": 10, "reservations": 0})
+    calls = 0
+
+    async def slow(session: Any) -> int:
+        nonlocal calls
+        calls += 1
+        left = await reserve(session, engine, "yuzu", 1)
+        await asyncio.sleep(engine.settings.lease_duration / 2)  # longer than the renewal interval (a third)
+        return left
+
+    @engine.handler("slow")
+    async def h(ctx: WorkflowContext, _: Any) -> int:
+        return int(await ctx.transaction("reserve", slow))
+
+    async with running(engine):
+        await engine.start("s1", "slow")
+        assert await engine.wait("s1", timeout=20) == 9
+    assert calls == 1

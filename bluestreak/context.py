@@ -40,6 +40,8 @@ from .errors import (
     StepRetriesExceededError,
     StepTimeoutError,
     StrayCancellation,
+    TransactionsUnsupported,
+    WorkflowUsageError,
 )
 from .handlers import check_id
 from .inbox import Inbox
@@ -124,6 +126,8 @@ class WorkflowContext:
         self._cancel = RunCancellation(workflow_id, self._steps.get(CANCEL_STEP))
         if self._cancel.delivered:
             self._reach(CANCEL_STEP)
+        self.transacting = 0
+        """Transactional steps of this execution with a transaction open (the worker defers their lease renewal)."""
         self._control = RunControl()
         self._events = Inbox(
             store=store,
@@ -229,6 +233,89 @@ class WorkflowContext:
             except StepInterrupted:
                 await self._deliver_cancel(call)
                 raise AssertionError("unreachable") from None  # pragma: no cover
+        finally:
+            self._end(call)
+
+    async def transaction(
+        self,
+        step_id: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(session, *args, **kwargs)`` in one MongoDB transaction with this step's record: exactly once.
+
+        ``session`` is a PyMongo ``AsyncClientSession`` on the engine's client
+        (``engine.client``) with a transaction started: pass it to every read
+        and write of your collections (``session=session``). Your writes, the
+        step's record and a check that this execution still holds its lease
+        commit together, or not at all — a crash at any point, or a zombie
+        whose lease another worker took, leaves your data as if the step had
+        not run, and the step runs again; once committed, replay returns the
+        recorded value without calling ``fn``. Your collections must live on
+        the engine's cluster.
+
+        Transient transaction errors (write conflicts, failovers) retry the
+        whole transaction, an unknown commit result retries the commit, both
+        a bounded number of times. An exception ``fn`` raises aborts the
+        transaction (nothing it wrote stays) and follows ``retries`` exactly as
+        in :meth:`step`. ``timeout`` bounds one attempt, retries included.
+        Keep transactions short: under a second, and well under a third of
+        ``lease_duration`` (see docs/transactions.md for the limits).
+
+        Raises :class:`TransactionsUnsupported` on a standalone ``mongod`` or
+        the in-memory backend, unless a test stubs this step
+        (:mod:`bluestreak.testing`): the stub is called with ``session=None``.
+        """
+        self._claim_id(step_id, "step id")
+        if not callable(fn):
+            raise InvalidArgument(f"{self._where(step_id)}: fn must be callable, got {type(fn).__name__}")
+        if retries is not None and not isinstance(retries, RetryPolicy):
+            raise InvalidArgument(f"{self._where(step_id)}: retries must be a RetryPolicy, got {retries!r}")
+        timeout_s = None if timeout is None else parse_duration(timeout, name="step timeout").total_seconds()
+        if timeout_s is not None and timeout_s <= 0:
+            raise InvalidArgument(f"{self._where(step_id)}: timeout must be greater than zero, got {timeout!r}")
+        call = await self._begin(step_id, recorded=step_id in self._steps)
+        try:
+            record = self._steps.get(step_id)
+            if record is not None and record.get("status") != "pending":
+                return self._replay(record)
+            if self._replay_only:
+                await self._control.halt(Stop("history_end", None, step_id), call)
+            stub = self._stubs.get(step_id)
+            if stub is not None:  # a test's stand-in: an ordinary step, without a session
+                body = functools.partial(stub, None, *args, **kwargs)
+                return await self._attempts(call, body, record, retries, timeout_s, False)
+            reason = await self._db(self._store.transactions_unsupported(), call)
+            if reason is not None:
+                raise TransactionsUnsupported(reason)
+            user_fn: Callable[[Any], Any] = lambda session: fn(session, *args, **kwargs)  # noqa: E731
+            counter = [int(record.get("attempts", 0)) if record else 0]
+            attempt = functools.partial(self._transact, call, user_fn, counter)
+            try:
+                out = await self._attempts(call, attempt, record, retries, timeout_s, False)
+            except _Bypass as bypass:
+                if isinstance(bypass.error, WorkflowUsageError):
+                    raise bypass.error from None
+                await self._db(_reraise(bypass.error), call)
+                raise AssertionError("unreachable") from None  # pragma: no cover - _db never returns here
+            if not isinstance(out, _Done):
+                return out
+            if out.lost:
+                await self._control.halt(Stop("lease_lost"), call)
+            if out.record is not None:
+                log.info(
+                    "transactional step %r of workflow %r was recorded by another execution; using its record",
+                    step_id,
+                    self.workflow_id,
+                    extra=self._fields(step_id),
+                )
+                self._steps[step_id] = out.record
+                return self._replay(out.record)
+            return out.value
         finally:
             self._end(call)
 
@@ -620,7 +707,51 @@ class WorkflowContext:
                 else:
                     await self._clock.sleep(delay.total_seconds())
                 continue
+            if isinstance(value, _Done):  # a transactional step: recorded with its transaction
+                return value
             return await self._record_step(step_id, value, record is not None, attempt, started, call)
+
+    async def _transact(self, call: Call, fn: Callable[[Any], Any], counter: list[int]) -> _Done:
+        """One attempt of a transactional step: ``fn``, its record and the fence in one transaction."""
+        step_id = call.step_id
+        counter[0] += 1
+        attempts = counter[0]
+        raised: list[BaseException] = []
+        started = self._clock.now()
+
+        async def body(session: Any) -> tuple[Doc, Any]:
+            try:
+                value = await _call(functools.partial(fn, session), False)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+            stored, tag, seen = prepare(value, f"the result of {self._where(step_id)}")
+            fields: Doc = {
+                "status": "done",
+                "output": stored,
+                "output_type": tag,
+                "attempts": attempts,
+                "recorded_at": self._clock.now(),
+                "transaction": True,
+                "parent": call.parent.step_id if call.parent else None,
+                "started_at": started,
+            }
+            return fields, seen
+
+        try:
+            key = self._key(step_id)
+            self.transacting += 1
+            try:
+                result = await self._store.transact(self.workflow_id, self._token, key, body, self._clock.now)
+            finally:
+                self.transacting -= 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if raised and exc is raised[-1]:
+                raise  # fn's own error: the step's retry policy decides
+            raise _Bypass(exc) from None
+        return _Done(result.value, result.record, result.outcome == "lost")
 
     async def _attempt(
         self, call: Call, fn: Callable[[], Any], timeout: float | None, attempt: int, thread: bool
@@ -898,6 +1029,29 @@ async def _call(fn: Callable[[], Any], thread: bool) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+class _Done:
+    """A transactional step's attempt that ended: committed (``value``), recorded by another (``record``), or lost."""
+
+    __slots__ = ("lost", "record", "value")
+
+    def __init__(self, value: Any, record: Doc | None, lost: bool) -> None:
+        self.value = value
+        self.record = record
+        self.lost = lost
+
+
+class _Bypass(BaseException):  # carries an error past the retry policy
+    """An error of the transaction machinery (not of the user's function): it skips the step's retry policy."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def _reraise(exc: BaseException) -> NoReturn:
+    raise exc
 
 
 def _as_step_error(exc: Exception, where: str) -> StepError:

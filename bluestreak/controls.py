@@ -21,6 +21,7 @@ from .handlers import check_id
 from .records import FINAL_STATUSES, Status
 from .store import UNCONSUMED, Store, expiry
 from .tracing import carrier
+from .transactional import check_session
 from .transitions import (
     HISTORY_COLLECTED,
     NOTIFY,
@@ -162,7 +163,7 @@ class Controls:
             raise InvalidTransition(workflow_id, "retry", await self.status(workflow_id))
         self._wake(doc["handler"])
 
-    async def send_event(self, workflow_id: str, event_type: str, payload: Any) -> str | None:
+    async def send_event(self, workflow_id: str, event_type: str, payload: Any, *, session: Any = None) -> str | None:
         """See :meth:`Bluestreak.send_event`; the handler id of the workflow it woke, if any.
 
         Insert first, then count it on the workflow (waking it if it waits):
@@ -172,6 +173,14 @@ class Controls:
         delivered and this is a success.
         """
         event = self.event_doc(workflow_id, event_type, payload)
+        if session is not None:  # in the caller's transaction: delivered iff it commits
+            await check_session(self.store, session, f"send event {event_type!r} to workflow {workflow_id!r}")
+            woken, status = await self.store.send_event_in(session, event, self.settings.clock.now())
+            if woken is not None:
+                return str(woken["handler"])
+            if status is None:
+                raise WorkflowNotFound(workflow_id)
+            raise InvalidTransition(workflow_id, f"send event {event_type!r} to", status)
         await self.store.insert_event(event)
         return await self.deliver(event)
 

@@ -49,6 +49,7 @@ from .schedules import Schedule, Schedules, make_schedule
 from .starting import OnDuplicate, Starter, spec_items
 from .store import Store
 from .tracing import client_span
+from .transactional import check_deployment
 from .worker import Worker
 
 log = logging.getLogger("bluestreak")
@@ -290,6 +291,7 @@ class Bluestreak:
         await store.create_indexes()
         if isinstance(self.settings.clock, ServerClock):
             await self.settings.clock.synchronize(store.server_time)
+        await check_deployment(store, self._handler_fns())
         self._store = store
         await self._schedules.sync()
 
@@ -320,6 +322,20 @@ class Bluestreak:
         await self.close()
 
     @property
+    def client(self) -> Any:
+        """The PyMongo ``AsyncMongoClient`` of the engine's database (after ``init``); ``None`` on ``memory://``.
+
+        Use it for your own collections in transactional steps and starts:
+        ``engine.client["shop"]["stock"]``, and ``engine.client.start_session()``
+        for ``start(..., session=s)``. Transactions span one cluster, so your
+        data must live on the engine's.
+        """
+        return self.store.client
+
+    def _handler_fns(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [(hid, spec.fn) for hid, spec in self._handlers.items()]
+
+    @property
     def store(self) -> Store:
         """The store (after ``init``)."""
         if self._store is None:
@@ -343,6 +359,7 @@ class Bluestreak:
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
         timeout: object | None = None,
+        session: Any = None,
     ) -> WorkflowHandle[T]: ...
 
     @overload
@@ -360,6 +377,7 @@ class Bluestreak:
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
         timeout: object | None = None,
+        session: Any = None,
     ) -> WorkflowHandle[Any]: ...
 
     async def start(
@@ -376,6 +394,7 @@ class Bluestreak:
         deduplication_id: str | None = None,
         on_duplicate: OnDuplicate = "reject",
         timeout: object | None = None,
+        session: Any = None,
     ) -> WorkflowHandle[Any]:
         """Create a workflow; return its handle (``handle.created`` is ``False``, and nothing changed, if
         ``workflow_id`` exists).
@@ -397,6 +416,11 @@ class Bluestreak:
 
         ``timeout`` (a duration): the workflow's deadline, that long after it is first due. A workflow that
         has not ended by then is cancelled (:meth:`cancel`, reason ``"deadline exceeded"``).
+
+        ``session``: a PyMongo ``AsyncClientSession`` of :attr:`client` in a
+        transaction you started (the outbox pattern): the workflow is inserted
+        in your transaction, so it exists if and only if your transaction
+        commits (see docs/transactions.md).
         """
         handler_id = handler_id_of(handler)
         with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
@@ -412,7 +436,7 @@ class Bluestreak:
                 deduplication_id=deduplication_id,
                 timeout=timeout,
             )
-            started = await self._starter.insert(doc, on_duplicate)
+            started = await self._starter.insert(doc, on_duplicate, session=session)
         if started.created:
             self.metrics.started += 1
             self._wake_local(handler_id)
@@ -665,6 +689,7 @@ class Bluestreak:
             raise InvalidArgument("poll() is already running on this engine")
         if isinstance(queues, str):
             raise InvalidArgument(f"poll(queues=...) takes a list of queue names, not the str {queues!r}")
+        await check_deployment(self.store, self._handler_fns())
         worker = Worker(
             self.store,
             self.settings,
@@ -790,15 +815,17 @@ class Bluestreak:
 
     # -- events ----------------------------------------------------------------------
 
-    async def send_event(self, workflow_id: str, event_type: str, payload: Any = None) -> None:
+    async def send_event(self, workflow_id: str, event_type: str, payload: Any = None, *, session: Any = None) -> None:
         """Deliver an event to a workflow's ``ctx.wait_for_event``.
 
         Buffered if the workflow is not waiting yet; wakes it if it is.
         Raises :class:`WorkflowNotFound`, or :class:`InvalidTransition` if the
-        workflow has ended.
+        workflow has ended. ``session``: send it in your transaction (a PyMongo
+        ``AsyncClientSession`` of :attr:`client`): the event is delivered if
+        and only if your transaction commits.
         """
         with client_span(f"send event {event_type}", str(workflow_id), event_type=str(event_type)):
-            handler = await self._controls.send_event(workflow_id, event_type, payload)
+            handler = await self._controls.send_event(workflow_id, event_type, payload, session=session)
         self.metrics.events_sent += 1
         if handler is not None:
             self._wake_local(handler)

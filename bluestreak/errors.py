@@ -262,3 +262,22 @@ class ChildWorkflowFailed(StepError):
         self.error_type = error_type
         self.error_message = error_message
         self.step_id = step_id
+
+
+class TransactionsUnsupported(BluestreakError):
+    """The deployment cannot run multi-document transactions, which this call needs.
+
+    Transactional steps (``ctx.transaction``) and transactional starts and
+    events (``engine.start(..., session=s)``, ``engine.send_event(..., session=s)``)
+    need a replica set or a sharded cluster: a standalone ``mongod`` and the
+    in-memory backend have no transactions. ``reason`` says which it is.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}: transactional steps and transactional starts need multi-document transactions, which "
+            "only a replica set or a sharded cluster has. Deploy a replica set — a single node is enough: start "
+            "mongod with --replSet rs0 and run rs.initiate() once (or use MongoDB Atlas) — or, in tests on the "
+            "in-memory backend, stub the transactional step (bluestreak.testing, steps={step_id: fn})"
+        )
+        self.reason = reason

@@ -30,6 +30,7 @@ from .queues import DEFAULT_QUEUE, FairOrder, Queue, check_partition, check_queu
 from .records import Status
 from .store import Doc, Store
 from .tracing import carrier
+from .transactional import check_session
 
 OnDuplicate = Literal["reject", "existing"]
 START_KEYS = frozenset(
@@ -222,11 +223,24 @@ class Starter:
             self._fair = FairOrder(self._store())
         doc["tag"] = await self._fair.tag(doc["queue"], doc["partition"], doc["created_at"])
 
-    async def insert(self, doc: Doc, on_duplicate: OnDuplicate = "reject") -> Started:
-        """Insert one new workflow; with a deduplication id held by another, reject or name the holder."""
+    async def insert(self, doc: Doc, on_duplicate: OnDuplicate = "reject", *, session: Any = None) -> Started:
+        """Insert one new workflow; with a deduplication id held by another, reject or name the holder.
+
+        With ``session`` (the caller's transaction), the insert is part of that
+        transaction: the workflow exists if and only if it commits.
+        """
         if on_duplicate not in ("reject", "existing"):
             raise InvalidArgument(f"on_duplicate must be 'reject' or 'existing', got {on_duplicate!r}")
         store = self._store()
+        if session is not None:
+            await check_session(store, session, f"start of workflow {doc['_id']!r}")
+            await self._place(doc)
+            outcome, holder_id = await store.insert_workflow_in(session, doc)
+            if outcome != "duplicate":
+                return Started(doc["_id"], outcome == "created")
+            if on_duplicate == "existing" and holder_id is not None:
+                return Started(holder_id, False)
+            raise DuplicateWorkflow(doc["queue"], doc["dedup"], holder_id)
         await self._place(doc)
         for _ in range(5):
             outcome = await store.insert_workflow(doc)

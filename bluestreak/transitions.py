@@ -269,6 +269,17 @@ DROP_EVENT = Transition(
     doc="Give up a reservation whose event was withdrawn by its sender (it went to an ended workflow).",
 )
 
+TRANSACT = Transition(
+    "transact",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$set": {"updated_at": a["now"]}},
+    doc="The fence of a transactional step (ctx.transaction): written inside the step's multi-document "
+    "transaction, so the user's writes and the step record commit only while this execution holds the lease. "
+    "A claim, terminate or restart that commits first makes it match nothing (or conflict): nothing commits.",
+)
+
 # -- operators -----------------------------------------------------------------------------
 
 PAUSE = Transition(
@@ -547,6 +558,7 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     RERUN_CANCELLING,
     CANCELLED,
     PUBLISH,
+    TRANSACT,
 )
 OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     PAUSE,

@@ -42,7 +42,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import PyMongoError
@@ -471,10 +471,10 @@ class Worker:
 
     async def renew_once(self) -> None:
         """Renew every held lease in one bulk write; cancel executions whose lease is gone."""
-        held = {key: e for key, e in self._running.items() if e.stop_reason is None}
+        now = self.clock.now()
+        held = {key: e for key, e in self._running.items() if e.stop_reason is None and not self._deferred(e, now)}
         if not held:
             return
-        now = self.clock.now()
         until = now + self._lease
         queued = [key for key in held if self._slots.get(key)]
         if queued:  # slots before leases: a lease must never outlive the slots it runs under
@@ -516,6 +516,20 @@ class Worker:
                 execution.ctx.pause_requested = controls.get(key) == "pause"
                 if controls.get(key) == "cancel":
                     execution.ctx.request_cancel()
+
+
+    def _deferred(self, execution: Any, now: datetime) -> bool:
+        """Skip this round for an execution inside a transactional step while its lease outlasts the next round.
+
+        Its renewal would write the workflow document the step's transaction
+        fences on, and make the transaction conflict and start over; skipped,
+        a transaction may take up to two thirds of the lease.
+        """
+        ctx = execution.ctx
+        if ctx is None or not ctx.transacting:
+            return False
+        margin = self.settings.lease_duration / 3 + 0.25 * self.settings.lease_duration / 3
+        return bool((execution.lease_until - now).total_seconds() > margin)
 
 
 def _listened(queues: Mapping[str, Queue], listen: Sequence[str] | None) -> list[str | None]:

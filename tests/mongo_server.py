@@ -36,7 +36,7 @@ def secantus_binary() -> str | None:
 class SecantusServer:
     """One ``secantusd-py`` subprocess on a free loopback port and its data directory."""
 
-    def __init__(self, *, sync_on_commit: bool = False, test_commands: bool = True) -> None:
+    def __init__(self, *, sync_on_commit: bool = False, test_commands: bool = True, standalone: bool = False) -> None:
         binary = secantus_binary()
         if binary is None:
             raise RuntimeError("secantusd-py is not installed: make test (pip install --group dev)")
@@ -45,6 +45,7 @@ class SecantusServer:
         self.data_dir = tempfile.mkdtemp(prefix="bluestreak-secantus-")
         self.sync_on_commit = sync_on_commit
         self.test_commands = test_commands
+        self.standalone = standalone  # a standalone mongod's hello (no replica set): no transactions
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(self.data_dir + ".log")
 
@@ -68,6 +69,8 @@ class SecantusServer:
             args.append("--enable-test-commands")
         if self.sync_on_commit:
             args.append("--sync-on-commit")
+        if self.standalone:
+            args.append("--standalone")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

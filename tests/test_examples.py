@@ -29,7 +29,10 @@ EXPECTED: dict[str, str] = {
     "queues.py": "queues: OK",
     "cron_schedules.py": "cron schedules: OK",
     "composition.py": "composition: OK",
+    "transactions_stock.py": "transactions: OK",
 }
+# Examples that need a replica set (transactions): run against the session's server, not the in-memory backend.
+NEEDS_SERVER = {"transactions_stock.py"}
 
 
 def test_examples_exist() -> None:
@@ -37,11 +40,13 @@ def test_examples_exist() -> None:
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
-def test_example_runs(script: Path) -> None:
+def test_example_runs(script: Path, request: pytest.FixtureRequest) -> None:
     expected = EXPECTED.get(script.name)
     if expected is None:
         pytest.fail(f"examples/{script.name} has no entry in EXPECTED of tests/test_examples.py: add one")
-    env = {k: v for k, v in os.environ.items() if k != "BLUESTREAK_DB_URL"}  # always the in-memory backend
+    env = {k: v for k, v in os.environ.items() if k != "BLUESTREAK_DB_URL"}  # the in-memory backend ...
+    if script.name in NEEDS_SERVER:
+        env["BLUESTREAK_DB_URL"] = request.getfixturevalue("server_url")  # ... unless it needs a replica set
     proc = subprocess.run(
         [sys.executable, str(script)],
         cwd=EXAMPLES.parent,

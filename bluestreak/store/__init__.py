@@ -6,7 +6,8 @@ transition), :mod:`.history` (steps and naps, first writer wins),
 :mod:`.events` (the inbox), :mod:`.queues` (concurrency slots, rate-limit
 windows, fair-order counters), :mod:`.schedules` (cron schedules and
 the compare-and-set that fires their ticks), :mod:`.published` (what workflows
-publish: ``ctx.set_event`` values, streams). :mod:`.base` holds the indexes, the write
+publish: ``ctx.set_event`` values, streams), :mod:`.transactions`
+(transactional steps). :mod:`.base` holds the indexes, the write
 concern and which errors pass by themselves.
 
 Every write to a workflow made on behalf of an execution is *fenced*: it
@@ -30,9 +31,22 @@ from .published import PublishedQueries
 from .queues import QueueQueries, rate_id, slot_id
 from .reports import ReportQueries
 from .schedules import ScheduleQueries
+from .transactions import TransactionQueries, TransactionResult
 from .workflows import FINAL, Lease, WorkflowQueries
 
-__all__ = ["FINAL", "UNCONSUMED", "Doc", "Lease", "Store", "expiry", "is_transient", "log", "rate_id", "slot_id"]
+__all__ = [
+    "FINAL",
+    "UNCONSUMED",
+    "Doc",
+    "Lease",
+    "Store",
+    "TransactionResult",
+    "expiry",
+    "is_transient",
+    "log",
+    "rate_id",
+    "slot_id",
+]
 
 
 class Store(
@@ -44,6 +58,7 @@ class Store(
     ReportQueries,
     PublishedQueries,
     ChildQueries,
+    TransactionQueries,
 ):
     """Typed operations on the seven collections of one database.
 

@@ -256,8 +256,9 @@ class Admission:
             # Everything due waits in partitions that are full or rate-limited here: leave the queue alone
             # until the first of them frees (a local release unblocks it sooner), at most poll_interval, so a
             # workflow of another partition started elsewhere waits no longer than that.
-            first_free = min(state.full_partitions[p] for p in skip if p in state.full_partitions)
-            state.blocked_until = min(first_free, mono + self.poll_interval)
+            waits = [state.full_partitions[p] for p in skip if p in state.full_partitions]
+            if waits:  # (a slot freed here meanwhile clears them: then look again at once)
+                state.blocked_until = min(min(waits), mono + self.poll_interval)
         return claimed
 
     async def _claim_one(self, queue: Queue, state: _QueueState, candidate: Doc) -> Claimed | str | None:
@@ -269,6 +270,7 @@ class Admission:
         lease_until = now + self.lease
         rates: list[str] = []
         slots: list[str] = []
+        claiming = False
         try:
             wanted: list[tuple[str | None, int]] = []
             if queue.partition_concurrency is not None and partition is not None:
@@ -317,9 +319,14 @@ class Admission:
             # claim); without, in a rate-limited queue, that it was admitted before (a restart readmits).
             rated = queue.rate_limit is not None or queue.partition_rate_limit is not None
             guard = False if rates else (True if rated and admitted else None)
+            claiming = True
             doc = await self.store.claim_by_id(workflow_id, now, lease_until, token, self.worker_id, admitted=guard)
         except BaseException:
-            await self._undo(slots, rates, token)
+            # A claim whose reply was lost may have been applied: its workflow would then hold a lease until
+            # lease_until with no slot under it. Keep the slots and the admission (they expire with that lease);
+            # give back only what was taken for a claim that was never sent.
+            if not claiming:
+                await self._undo(slots, rates, token)
             raise
         if doc is None:  # another worker claimed it first, or it changed: give back what we took
             await self._undo(slots, rates, token)

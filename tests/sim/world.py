@@ -283,7 +283,14 @@ class World:
             valid = [d for d in docs if d["due_at"] > now]
             self.queue_peak = max(self.queue_peak, len(valid))
             if len(valid) > QUEUE_LIMIT:
-                self.violations.append(f"queue_concurrency: {len(valid)} leases at once: {[d['_id'] for d in valid]}")
+                slots = await self.shared["queues"].find({"kind": "slot", "partition": None}).to_list(None)
+                held = [
+                    (x["_id"], x.get("holder"), str(x.get("until"))[11:23], (x.get("token") or "")[:6]) for x in slots
+                ]
+                leases = [(d["_id"], str(d["due_at"])[11:23], (d.get("lease") or "")[:6], d["worker"]) for d in valid]
+                self.violations.append(
+                    f"queue_concurrency: {len(valid)} leases at once at {str(now)[11:23]}: {leases}; slots {held}"
+                )
             parts: dict[str, int] = {}
             for d in valid:
                 parts[d.get("partition")] = parts.get(d.get("partition"), 0) + 1
@@ -552,9 +559,17 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
     config = config or Config()
     world = World(seed, config, trace)
     loop = VirtualTimeLoop()
+    import bluestreak.queues as queues_module
+    import bluestreak.worker as worker_module
+
     saved_time = clock_module.time
     saved_inc = bson.ObjectId._inc  # type: ignore[attr-defined]
-    clock_module.time = _VirtualMonotonic()  # type: ignore[assignment]
+    saved_random = random.getstate()
+    random.seed(seed)  # the worker's jitter and the spread of contended claims: drawn from the seed too
+    virtual = _VirtualMonotonic()
+    clock_module.time = virtual  # type: ignore[assignment]
+    queues_module.time = virtual  # type: ignore[assignment]  # admission's blocked-until times
+    worker_module.time = virtual  # type: ignore[assignment]  # the idle worker's cached due time
     bson.ObjectId._inc = 0  # type: ignore[attr-defined]  # deterministic ids: a seed replays exactly
     quiet = logging.getLogger("bluestreak")
     level = quiet.level
@@ -579,6 +594,9 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             loop.run_until_complete(asyncio.sleep(0))
     finally:
         clock_module.time = saved_time  # type: ignore[assignment]
+        queues_module.time = real_time  # type: ignore[assignment]
+        worker_module.time = real_time  # type: ignore[assignment]
+        random.setstate(saved_random)
         bson.ObjectId._inc = saved_inc  # type: ignore[attr-defined]
         quiet.setLevel(level)
         loop.close()

@@ -75,6 +75,8 @@ class ChangeStreamWaker:
         """How many times a stream was opened (the first time, and after each error)."""
         self.woken = 0
         """How many times a change woke the worker."""
+        self.timers_fired = 0
+        """How many scheduled wake-ups (a change's future ``due_at``) came: a due time read before is stale."""
         self._armed = asyncio.Event()
         self._resume: Any = None
         self._timer: asyncio.TimerHandle | None = None
@@ -189,6 +191,7 @@ class ChangeStreamWaker:
     def _timer_fired(self) -> None:
         self._timer = None
         self._timer_at = None
+        self.timers_fired += 1
         self._wake_now()
 
     def _give_up(self, why: str, code: int | None) -> None:

@@ -119,7 +119,7 @@ class Worker:
         self._releases: set[asyncio.Task[None]] = set()
         self._burst: dict[str | None, int] = {}
         self._spread: dict[str | None, int] = {}
-        self._due: tuple[float, tuple[str | None, ...], Any] | None = None
+        self._due: tuple[float, int, tuple[str | None, ...], Any] | None = None
         self.waker: ChangeStreamWaker | None = None
         """The change stream waker of the running loop (``None`` before ``run()``)."""
         self.starter = Starter(lambda: store, settings, handlers, self.queues)
@@ -290,9 +290,6 @@ class Worker:
         try:
             while not self._should_stop():
                 seconds, claim_after = await self._idle_time(handlers)
-                if seconds <= 0:
-                    await asyncio.sleep(0)  # claim again at once, but let the other tasks of the loop run first
-                    return
                 if await self._idle(seconds) or claim_after:
                     return
         finally:
@@ -311,7 +308,7 @@ class Worker:
         """How long to wait, and whether to claim after it (``False``: read the due time again first).
 
         Until the earliest due workflow of a queue this worker could claim
-        from now (0: something is due), at most one tick. A queue blocked by
+        from now (5 ms when something is due: claim then), at most one tick. A queue blocked by
         its rate limit counts from when its window frees; one whose slots are
         all held, or this worker's share of it, from ``poll_interval`` (or
         the moment one of this worker's runs of it ends).
@@ -340,11 +337,10 @@ class Worker:
                 due = await self.store.next_due(handlers, open_queues)
             except PyMongoError:
                 return longest, True
-            self._due = (time.monotonic(), tuple(open_queues), due)
+            fired = 0 if self.waker is None else self.waker.timers_fired
+            self._due = (time.monotonic(), fired, tuple(open_queues), due)
         wait = tick if due is None else (due - self.clock.now()).total_seconds()
-        if wait <= 0:
-            return 0.0, True
-        if wait < tick:
+        if wait < tick:  # at least 5 ms: a due workflow that admission holds back must not make the loop spin
             return max(0.005, wait), True
         return tick, blocked
 
@@ -358,8 +354,10 @@ class Worker:
         """
         if self._due is None or self.waker is None or not self.waker.live:
             return False
-        read_at, queues, due = self._due
+        read_at, fired, queues, due = self._due
         if queues != tuple(open_queues) or time.monotonic() - read_at >= tick:
+            return False
+        if fired != self.waker.timers_fired:  # a due time the stream reported came: it may have moved since
             return False
         if due is not None and due <= self.clock.now():
             return False

@@ -115,11 +115,17 @@ MUTANTS = [
         "d04",
         "a batched claim returns the documents read before the claim",
         "bluestreak/store/workflows.py",
-        '        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(limit).to_list(None)',
-        "        found = await self.workflows.find(query).sort(CLAIM_ORDER).limit(limit).to_list(None)\n"
+        '        found = await self.workflows.find(query, {"_id": 1}).sort(CLAIM_ORDER).limit(window).to_list(None)',
+        "        found = await self.workflows.find(query).sort(CLAIM_ORDER).limit(window).to_list(None)\n"
         "        stale = [{**d, 'lease': token, 'status': 'running'} for d in found]",
         (R + "test_04_a_batched_claim_runs_the_workflow_as_claimed_not_as_read_before",),
-        more=(('        return sorted(mine, key=lambda d: order[d["_id"]])', "        return stale"),),
+        more=(
+            (
+                "        return _claimed(sorted(mine, key=lambda d: order[d[\"_id\"]]), "
+                "backlog=backlog, contended=contended)",
+                "        return _claimed(stale, backlog=backlog, contended=contended)",
+            ),
+        ),
     ),
     Mutant(
         "d05",
@@ -149,8 +155,8 @@ MUTANTS = [
         "d08",
         "a pending pause stops nested ctx calls too",
         "bluestreak/context.py",
-        "        if control.pause_requested and call.parent is None:",
-        "        if control.pause_requested:",
+        "        if control.pause_requested and call.parent is None and not self._cancel.requested:",
+        "        if control.pause_requested and not self._cancel.requested:",
         (R + "test_08_pause_lets_a_step_with_nested_steps_finish_and_be_recorded",),
     ),
     Mutant(

@@ -13,7 +13,7 @@ import pytest
 
 from .sim.world import Config, simulate
 
-SEEDS = int(os.environ.get("BLUESTREAK_SIM_SEEDS", "40"))
+SEEDS = int(os.environ.get("BLUESTREAK_SIM_SEEDS", "16"))
 
 
 @pytest.mark.parametrize("chunk", range(4))

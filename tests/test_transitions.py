@@ -13,8 +13,9 @@ interleaving of their commands is explored (a stateless model checker: each
 run records its choice points, the next run flips one). The state after each
 interleaving — the workflow document, its events and records, and what each
 operation returned — must equal what one of the two serial orders gives.
-On the in-memory backend every interleaving runs; on the server, the two
-serial orders and the fully alternating one.
+On the in-memory backend every interleaving runs, from every start state; on
+the server, the two serial orders and the fully alternating one, from a
+running workflow (``BLUESTREAK_RACES=full``: from every start state).
 """
 
 from __future__ import annotations
@@ -458,8 +459,8 @@ CASES = _pairs()
 async def test_a_race_of_two_operations_ends_as_one_of_their_serial_orders(
     a: str, b: str, start: str, backend: str, db_url: str, db_name: str
 ) -> None:
-    if backend == "server" and not FULL and start not in ("running", "paused", "idle"):
-        pytest.skip("on the server, the suite races each pair from three start states (BLUESTREAK_RACES=full: all)")
+    if backend == "server" and not FULL and start != "running":
+        pytest.skip("on the server, the suite races each pair from a running workflow (BLUESTREAK_RACES=full: all)")
     case = Case(db_url, db_name, start, (a, b))
     await case.open()
     try:

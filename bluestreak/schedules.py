@@ -349,22 +349,27 @@ class Schedules:
                 return
             following = next(ticks(doc["cron"], doc["timezone"], tick))
             catch_up = timedelta(seconds=doc["catch_up"])
+            to = following
             if now - tick > catch_up:
-                first_kept, missed = self._skip_to(doc, now - catch_up)
-                if await store.advance_schedule(name, tick, first_kept, skipped=missed):
+                to, missed = self._skip_to(doc, now - catch_up)
+                moved = await store.advance_schedule(name, tick, to, skipped=missed)
+                if moved:
                     log.warning(
                         "schedule %r: skipped %d tick(s) from %s missed by more than catch_up (%s)",
                         name, missed, tick.isoformat(), catch_up,
                     )  # fmt: skip
             elif doc["overlap"] != "allow" and await self._active(doc, tick):
                 if doc["overlap"] == "buffer_one" and doc.get("buffered") is None:
-                    await store.advance_schedule(name, tick, following, buffer=tick)
+                    moved = await store.advance_schedule(name, tick, to, buffer=tick)
                 else:
-                    if await store.advance_schedule(name, tick, following, skipped=1):
+                    moved = await store.advance_schedule(name, tick, to, skipped=1)
+                    if moved:
                         log.info("schedule %r: skipped the tick of %s (the previous run has not ended)", name, tick)
             else:
                 await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))
-                await store.advance_schedule(name, tick, following, fired=1)
+                moved = await store.advance_schedule(name, tick, to, fired=1)
+            if moved and to > now:
+                return  # the usual case: the one due tick handled, the next in the future (no read to confirm)
             fresh = await store.get_schedule(name)
             if fresh is None or fresh.get("paused") or fresh["next_tick"] == tick:
                 return  # deleted, paused, or (timing changed at this very instant) not ours to move

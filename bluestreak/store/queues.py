@@ -153,13 +153,6 @@ class QueueQueries(Collections):
             counts[d["queue"]] = counts.get(d["queue"], 0) + 1
         return counts
 
-    async def held_slots(self, queue: str) -> list[Doc]:
-        """The slots of a queue (and its partitions) held now or expired but not yet freed."""
-        docs: list[Doc] = await self.queues.find(
-            {"kind": "slot", "queue": queue, "token": {"$ne": None}}, {"token": 1, "holder": 1, "until": 1}
-        ).to_list(None)
-        return docs
-
     # -- rate limits -----------------------------------------------------------------
 
     async def take_rate(self, key: str, limit: int, period: timedelta, *, token: str, now: datetime) -> datetime | None:

@@ -306,8 +306,9 @@ MUTANTS = [
         "a schedule's next tick moved on before its workflow is inserted",
         "bluestreak/schedules.py",
         "                await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))\n"
-        "                await store.advance_schedule(name, tick, following, fired=1)\n",
-        "                if await store.advance_schedule(name, tick, following, fired=1):\n"
+        "                moved = await store.advance_schedule(name, tick, to, fired=1)\n",
+        "                moved = await store.advance_schedule(name, tick, to, fired=1)\n"
+        "                if moved:\n"
         "                    await asyncio.sleep(0.3)  # a worker killed here loses the tick\n"
         "                    await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))\n",
         ("tests/test_flow_processes.py::test_every_tick_fires_once_while_workers_are_killed_around_the_ticks",),

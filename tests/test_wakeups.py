@@ -226,7 +226,12 @@ async def test_without_change_streams_an_idle_worker_finds_work_within_half_its_
                 await client.start(f"m{i}", "h")
                 assert await client.wait(f"m{i}", timeout=15) == "ok"
                 took.append(time.monotonic() - started)
-            await asyncio.sleep(1)  # the claim rounds that follow the last run are over
+            # The claim rounds that follow the last run are over once an idle read ran with no claim before it.
+            while True:
+                before_claims, before_reads = claims, len(reads)
+                await eventually(lambda n=before_reads: _true(len(reads) > n), timeout=10)
+                if claims == before_claims:
+                    break
             idle_claims, idle_reads = claims, len(reads)
             await asyncio.sleep(3)  # idle: reads every ~2 s, claims nothing
             idle_claims, idle_reads = claims - idle_claims, len(reads) - idle_reads

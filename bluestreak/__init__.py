@@ -36,7 +36,7 @@ from .errors import (
 )
 from .handlers import Workflow
 from .handles import WorkflowHandle
-from .inspection import WorkflowPage
+from .inspection import ChildNode, WorkflowPage
 from .metrics import Metrics
 from .queues import Queue, RateLimit
 from .records import (
@@ -63,6 +63,7 @@ __all__ = [
     "Clock",
     "DocumentTooLarge",
     "ChildWorkflowFailed",
+    "ChildNode",
     "DuplicateWorkflow",
     "EventNotSet",
     "Duration",

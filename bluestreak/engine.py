@@ -40,7 +40,7 @@ from .errors import (
 )
 from .handlers import HandlerFn, HandlerSpec, Workflow, check_id, handler_id_of, make_spec, name_handler
 from .handles import WorkflowHandle
-from .inspection import Inspector, WorkflowPage
+from .inspection import ChildNode, Inspector, WorkflowPage
 from .metrics import Metrics
 from .published import PublishedReader
 from .queues import Queue, make_queue
@@ -55,6 +55,8 @@ from .worker import Worker
 log = logging.getLogger("bluestreak")
 F = TypeVar("F", bound=HandlerFn)
 T = TypeVar("T")
+MAX_TREE = 10_000
+"""The most workflows, and levels, :meth:`Bluestreak.child_tree` returns."""
 StartSpec = tuple[str, str] | tuple[str, str, Any] | Mapping[str, Any]
 
 
@@ -753,6 +755,18 @@ class Bluestreak:
             queue=queue,
             schedule=schedule,
         )
+
+    async def child_tree(self, workflow_id: str, *, depth: int = 4, limit: int = 200) -> ChildNode:
+        """The workflow with its children (``ctx.start_child``), theirs, and so on ``depth`` levels down.
+
+        At most ``limit`` workflows below it, newest first at each level; a
+        node's ``more`` is non-zero when some of its children were left out.
+        Raises :class:`WorkflowNotFound` if ``workflow_id`` does not exist.
+        """
+        for name, value in (("depth", depth), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TREE:
+                raise InvalidArgument(f"{name} must be an int from 1 to {MAX_TREE}, got {value!r}")
+        return await self._inspector.child_tree(workflow_id, depth=depth, limit=limit)
 
     async def page_workflows(
         self,

@@ -41,6 +41,17 @@ class WorkflowPage:
     """Pass it as ``cursor=`` for the next page; ``None`` on the last page."""
 
 
+@dataclass(frozen=True, slots=True)
+class ChildNode:
+    """One workflow of a tree of children (``bluestreak show`` and the dashboard draw it)."""
+
+    workflow: WorkflowRecord
+    children: tuple[ChildNode, ...]
+    """Newest first."""
+    more: int = 0
+    """Whether (and, within the limit, how many of) this workflow's children were left out: 0 if none."""
+
+
 class Inspector:
     """The read side of an engine (``Bluestreak`` delegates to it)."""
 
@@ -164,6 +175,30 @@ class Inspector:
                 oldest_wait=None if oldest is None else max(0.0, (now - oldest).total_seconds()),
             )
         return out
+
+    async def child_tree(self, workflow_id: str, *, depth: int = 4, limit: int = 200) -> ChildNode:
+        """The workflow with its children, theirs, and so on ``depth`` levels down, at most ``limit`` below it.
+
+        One query per workflow shown (the ``parent`` index); newest first at each level.
+        """
+        budget = [limit]
+
+        async def node(record: WorkflowRecord, level: int) -> ChildNode:
+            if level >= depth or budget[0] <= 0:
+                left = await self.list_workflows(
+                    parent=record.id, status=None, handler_id=None, created_after=None,
+                    created_before=None, limit=1, skip=0,
+                )  # fmt: skip
+                return ChildNode(record, (), len(left))  # 1: "more" (how many is not counted)
+            found = await self.list_workflows(
+                parent=record.id, status=None, handler_id=None, created_after=None,
+                created_before=None, limit=budget[0] + 1, skip=0,
+            )  # fmt: skip
+            shown, more = found[: budget[0]], max(0, len(found) - budget[0])
+            budget[0] -= len(shown)
+            return ChildNode(record, tuple([await node(r, level + 1) for r in shown]), more)
+
+        return await node(await self.get_workflow(workflow_id), 0)
 
     async def list_steps(self, workflow_id: str) -> list[StepRecord]:
         """See :meth:`Bluestreak.list_steps`."""

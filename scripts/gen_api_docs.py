@@ -27,6 +27,7 @@ SECTIONS: list[tuple[str, Any, list[str]]] = [
         [
             "WorkflowRecord",
             "WorkflowPage",
+            "ChildNode",
             "AttemptRecord",
             "StepRecord",
             "NapRecord",

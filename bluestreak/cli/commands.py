@@ -17,6 +17,7 @@ from typing import Any
 from ..config import redact_url
 from ..engine import Bluestreak
 from ..errors import InvalidArgument
+from ..inspection import ChildNode
 from ..records import ErrorInfo, Status, StepRecord
 from .connection import open_engine
 from .errors import EXIT_OK, EXIT_USAGE, CliError, note
@@ -52,6 +53,7 @@ async def _list(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
         skip=skip,
         queue=args.queue,
         schedule=args.schedule,
+        parent=args.parent,
     )
     more = len(found) > args.limit
     workflows = found[: args.limit]
@@ -101,10 +103,20 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
     naps = await engine.list_naps(args.workflow_id)
     events = await engine.list_events(args.workflow_id)
     entries = timeline(workflow, steps, naps, events)
+    tree = await engine.child_tree(args.workflow_id)
     if out.json:
         waits = event_waits(steps, events)
         shown = [_step_view(step, waits) for step in steps]
-        out.document({"workflow": workflow, "steps": shown, "naps": naps, "events": events, "timeline": entries})
+        out.document(
+            {
+                "workflow": workflow,
+                "steps": shown,
+                "naps": naps,
+                "events": events,
+                "timeline": entries,
+                "children": _node_view(tree)["children"],
+            }
+        )
         return EXIT_OK
     w = workflow
     out.line(f"workflow  {w.id}")
@@ -125,6 +137,8 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
         out.line(f"{'lease' if w.status is Status.RUNNING else 'due':<9} {format_time(w.due_at, millis=True)}")
     if w.worker:
         out.line(f"worker    {w.worker}")
+    if w.parent is not None:
+        out.line(f"parent    {w.parent}")
     out.line(f"input     {short(w.input, 200)}")
     if w.status is Status.FINISHED:
         out.line(f"result    {short(w.result, 200)}")
@@ -152,7 +166,36 @@ async def _show(engine: Bluestreak, args: argparse.Namespace, out: Output) -> in
             out.line()
             out.line(f"step {s.step_id} error:")
             _print_error(out, s.error, header=False)
+    if tree.children or tree.more:
+        out.line()
+        out.line("children")
+        _print_tree(out, tree, "  ")
     return EXIT_OK
+
+
+def _node_view(node: ChildNode) -> dict[str, Any]:
+    w = node.workflow
+    return {
+        "id": w.id,
+        "handler": w.handler,
+        "status": w.status.value,
+        "created_at": w.created_at,
+        "finished_at": w.finished_at,
+        "children": [_node_view(n) for n in node.children],
+        "more": node.more,
+    }
+
+
+def _print_tree(out: Output, node: ChildNode, indent: str) -> None:
+    """A workflow's children as an indented tree (ASCII, so that any terminal shows it)."""
+    for i, child in enumerate(node.children):
+        last = i == len(node.children) - 1 and not node.more
+        w = child.workflow
+        ended = f"  after {format_duration(between(w.created_at, w.finished_at))}" if w.finished_at else ""
+        out.line(f"{indent}{'`-' if last else '|-'} {w.id}  {w.handler}  {w.status.value}{ended}")
+        _print_tree(out, child, indent + ("   " if last else "|  "))
+    if node.more:
+        out.line(f"{indent}`- ... more children (bluestreak list --parent ID)")
 
 
 def _print_error(out: Output, error: ErrorInfo, *, header: bool = True) -> None:

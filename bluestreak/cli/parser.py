@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", type=_text, metavar="HANDLER_ID", help="only workflows of this handler")
     p.add_argument("--queue", type=_text, metavar="NAME", help="only workflows of this queue ('default': none)")
     p.add_argument("--schedule", type=_text, metavar="NAME", help="only workflows started by this cron schedule")
+    p.add_argument("--parent", type=_text, metavar="WORKFLOW_ID", help="only the children of this workflow")
     p.add_argument(
         "--since", type=parse_when, metavar="WHEN", help="created at or after WHEN (ISO 8601, or a duration ago: 1h)"
     )

@@ -82,3 +82,16 @@ class PublishedQueries(Collections):
             {"workflow_id": workflow_id, "run": run, "kind": "close", "key": key, "index": 0}, {"value": 1}
         )
         return None if doc is None else int(doc["value"])
+
+    async def published_of(self, workflow_id: str, run: int, limit: int) -> list[Doc]:
+        """Up to ``limit`` published documents of a run (event values, stream items, close markers), by key.
+
+        For the dashboard: one query on the unique ``(workflow_id, run, kind, key, index)`` index.
+        """
+        docs: list[Doc] = (
+            await self.published.find({"workflow_id": workflow_id, "run": run})
+            .sort([("kind", ASCENDING), ("key", ASCENDING), ("index", ASCENDING)])
+            .limit(limit)
+            .to_list(None)
+        )
+        return docs

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from bluestreak import (
     Bluestreak,
+    ChildNode,
     RetryPolicy,
     Stats,
     Status,
@@ -75,6 +76,9 @@ async def client_side() -> None:
     assert_type(await engine.get_workflow("w-1"), WorkflowRecord)
     assert_type(await engine.list_workflows(status="finished"), list[WorkflowRecord])
     assert_type(await engine.page_workflows(limit=10), WorkflowPage)
+    tree = await engine.child_tree("w", depth=2, limit=50)
+    assert_type(tree, ChildNode)
+    assert_type(tree.children, tuple[ChildNode, ...])
     assert_type(await engine.list_steps("w-1"), list[StepRecord])
     assert_type(await engine.stats(), Stats)
     assert_type(await engine.pause("w-1"), Status)

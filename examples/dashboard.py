@@ -76,6 +76,32 @@ def build_engine(db_url: str = "memory://dashboard-demo") -> Bluestreak:
         await ctx.step("fetch-contacts", lambda: pause_then(0.05, 42))
         await ctx.step("push-contacts", push, retries=RetryPolicy(limit=8, delay="20 minutes"))
 
+    # Emails go through a queue: at most 3 at once across every worker, and 5 a minute (the provider's quota).
+    engine.queue("emails", concurrency=3, rate_limit=(5, "1 minute"))
+
+    @engine.handler("send-email")
+    async def send_email(ctx: WorkflowContext, to: str) -> str:
+        return str(await ctx.step("send", lambda: pause_then(0.05, f"sent to {to}")))
+
+    engine.schedule("nightly-report", "nightly-report", cron="0 3 * * *", input={"day": 0})
+
+    @engine.handler("fulfil")
+    async def fulfil(ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        """A parent: one child per parcel, its progress published for a progress bar."""
+        parcels = input["parcels"]
+        await ctx.set_event("progress", {"shipped": 0, "of": parcels})
+        labels = []
+        for n in range(parcels):
+            labels.append(await ctx.run_child(f"parcel-{n}", "ship-parcel", {"parcel": n}))
+            await ctx.write_stream("log", f"parcel {n} labelled {labels[-1]}")
+            await ctx.set_event("progress", {"shipped": n + 1, "of": parcels})
+        await ctx.close_stream("log")
+        return {"labels": labels}
+
+    @engine.handler("ship-parcel")
+    async def ship_parcel(ctx: WorkflowContext, input: dict[str, Any]) -> str:
+        return str(await ctx.step("label", lambda: pause_then(0.1 + 0.1 * input["parcel"], f"L{input['parcel']}")))
+
     @engine.handler("rebuild-index")
     async def rebuild(ctx: WorkflowContext, input: Any) -> None:
         await ctx.step("scan", lambda: pause_then(0.2, "ok"))
@@ -98,6 +124,9 @@ async def start_demo(engine: Bluestreak) -> None:
     await engine.start("import-catalogue-42", "import-catalogue", {"supplier": "acme"})
     await engine.start("sync-crm-7", "sync-crm")
     await engine.start("rebuild-search-index", "rebuild-index")
+    await engine.start("fulfil-1045", "fulfil", {"parcels": 3})
+    for n in range(8):  # five go out this minute; the rate limit holds the others back
+        await engine.start(f"welcome-email-{n}", "send-email", f"user{n}@example.com", queue="emails")
     # A handler that no worker has (retired, or its worker is down): these stay due, and the overview shows their age.
     async with Bluestreak(engine.db_url, engine.db_name) as client:  # a client engine may start any handler id
         for n in range(2):
@@ -112,6 +141,7 @@ async def settle(engine: Bluestreak) -> None:
     await engine.pause("order-1044")
     await until(engine, "order-1041", "finished")
     await until(engine, "import-catalogue-42", "aborted")
+    await until(engine, "fulfil-1045", "finished")
 
 
 async def until(engine: Bluestreak, workflow_id: str, status: str, timeout: float = 30) -> None:
@@ -157,7 +187,11 @@ async def self_check() -> None:
                 assert (await engine.get_workflow("order-1042")).status.value == "paused"
                 overview = (await http.get("/overview")).text
                 assert "finished in the last 1h" in overview
-            print("list, workflow page, pause and overview served over HTTP")
+                assert 'data-queue="emails"' in overview and "5 per minute" in overview, "the queue and its limit"
+                assert 'data-schedule="nightly-report"' in overview, "the cron schedule with its next runs"
+                parent = (await http.get("/workflow", params={"id": "fulfil-1045"})).text
+                assert "fulfil-1045/parcel-2" in parent and "set_event progress" in parent, "children, progress"
+            print("list, workflow page, pause, overview with queues and schedules, child tree, over HTTP")
         finally:
             server.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -104,6 +104,7 @@ def shoot(base: str, out: Path, chromium: str, warmup: float) -> list[Path]:
 
         take("confirm", "/workflow?id=order-1043", full=False, before=ask)
         take("overview", "/overview")
+        take("workflow-children", "/workflow?id=fulfil-1045")
         browser.close()
     return taken
 

@@ -7,6 +7,7 @@ import os
 
 from .connection import open_engine
 from .errors import EXIT_USAGE, CliError
+from .worker import load_app
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -17,4 +18,10 @@ def run_ui(args: argparse.Namespace) -> int:
         missing = f"'bluestreak ui' needs the ui extra ({exc.name} is missing): pip install 'bluestreak[ui]'"
         raise CliError(missing, EXIT_USAGE) from None
     token = args.token or os.environ.get("BLUESTREAK_UI_TOKEN") or None
-    return run(open_engine(args), host=args.host, port=args.port, token=token, read_only=args.read_only)
+    if args.app is not None:
+        if args.db_url or args.db_name:
+            raise CliError("pass either --app (its engine names the database) or --db-url/--db-name", EXIT_USAGE)
+        engine = load_app(args.app)
+    else:
+        engine = open_engine(args)
+    return run(engine, host=args.host, port=args.port, token=token, read_only=args.read_only)

@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8233, help="port to listen on (default 8233)")
     p.add_argument("--token", help="access token, required off loopback (default: $BLUESTREAK_UI_TOKEN)")
     p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
+    p.add_argument(
+        "--app",
+        type=_text,
+        metavar="MODULE:ATTR",
+        help="use the engine of your code (its database, and the queues it declares, with their limits) "
+        "instead of --db-url/--db-name, e.g. myapp.jobs:engine",
+    )
     return parser
 
 

@@ -17,6 +17,7 @@ Routes (below the mount point):
 ``GET /live/...``          the same regions as HTML fragments, for live updates
 ``POST /workflow/ACTION``  pause, resume, terminate, restart, retry, send-event,
                            cancel, fork — confirmed, CSRF-checked
+``POST /schedule/ACTION``  pause, resume, trigger a cron schedule — the same
 ``GET /static/...``        the stylesheet and the script (no CDN, works offline)
 =========================  =====================================================
 
@@ -45,7 +46,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..engine import Bluestreak
-from ..errors import InvalidArgument, InvalidTransition, WorkflowNotFound
+from ..errors import InvalidArgument, InvalidTransition, ScheduleNotFound, WorkflowNotFound
 from ..inspection import readable
 from ..records import ErrorInfo, Stats, Status, WorkflowRecord
 from . import charts, views
@@ -58,6 +59,10 @@ MAX_TRAIL = 100
 """Pages remembered for "newer": the trail of cursors travels in the link, so it is bounded."""
 TIMELINE_STEPS = 500
 """Steps drawn on a workflow's timeline; a run with more says how many are left out."""
+TREE_DEPTH, TREE_SIZE = 4, 200
+"""A workflow page's child tree: levels below it, and workflows in all."""
+PUBLISHED_SHOWN = 200
+"""Published documents (event values, stream items) a workflow page shows."""
 MAX_FORM_BYTES = 1_048_576
 STATS_TTL = 2.0
 """Seconds one ``engine.stats()`` answer serves every page and live update (one aggregation per TTL)."""
@@ -95,6 +100,7 @@ DONE_MESSAGES = {
     "retry": "Retrying.",
     "fork": "Forked.",
     "send-event": "Event sent.",
+    "trigger": "Started by its schedule, now.",
 }
 DESTRUCTIVE = {"terminate", "restart", "cancel"}
 
@@ -126,6 +132,8 @@ class Dashboard:
             lstrip_blocks=True,
         )
         self.templates.globals.update(
+            schedule_labels=SCHEDULE_LABELS,
+            schedule_questions=SCHEDULE_QUESTIONS,
             duration=views.duration_text,
             absolute=views.absolute_text,
             relative=views.relative_text,
@@ -380,9 +388,8 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
     events = await engine.list_events(workflow_id)
     now = datetime.now(UTC)
     attempts = views.attempt_rows(record, now)
-    children: list[WorkflowRecord] | None = None
-    if "parent" in inspect.signature(engine.list_workflows).parameters:
-        children = await engine.list_workflows(parent=workflow_id, limit=200)
+    tree = await engine.child_tree(workflow_id, depth=TREE_DEPTH, limit=TREE_SIZE)
+    published = views.published_rows(await store.published_of(workflow_id, record.run, PUBLISHED_SHOWN + 1))
     allowed = _statuses_for(record)
     actions = [
         a
@@ -397,8 +404,12 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
         "events": events,
         "attempts": attempts,
         "history": views.status_history(record, attempts),
-        "timeline": views.timeline(record, steps, naps, events, attempts, now),
-        "children": children,
+        "timeline": views.timeline(
+            record, steps, naps, events, attempts, now, [n.workflow for n in tree.children]
+        ),
+        "tree": tree,
+        "published": published,
+        "published_cut": published.count > PUBLISHED_SHOWN,
         "actions": actions,
         "can_send": allowed["send-event"] and not dash.settings.read_only,
         "can_fork": dash.can("fork") and not dash.settings.read_only and bool(steps),
@@ -490,8 +501,7 @@ async def _overview_context(request: Request, dash: Dashboard) -> dict[str, Any]
     finished = charts.outcome_series(rows, start, minutes, ("finished",))
     failures = charts.outcome_series(rows, start, minutes, charts.FAILURE_OUTCOMES)
     ages, sampled = dash.samples.per_minute(start, minutes)
-    queues = getattr(stats, "queues", None)
-    schedules = getattr(stats, "schedules", None)
+    schedules = await engine.list_schedules()
     return {
         "stats": stats,
         "total": sum(stats.by_status.values()),
@@ -506,15 +516,18 @@ async def _overview_context(request: Request, dash: Dashboard) -> dict[str, Any]
         "finished_total": finished.total,
         "failures_total": failures.total,
         "sampled": sampled,
-        "queues": views.generic_rows(queues),
-        "schedules": views.generic_rows(schedules),
+        "queues": [views.QueueRow.from_stats(q) for q in sorted(stats.queues.values(), key=lambda q: q.name)],
+        "schedules": schedules,
+        "schedule_actions": [] if dash.settings.read_only else list(SCHEDULE_ACTIONS),
         "minutes": minutes,
     }
 
 
 async def overview_page(request: Request) -> Response:
     dash: Dashboard = request.app.state.dashboard
-    return dash.render(request, "overview.html", **await _overview_context(request, dash))
+    done = request.query_params.get("done", "")
+    flash = SCHEDULE_DONE[done].format(name=request.query_params.get("schedule", "")) if done in SCHEDULE_DONE else None
+    return dash.render(request, "overview.html", flash=flash, error=None, **await _overview_context(request, dash))
 
 
 async def overview_live(request: Request) -> Response:
@@ -584,28 +597,11 @@ async def action(request: Request) -> Response:
     name = request.path_params["action"]
     if name not in ACTIONS:
         return dash.render(request, "error.html", 404, message=f"no action {name!r}")
-    if dash.settings.read_only:
-        return dash.render(
-            request, "error.html", 403, message="this dashboard is read-only: actions are turned off (--read-only)"
-        )
     if not dash.can(name):
         return dash.render(request, "error.html", 404, message=f"this version of bluestreak has no {name} operation")
-    try:
-        form = await _form(request)
-    except _Refused as exc:
-        return dash.render(request, "error.html", exc.status, message=str(exc))
-    ok, reason = same_origin(request, dash.settings.trusted_origins)
-    token = form.get(CSRF_FIELD, "")
-    if not ok:
-        return dash.render(request, "error.html", 403, message=f"action refused: {reason}")
-    if not (dash.keys.csrf_valid(token) and token == request.cookies.get(CSRF_COOKIE)):
-        return dash.render(
-            request,
-            "error.html",
-            403,
-            message="action refused: this form has expired or did not come from this dashboard "
-            "(its security token does not match); reload the page and try again",
-        )
+    form = await _action_form(request, dash)
+    if isinstance(form, Response):
+        return form
     workflow_id = form.get("id", "")
     if form.get("confirmed") != "yes":
         return await _render_workflow(
@@ -626,6 +622,97 @@ async def action(request: Request) -> Response:
         return dash.render(request, "error.html", 404, message=str(exc), workflow_id=workflow_id)
     root = request.scope.get("root_path", "").rstrip("/")
     return RedirectResponse(f"{root}/workflow?{urlencode({'id': workflow_id, 'done': done})}", status_code=303)
+
+
+async def _action_form(request: Request, dash: Dashboard) -> dict[str, str] | Response:
+    """An action's form, once the dashboard may act and the request is this dashboard's own; else the refusal."""
+    if dash.settings.read_only:
+        return dash.render(
+            request, "error.html", 403, message="this dashboard is read-only: actions are turned off (--read-only)"
+        )
+    try:
+        form = await _form(request)
+    except _Refused as exc:
+        return dash.render(request, "error.html", exc.status, message=str(exc))
+    ok, reason = same_origin(request, dash.settings.trusted_origins)
+    token = form.get(CSRF_FIELD, "")
+    if not ok:
+        return dash.render(request, "error.html", 403, message=f"action refused: {reason}")
+    if not (dash.keys.csrf_valid(token) and token == request.cookies.get(CSRF_COOKIE)):
+        return dash.render(
+            request,
+            "error.html",
+            403,
+            message="action refused: this form has expired or did not come from this dashboard "
+            "(its security token does not match); reload the page and try again",
+        )
+    return form
+
+
+async def _trigger(engine: Bluestreak, name: str) -> str:
+    return (await engine.trigger_schedule(name)).workflow_id
+
+
+async def _pause_schedule(engine: Bluestreak, name: str) -> str:
+    await engine.pause_schedule(name)
+    return ""
+
+
+async def _resume_schedule(engine: Bluestreak, name: str) -> str:
+    await engine.resume_schedule(name)
+    return ""
+
+
+SCHEDULE_ACTIONS: dict[str, Callable[[Bluestreak, str], Awaitable[str]]] = {
+    "pause": _pause_schedule,
+    "resume": _resume_schedule,
+    "trigger": _trigger,
+}
+SCHEDULE_LABELS = {"pause": "Pause", "resume": "Resume", "trigger": "Trigger now"}
+SCHEDULE_QUESTIONS = {
+    "pause": "Pause this schedule? No tick starts a workflow until it is resumed; running workflows go on.",
+    "resume": "Resume this schedule? Ticks start workflows again from the next one; ticks missed while paused "
+    "are not run.",
+    "trigger": "Start a run of this schedule now, outside its ticks?",
+}
+SCHEDULE_DONE = {
+    "schedule-pause": "Schedule {name} paused.",
+    "schedule-resume": "Schedule {name} resumed.",
+    "schedule-trigger": "Schedule {name} triggered.",
+}
+
+
+async def schedule_action(request: Request) -> Response:
+    """``POST /schedule/ACTION``: pause, resume or trigger a cron schedule (field ``id``: its name)."""
+    dash: Dashboard = request.app.state.dashboard
+    name = request.path_params["action"]
+    if name not in SCHEDULE_ACTIONS:
+        return dash.render(request, "error.html", 404, message=f"no schedule action {name!r}")
+    form = await _action_form(request, dash)
+    if isinstance(form, Response):
+        return form
+    schedule = form.get("id", "")
+    engine = await dash.ready()
+    try:
+        record = await engine.get_schedule(schedule)
+        if form.get("confirmed") != "yes":
+            return dash.render(
+                request,
+                "confirm_schedule.html",
+                schedule=record,
+                action=name,
+                label=SCHEDULE_LABELS[name],
+                question=SCHEDULE_QUESTIONS[name],
+            )
+        started = await SCHEDULE_ACTIONS[name](engine, schedule)
+    except (ScheduleNotFound, InvalidArgument) as exc:
+        status = 404 if isinstance(exc, ScheduleNotFound) else 400
+        return dash.render(request, "error.html", status, message=str(exc))
+    root = request.scope.get("root_path", "").rstrip("/")
+    if started:  # a triggered run: show it
+        return RedirectResponse(f"{root}/workflow?{urlencode({'id': started, 'done': 'trigger'})}", status_code=303)
+    query = urlencode({"done": f"schedule-{name}", "schedule": schedule})
+    return RedirectResponse(f"{root}/overview?{query}#schedules", status_code=303)
 
 
 # -- access ----------------------------------------------------------------------------------
@@ -713,6 +800,7 @@ def build_app(
         Route("/workflow", workflow_page, name="workflow"),
         Route("/workflow/step", step_detail, name="step"),
         Route("/workflow/{action}", action, methods=["POST"], name="action"),
+        Route("/schedule/{action}", schedule_action, methods=["POST"], name="schedule_action"),
         Route("/overview", overview_page, name="overview"),
         Route("/live/list", list_live),
         Route("/live/counts", counts_live),

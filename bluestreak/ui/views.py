@@ -18,7 +18,8 @@ from typing import Any
 
 from ..durations import parse_duration
 from ..errors import InvalidArgument
-from ..records import FINAL_STATUSES, EventRecord, NapRecord, Status, WorkflowRecord
+from ..inspection import readable
+from ..records import FINAL_STATUSES, EventRecord, NapRecord, QueueStats, Status, WorkflowRecord
 
 MAX_JSON_CHARS = 200_000
 """Longer JSON (a step output, an event payload) is cut there on the page, with a note saying how much is left."""
@@ -300,6 +301,8 @@ class TimelineRow:
     """For step rows: the step whose detail can be opened."""
     state: str = ""
     """A word for the row's badge: ``done``, ``failed``, ``retrying``, ``waiting``, ``sleeping``, ``running``..."""
+    workflow_id: str | None = None
+    """For child rows: the child's id (the label may shorten it)."""
 
 
 @dataclass
@@ -335,6 +338,21 @@ class _Scale:
         if x + width > 100.0:
             x = max(100.0 - width, 0.0)
         return Bar(round(x, 3), round(width, 3), kind, title, open_end)
+
+
+def step_label(step_id: str) -> str:
+    """A step's name on the timeline: its id, or what a published-state record did (``set_event progress``)."""
+    if not step_id.startswith("bluestreak:"):
+        return step_id
+    _, kind, rest = [*step_id.split(":", 2), "", ""][:3]
+    if kind == "close":
+        return f"close_stream {rest}"
+    key, _, n = rest.rpartition(":")
+    if kind == "event" and key:
+        return f"set_event {key}"
+    if kind == "stream" and key:
+        return f"write_stream {key} [{n}]"
+    return step_id
 
 
 def step_kind(step: StepRow, waits: frozenset[str] = frozenset()) -> tuple[str, str]:
@@ -398,6 +416,19 @@ class StepRow:
         return seconds_between(self.started_at, self.recorded_at)
 
 
+_CHILD_LOOK = {
+    "finished": ("done", "done"),
+    "running": ("running", "running"),
+    "failed": ("retrying", "retrying"),
+    "sleeping": ("nap", "sleeping"),
+    "waiting": ("event-wait", "waiting"),
+    "aborted": ("failed", "failed"),
+    "cancelled": ("failed", "failed"),
+    "terminated": ("failed", "failed"),
+}
+"""A child's status as a timeline bar class and badge word."""
+
+
 def timeline(
     workflow: WorkflowRecord,
     steps: Sequence[StepRow],
@@ -405,8 +436,11 @@ def timeline(
     events: Sequence[EventRecord],
     attempts: Sequence[AttemptRow],
     now: datetime,
+    children: Sequence[WorkflowRecord] = (),
 ) -> Timeline:
     """The run to scale: from its creation to its end (or to now while it is not over).
+
+    ``children``: the workflow's child workflows, each a row from its creation to its end.
 
     Anything still going on at the right edge (a sleep until tomorrow, a step
     retrying) is drawn to the edge with an open end, and its title says until when.
@@ -468,7 +502,8 @@ def timeline(
                 detail = "in progress"
             title = f"{s.step_id}: {detail}"
         bar = scale.bar(s_start, s_end, kind, title)
-        history.append((utc(s_start), TimelineRow("step", s.step_id, detail, [bar], [], s.step_id, word)))
+        label = step_label(s.step_id)
+        history.append((utc(s_start), TimelineRow("step", label, detail, [bar], [], s.step_id, word)))
 
     for n in naps:
         woke = utc(n.wake_at) <= utc(now)
@@ -479,7 +514,18 @@ def timeline(
         history.append(
             (utc(n.created_at), TimelineRow("nap", n.nap_id, detail, [bar], [], None, "slept" if woke else "sleeping"))
         )
-    history.sort(key=lambda item: item[0])  # steps and sleeps in the order the run reached them
+    for c in children:
+        c_final = c.status in FINAL_STATUSES
+        c_end = utc(c.finished_at or c.updated_at) if c_final else end
+        took = duration_text(seconds_between(c.created_at, c_end))
+        detail = f"{c.handler} · {c.status.value} after {took}" if c_final else f"{c.handler} · {c.status.value}"
+        kind, word = _CHILD_LOOK.get(c.status.value, ("pending", "pending"))
+        bar = scale.bar(c.created_at, c_end, kind, f"child {c.id}: {detail}")
+        own = workflow.id + "/"
+        label = "↳ " + c.id[len(own) :] if c.id.startswith(own) else c.id
+        row = TimelineRow("child", label, detail, [bar], [], None, word, c.id)
+        history.append((utc(c.created_at), row))
+    history.sort(key=lambda item: item[0])  # steps, sleeps and children in the order the run reached them
     rows += [row for _, row in history]
 
     if events:
@@ -527,30 +573,73 @@ def ordered_counts(by_status: dict[str, int], statuses: Iterable[str] = STATUS_O
     return rows
 
 
-def generic_rows(data: Any) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Rows of a section whose shape a later engine decides (queues, schedules): ``[(name, [(field, value)])]``.
+def period_text(seconds: float) -> str:
+    """A rate limit's window in words: ``"hour"``, ``"5 minutes"``, ``"1.5 seconds"``."""
+    for size, unit in ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return unit if n == 1 else f"{n} {unit}s"
+    return f"{seconds:g} seconds"
 
-    A mapping ``{name: {field: value}}``, or a list of mappings or records with a
-    ``name`` (or ``id``); anything else is one row of its text.
-    """
-    if not data:
-        return []
-    items: list[tuple[str, Any]]
-    if isinstance(data, dict):
-        items = [(str(k), v) for k, v in data.items()]
-    elif isinstance(data, (list, tuple)):
-        items = []
-        for entry in data:
-            fields = plain(entry)
-            name = fields.get("name", fields.get("id", "")) if isinstance(fields, dict) else str(fields)
-            items.append((str(name), fields))
-    else:
-        return [(str(data), [])]
-    rows = []
-    for name, value in items:
-        fields = plain(value)
-        if isinstance(fields, dict):
-            rows.append((name, [(str(k), json_text(v).short) for k, v in fields.items() if k not in ("name", "id")]))
-        else:
-            rows.append((name, [("", json_text(fields).short)]))
-    return rows
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One queue on the overview: what runs, what waits, its limits, and whether its rate limit holds it now."""
+
+    name: str
+    running: int
+    waiting: int
+    scheduled: int
+    concurrency: int | None
+    rate: str | None
+    """``"100 per 1m"``, or ``None`` without a rate limit."""
+    rate_limited_until: datetime | None
+    oldest_wait: float | None
+
+    @classmethod
+    def from_stats(cls, q: QueueStats) -> QueueRow:
+        rate = None if q.rate_limit is None else f"{q.rate_limit[0]} per {period_text(q.rate_limit[1])}"
+        return cls(q.name, q.running, q.waiting, q.scheduled, q.concurrency, rate, q.rate_limited_until, q.oldest_wait)
+
+    @property
+    def full(self) -> bool:
+        """Every slot is taken (and something waits for one)."""
+        return self.concurrency is not None and self.running >= self.concurrency and self.waiting > 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamView:
+    key: str
+    items: list[JsonText]
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedView:
+    """A run's published state: event keys with their latest values, and streams with their items."""
+
+    events: list[tuple[str, JsonText, datetime | None]]
+    streams: list[StreamView]
+    count: int
+    """Documents read (the page reads one more than it shows, to say that it cut)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.streams)
+
+
+def published_rows(docs: Sequence[dict[str, Any]]) -> PublishedView:
+    """Group ``published`` documents (sorted by kind, key, index) for the workflow page."""
+    events: list[tuple[str, JsonText, datetime | None]] = []
+    streams: dict[str, StreamView] = {}
+    for doc in docs:
+        kind, key = str(doc.get("kind")), str(doc.get("key"))
+        if kind == "event":
+            value = readable(doc.get("value"), doc.get("value_type"))
+            events.append((key, json_text(value, 2_000), doc.get("written_at")))
+        elif kind in ("stream", "close"):
+            view = streams.setdefault(key, StreamView(key, [], False))
+            if kind == "close":
+                streams[key] = StreamView(key, view.items, True)
+            else:
+                view.items.append(json_text(readable(doc.get("value"), doc.get("value_type")), 500))
+    return PublishedView(events, sorted(streams.values(), key=lambda v: v.key), len(docs))

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
+from markupsafe import escape
 
 from bluestreak import Bluestreak, WorkflowContext
 from bluestreak.ui import create_app
@@ -538,3 +539,47 @@ def test_create_app_refuses_bad_settings() -> None:
         create_app(engine, live_interval=-1)
     with pytest.raises(InvalidArgument, match="token must not be empty"):
         create_app(engine, token=" ")
+
+
+# -- queues and schedules on the overview ------------------------------------------------------------
+
+
+async def test_schedule_actions_are_confirmed_token_checked_and_refused_when_read_only(engine: Bluestreak) -> None:
+    @engine.handler("report")
+    async def report(ctx: WorkflowContext, input: Any) -> str:
+        return "ok"
+
+    name = f"nightly{XSS}"
+    engine.schedule(name, "report", cron="0 3 * * *")
+    engine.queue(f"q{XSS}", concurrency=2, rate_limit=(10, "1 minute"))
+    await engine.init()
+    await engine.start("w1", "report", queue=f"q{XSS}")
+    client = Client(create_app(engine))
+    page = (await client.get("/overview")).text
+    assert XSS not in page and str(escape(name)) in page  # escaped in the row, the links and the forms
+    assert "0 / 2" in page and "10 per minute" in page
+    csrf = await client.token("/overview")
+    unconfirmed = await client.post("/schedule/pause", {"id": name}, csrf=csrf)
+    assert unconfirmed.status_code == 200 and "confirm-page" in unconfirmed.text  # asks first: nothing done yet
+    assert (await engine.get_schedule(name)).paused is False
+    assert (await client.post("/schedule/pause", {"id": name, "confirmed": "yes"})).status_code == 403
+    cross = await client.post("/schedule/pause", {"id": name, "confirmed": "yes"}, csrf=csrf, origin="https://x.example")
+    assert cross.status_code == 403 and (await engine.get_schedule(name)).paused is False
+    done = await client.post("/schedule/pause", {"id": name, "confirmed": "yes"}, csrf=csrf)
+    assert done.status_code == 303 and done.headers["location"].startswith("/overview?done=schedule-pause")
+    assert (await engine.get_schedule(name)).paused is True
+    flash = (await client.get(done.headers["location"])).text
+    assert f"Schedule {escape(name)} paused." in flash
+    missing = await client.post("/schedule/resume", {"id": "ghost", "confirmed": "yes"}, csrf=csrf)
+    assert missing.status_code == 404 and "ghost" in missing.text
+    assert (await client.post("/schedule/delete", {"id": name, "confirmed": "yes"}, csrf=csrf)).status_code == 404
+    triggered = await client.post("/schedule/trigger", {"id": name, "confirmed": "yes"}, csrf=csrf)
+    assert triggered.status_code == 303 and "/workflow?id=" in triggered.headers["location"]
+    assert len(await engine.list_workflows(schedule=name)) == 1
+    read_only = Client(create_app(engine, read_only=True))
+    page = (await read_only.get("/overview")).text
+    assert "/schedule/" not in page and str(escape(name)) in page
+    refused = await read_only.post("/schedule/resume", {"id": name, "confirmed": "yes"}, csrf=csrf)
+    assert refused.status_code == 403 and (await engine.get_schedule(name)).paused is True
+    await client.http.aclose()
+    await read_only.http.aclose()

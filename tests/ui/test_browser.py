@@ -232,3 +232,129 @@ def _quote(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
+
+
+def _compose_handlers(engine: Bluestreak) -> None:
+    """A rate-limited queue, a cron schedule, and a parent that runs a child and publishes its progress."""
+    engine.queue("emails", concurrency=5, rate_limit=(1, "1 hour"))
+
+    @engine.handler("mail")
+    async def mail(ctx: Any, to: str) -> str:
+        return str(await ctx.step("send", lambda: f"sent to {to}"))
+
+    @engine.handler("report")
+    async def report(ctx: Any, input: Any) -> str:
+        return str(await ctx.step("build", lambda: "report built"))
+
+    engine.schedule("nightly-report", "report", cron="0 3 * * *")
+
+    @engine.handler("kid")
+    async def kid(ctx: Any, n: int) -> int:
+        return int(await ctx.step("square", lambda: n * n))
+
+    @engine.handler("family")
+    async def family(ctx: Any, n: int) -> int:
+        await ctx.set_event("progress", {"done": 0, "of": 2})
+        await ctx.write_stream("log", "starting")
+        first = await ctx.run_child("first", "kid", n, id="kid-a")
+        await ctx.write_stream("log", f"kid-a gave {first}")
+        await ctx.set_event("progress", {"done": 1, "of": 2})
+        second = await ctx.run_child("second", "kid", n + 1, id="kid-b")
+        await ctx.set_event("progress", {"done": 2, "of": 2})
+        await ctx.close_stream("log")
+        return int(first) + int(second)
+
+
+def test_queues_schedules_children_and_published_state(
+    ui_db: tuple[str, str], page: Any, shots: Path
+) -> None:
+    live = LiveDashboard(*ui_db, register=_compose_handlers).start()
+    try:
+
+        async def go(engine: Bluestreak) -> None:
+            for i in range(3):
+                await engine.start(f"mail-{i}", "mail", f"user{i}@example.com", queue="emails")
+            await engine.start("fam-1", "family", 3)
+
+        live.call(go)
+        live.wait_status("fam-1", "finished")
+        live.wait_status("mail-0", "finished")
+
+        # Overview: the queue's depth and its rate limit holding the other two back.
+        page.goto(live.url + "/overview")
+        row = page.locator("#queue-table tr[data-queue=emails]")
+        row.wait_for()
+        cells = row.locator("td").all_inner_texts()
+        assert cells[0] == "emails" and cells[3] == "2", cells  # two wait: the window of one an hour is used up
+        assert cells[2] == "0 / 5"
+        assert cells[5].lower().startswith("1 per hour rate-limited until in 59m"), cells
+        sched = page.locator("#schedule-table tr[data-schedule=nightly-report]")
+        assert "0 3 * * *" in sched.inner_text()
+        assert sched.locator(".next-runs time").count() == 3
+        assert sched.locator(".schedule-state").inner_text() == "active"
+        page.screenshot(path=str(shots / "overview-queues-schedules.png"), full_page=True)
+
+        # Pause the schedule: asked first, then paused in the database and on the page.
+        sched.get_by_role("button", name="Pause").click()
+        dialog = page.locator("dialog#confirm")
+        dialog.wait_for(state="visible")
+        assert "nightly-report" in dialog.locator(".subject").inner_text()
+        with page.expect_navigation():
+            dialog.locator("button[value=ok]").click()
+        assert page.locator(".banner.ok").inner_text() == "Schedule nightly-report paused."
+        sched = page.locator("#schedule-table tr[data-schedule=nightly-report]")
+        assert sched.locator(".schedule-state").inner_text() == "paused"
+        assert sched.locator(".next-runs time").count() == 0  # a paused schedule has no next runs
+
+        async def paused(engine: Bluestreak) -> bool:
+            return (await engine.get_schedule("nightly-report")).paused
+
+        assert live.call(paused) is True
+        # Trigger it now: a workflow of the schedule starts and the page shows it.
+        sched.get_by_role("button", name="Trigger now").click()
+        dialog.wait_for(state="visible")
+        with page.expect_navigation():
+            dialog.locator("button[value=ok]").click()
+        assert page.locator(".banner.ok").inner_text() == "Started by its schedule, now."
+        triggered = page.locator("#workflow-id").inner_text()
+        assert triggered.startswith("nightly-report@")
+        assert page.locator("#workflow-schedule").inner_text() == "nightly-report"
+        live.wait_status(triggered, "finished")
+        # Resume it from the page without the script (the server's own confirmation page).
+        page.goto(live.url + "/overview")
+        form = page.locator("#schedule-table tr[data-schedule=nightly-report] form", has_text="Resume")
+        form.evaluate("f => { delete f.dataset.confirm; f.submit(); }")
+        page.wait_for_selector("#confirm-page")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Yes, resume").click()
+        assert page.locator(".banner.ok").inner_text() == "Schedule nightly-report resumed."
+        assert live.call(paused) is False
+
+        # The parent: its children as a tree and as timeline rows, its published state.
+        page.goto(live.url + "/workflow?id=fam-1")
+        tree = page.locator("#children")
+        assert tree.locator("a.mono").all_inner_texts() == ["kid-b", "kid-a"]  # newest first
+        assert tree.locator(".s-finished").count() == 2
+        child_rows = page.locator("#timeline a.tl-child").all_inner_texts()
+        assert child_rows == ["kid-a", "kid-b"]  # in the order the run started them (ids of their own: in full)
+        labels = page.locator("#timeline .tl-label .name").all_inner_texts()
+        assert labels.count("set_event progress") == 3 and "write_stream log [1]" in labels, labels
+        assert "close_stream log" in labels and not any(x.startswith("bluestreak:") for x in labels)
+        events = page.locator("#published-events tbody tr")
+        assert events.count() == 1 and '"done": 2' in events.first.inner_text()
+        stream = page.locator("#published details.stream", has_text="log")
+        assert "2 items · closed" in stream.locator("summary").inner_text()
+        assert stream.locator("ol li").all_inner_texts() == ['"starting"', '"kid-a gave 9"']
+        page.screenshot(path=str(shots / "workflow-children.png"), full_page=True)
+        with page.expect_navigation():
+            tree.get_by_role("link", name="kid-a").click()
+        assert page.locator("#workflow-parent").inner_text() == "fam-1"
+        assert page.locator("#workflow-result").inner_text() == "9"
+        # A queued workflow links back to its queue's list.
+        page.goto(live.url + "/workflow?id=mail-1")
+        with page.expect_navigation():
+            page.locator("#workflow-queue").click()
+        assert sorted(page.locator("td.id").all_inner_texts()) == ["mail-0", "mail-1", "mail-2"]
+        assert page.problems == []
+    finally:
+        live.stop()

@@ -138,3 +138,32 @@ def test_the_ui_extra_is_named_when_it_is_missing(capsys: pytest.CaptureFixture[
     code = main(["ui", "--db-url", "memory://cli-ui", "--port", str(free_port())])
     assert code == 2
     assert "pip install 'bluestreak[ui]'" in capsys.readouterr().err
+
+
+def test_bluestreak_ui_app_serves_the_apps_engine_with_its_queue_limits(server_url: str, tmp_path: Path) -> None:
+    name = f"bst_cli_ui_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "shop_jobs.py").write_text(
+        "from bluestreak import Bluestreak\n"
+        f"engine = Bluestreak({server_url!r}, {name!r})\n"
+        'engine.queue("emails", concurrency=7, rate_limit=(30, "1 minute"))\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("BLUESTREAK_DB_URL", "BLUESTREAK_UI_TOKEN")}
+    env["PYTHONPATH"] = str(tmp_path)
+    client: MongoClient[Any] = MongoClient(server_url)
+    try:
+        port = free_port()
+        proc, line = _serve(["--app", "shop_jobs:engine", "--port", str(port)], env)
+        try:
+            assert repr(name) in line
+            overview = httpx.get(f"http://127.0.0.1:{port}/overview", timeout=10).text
+            assert 'data-queue="emails"' in overview and "0 / 7" in overview and "30 per minute" in overview
+        finally:
+            assert _stop(proc) == 0
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def test_bluestreak_ui_takes_app_or_a_database_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["ui", "--app", "shop_jobs:engine", "--db-url", "memory://x", "--port", str(free_port())])
+    assert code == 2 and "either --app" in capsys.readouterr().err

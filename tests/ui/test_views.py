@@ -218,3 +218,43 @@ def test_samples_keep_the_highest_value_per_minute_and_leave_gaps() -> None:
 @pytest.mark.parametrize(("value", "expected"), [(0, 1), (1, 1), (3, 5), (7, 10), (11, 20), (460, 500), (501, 1000)])
 def test_nice_max(value: float, expected: float) -> None:
     assert charts.nice_max(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("step_id", "label"),
+    [
+        ("charge", "charge"),
+        ("bluestreak:event:progress:0", "set_event progress"),
+        ("bluestreak:event:a:b:7", "set_event a:b"),  # a key with a colon keeps it
+        ("bluestreak:stream:log:12", "write_stream log [12]"),
+        ("bluestreak:close:log", "close_stream log"),
+        ("bluestreak:other", "bluestreak:other"),  # not a published record: shown as it is
+    ],
+)
+def test_published_records_have_readable_timeline_labels(step_id: str, label: str) -> None:
+    assert views.step_label(step_id) == label
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(3600, "hour"), (60, "minute"), (300, "5 minutes"), (1.5, "1.5 seconds"), (86400, "day")]
+)
+def test_rate_limit_windows_read_as_words(seconds: float, text: str) -> None:
+    assert views.period_text(seconds) == text
+
+
+def test_published_rows_group_event_values_and_streams() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    docs = [
+        {"kind": "close", "key": "log", "index": 0, "value": 2},
+        {"kind": "event", "key": "progress", "index": 0, "value": {"done": 1}, "written_at": at},
+        {"kind": "stream", "key": "log", "index": 0, "value": "a"},
+        {"kind": "stream", "key": "log", "index": 1, "value": "b"},
+        {"kind": "stream", "key": "open", "index": 0, "value": 1},
+    ]
+    view = views.published_rows(docs)
+    assert [(k, v.short, w) for k, v, w in view.events] == [("progress", '{"done": 1}', at)]
+    assert [(s.key, [i.short for i in s.items], s.closed) for s in view.streams] == [
+        ("log", ['"a"', '"b"'], True),
+        ("open", ["1"], False),
+    ]
+    assert view.count == 5 and bool(view) and not views.published_rows([])

@@ -116,3 +116,22 @@ def _standard(text: str) -> float | None:
 def to_seconds(value: object, *, name: str = "duration") -> float:
     """Like :func:`parse_duration`, as a float number of seconds."""
     return parse_duration(value, name=name).total_seconds()
+
+
+def format_seconds(seconds: float, *, tenths: bool = False) -> str:
+    """A short human duration: ``850ms``, ``2.35s``, ``4m07s``, ``3h12m``, ``2d05h`` (the CLI and the dashboard).
+
+    ``tenths``: from 10 s to a minute, one decimal (``12.3s``) rather than two.
+    """
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    if s < 1:
+        return f"{sign}{s * 1000:.0f}ms"
+    if s < 60:
+        return f"{sign}{s:.1f}s" if tenths and s >= 10 else f"{sign}{s:.2f}s"
+    whole = int(s)
+    if whole < 3600:
+        return f"{sign}{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{sign}{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{sign}{whole // 86400}d{whole % 86400 // 3600:02d}h"

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from ..durations import format_seconds
+
 
 class Output:
     """Writes either text for people or one JSON document for scripts."""
@@ -122,20 +124,7 @@ def format_time(when: datetime | None, *, millis: bool = False) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """A short human duration: ``850ms``, ``2.35s``, ``4m07s``, ``3h12m``, ``2d05h``; ``-`` for ``None``."""
-    if seconds is None:
-        return "-"
-    sign = "-" if seconds < 0 else ""
-    s = abs(seconds)
-    if s < 1:
-        return f"{sign}{s * 1000:.0f}ms"
-    if s < 60:
-        return f"{sign}{s:.2f}s"
-    whole = int(s)
-    if whole < 3600:
-        return f"{sign}{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{sign}{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{sign}{whole // 86400}d{whole % 86400 // 3600:02d}h"
+    return "-" if seconds is None else format_seconds(seconds)
 
 
 def between(start: datetime | None, end: datetime | None) -> float | None:

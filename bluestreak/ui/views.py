@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..durations import parse_duration
+from ..durations import format_seconds, parse_duration
 from ..errors import InvalidArgument
 from ..inspection import readable
 from ..records import FINAL_STATUSES, EventRecord, NapRecord, QueueStats, Status, WorkflowRecord
@@ -85,20 +85,7 @@ def json_text(value: Any, limit: int = MAX_JSON_CHARS) -> JsonText:
 
 def duration_text(seconds: float | None) -> str:
     """A short human duration: ``850ms``, ``2.35s``, ``4m07s``, ``3h12m``, ``2d05h``; ``""`` for ``None``."""
-    if seconds is None:
-        return ""
-    sign = "-" if seconds < 0 else ""
-    s = abs(seconds)
-    if s < 1:
-        return f"{sign}{s * 1000:.0f}ms"
-    if s < 60:
-        return f"{sign}{s:.2f}s" if s < 10 else f"{sign}{s:.1f}s"
-    whole = int(s)
-    if whole < 3600:
-        return f"{sign}{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{sign}{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{sign}{whole // 86400}d{whole % 86400 // 3600:02d}h"
+    return "" if seconds is None else format_seconds(seconds, tenths=True)
 
 
 def relative_text(when: datetime, now: datetime) -> str:

@@ -11,7 +11,9 @@ and runs ``engine.poll()`` until SIGTERM or SIGKILL. ``job`` writes a
 
 Queues: ``limited`` (concurrency 3 across every process, 2 per process),
 ``fair`` (partitions in fair turns, one at a time per partition), ``rated``
-(at most 5 admissions in any 2 seconds). With ``FLOW_SCHEDULE=1`` in the
+(at most 5 admissions in any 2 seconds). ``family`` starts ``kids`` children
+(``kid``: one step of ``d`` seconds, value ``10 * n``) and returns the sum of
+their results. With ``FLOW_SCHEDULE=1`` in the
 environment, also the schedule ``every-second``: a tick each second,
 ``overlap="allow"``, a catch-up window of an hour.
 """
@@ -60,6 +62,27 @@ def build_engine(url: str, db: str, ledger: Ledger, lease: float, concurrency: i
             return nonce
 
         return await ctx.step("work", work)
+
+    @engine.handler("family")
+    async def family(ctx: WorkflowContext, input: dict[str, Any]) -> int:
+        """A parent: starts ``input["kids"]`` children at once, then adds up their results."""
+        kids = [
+            await ctx.start_child(f"kid-{n}", "kid", {"n": n, "d": input.get("d", 0.2)}) for n in range(input["kids"])
+        ]
+        total = 0
+        for handle in kids:
+            total += int(await handle.result())
+        ledger.append("parent-done", wf=ctx.workflow_id, total=total)
+        return total
+
+    @engine.handler("kid")
+    async def kid(ctx: WorkflowContext, input: dict[str, Any]) -> int:
+        async def work() -> int:
+            ledger.append("begin", wf=ctx.workflow_id, attempt=ctx.attempt, nonce=uuid.uuid4().hex)
+            await asyncio.sleep(float(input["d"]))
+            return int(input["n"]) * 10
+
+        return int(await ctx.step("work", work))
 
     if os.environ.get("FLOW_SCHEDULE"):
         engine.schedule("every-second", job, cron="* * * * * *", input={"d": 0.05}, overlap="allow", catch_up="1 hour")

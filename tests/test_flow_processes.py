@@ -12,7 +12,9 @@ the database and the workers' fsynced ledger, never from a worker's counters:
   (first claims, as recorded on the workflows);
 - a schedule ticking every second gets exactly one workflow per tick, with
   no tick missing, while workers are killed around the ticks and for a while
-  none is alive.
+  none is alive;
+- parents starting children while their workers are killed start each child
+  once, and get every child's result.
 """
 
 from __future__ import annotations
@@ -184,3 +186,30 @@ def test_every_tick_fires_once_while_workers_are_killed_around_the_ticks(
     assert set(runs) <= {d["_id"] for d in docs}
     records = Counter(r["workflow_id"] for r in flow.db["steps"].find({}, {"workflow_id": 1}))
     assert all(count == 1 for count in records.values())
+
+
+def test_children_survive_their_parents_workers_being_killed(flow: Cluster) -> None:
+    workers = [flow.spawn() for _ in range(2)]
+    flow.wait_ready(*workers)
+    parents, kids = 4, 5
+    flow.start([(f"fam-{i}", "family", {"kids": kids, "d": 0.4}) for i in range(parents)])
+    rng = random.Random(5)
+    for _ in range(3):  # kill a worker while children run (and parents start or wait for them), replace it
+        flow.wait_ledger(lambda e: e["kind"] == "begin", timeout=30)
+        time.sleep(rng.uniform(0.1, 0.6))
+        flow.kill(rng.choice(flow.alive()))
+        flow.spawn()
+    ids = [f"fam-{i}" for i in range(parents)]
+    flow.wait_finished(ids, timeout=120)
+    expected = sum(10 * n for n in range(kids))
+    for parent in ids:
+        doc = flow.workflow(parent)
+        assert doc["status"] == "finished" and doc["result"] == expected, doc
+        children = list(flow.db["workflows"].find({"parent": parent}))
+        # Each child started once (deterministic ids: a replay finds the record, a takeover the same id).
+        assert sorted(c["_id"] for c in children) == sorted(f"{parent}/kid-{n}" for n in range(kids))
+        assert all(c["status"] == "finished" for c in children)
+    assert flow.db["workflows"].count_documents({}) == parents * (1 + kids)
+    assert len(flow.killed) == 3
+    done = [e for e in flow.ledger() if e["kind"] == "parent-done"]
+    assert {e["wf"] for e in done} == set(ids) and all(e["total"] == expected for e in done)

@@ -32,6 +32,8 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_VALUE_BYTES = MAX_DOCUMENT_BYTES - 256 * 1024
 """The largest value stored: a document also holds its own fields (ids, attempt log, a bounded error)."""
+MAX_INPUT_BYTES = 64 * 1024
+"""A step's arguments are kept on its record up to this size (BSON); larger ones are noted, not kept."""
 MAX_DEPTH = 90
 """How deep a value may nest (dicts and lists). MongoDB refuses documents nested deeper than 100 levels,
 and a stored value sits a few levels down in its document."""
@@ -117,6 +119,45 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
         )
     decoded = bson.decode(raw, codec_options=CODEC_OPTIONS)["v"]
     return stored, tag, restore(decoded, tag)
+
+
+def step_input(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """What a step's record keeps of the arguments it was called with (for inspection: replay never reads it).
+
+    Each argument is encoded as a step's result is (a pydantic model keeps its
+    class). Arguments MongoDB cannot store (a client, a session, a lock) or
+    more than :data:`MAX_INPUT_BYTES` in all are not kept: the record says why.
+    The step runs with its arguments either way.
+    """
+    try:
+        items = [prepare(a, f"argument {i} of {where}") for i, a in enumerate(args)]
+        named = {k: prepare(v, f"argument {k}= of {where}") for k, v in kwargs.items()}
+    except (UnencodableValue, DocumentTooLarge) as exc:
+        return {"unrecorded": short(str(exc), 300)}
+    doc: dict[str, Any] = {
+        "args": [stored for stored, _, _ in items],
+        "kwargs": {k: stored for k, (stored, _, _) in named.items()},
+    }
+    if any(tag for _, tag, _ in items) or any(tag for _, tag, _ in named.values()):
+        doc["types"] = [tag for _, tag, _ in items]
+        doc["kwarg_types"] = {k: tag for k, (_, tag, _) in named.items()}
+    size = len(bson.encode(doc, codec_options=CODEC_OPTIONS))
+    if size > MAX_INPUT_BYTES:
+        return {"unrecorded": f"the arguments are {size:,} bytes of BSON; step records keep up to {MAX_INPUT_BYTES:,}"}
+    return doc
+
+
+def readable_input(doc: Any) -> Any:
+    """A recorded step input as a reader sees it: ``{"args": [...], "kwargs": {...}}``, or why it was not kept."""
+    if not isinstance(doc, dict):
+        return None
+    if "unrecorded" in doc:
+        return {"unrecorded": doc["unrecorded"]}
+    types = doc.get("types") or []
+    kwarg_types = doc.get("kwarg_types") or {}
+    args = [restore(v, types[i] if i < len(types) else None) for i, v in enumerate(doc.get("args") or [])]
+    kwargs = {k: restore(v, kwarg_types.get(k)) for k, v in (doc.get("kwargs") or {}).items()}
+    return {"args": args, "kwargs": kwargs}
 
 
 def check_depth(value: Any, where: str) -> None:

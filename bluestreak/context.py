@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar, overload
 
 from .cancellation import CANCEL_STEP, RunCancellation, StepInterrupted
 from .clock import Clock
-from .codec import error_info, import_type, prepare, restore
+from .codec import error_info, import_type, prepare, restore, step_input
 from .durations import Duration, parse_duration
 from .errors import (
     EventTimeoutError,
@@ -226,6 +226,8 @@ class WorkflowContext:
                 await self._control.halt(Stop("history_end", None, step_id), call)
             fn = self._stubs.get(step_id, fn)  # a test's stand-in for this step (bluestreak.testing)
             body = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+            if args or kwargs:
+                call.input = step_input(args, kwargs, self._where(step_id))
             if cancellable is True and call.parent is None:
                 body, thread = self._cancel.interruptible(body, _call, thread), False
             try:
@@ -292,6 +294,8 @@ class WorkflowContext:
             reason = await self._db(self._store.transactions_unsupported(), call)
             if reason is not None:
                 raise TransactionsUnsupported(reason)
+            if args or kwargs:
+                call.input = step_input(args, kwargs, self._where(step_id))
             user_fn: Callable[[Any], Any] = lambda session: fn(session, *args, **kwargs)  # noqa: E731
             counter = [int(record.get("attempts", 0)) if record else 0]
             attempt = functools.partial(self._transact, call, user_fn, counter)
@@ -736,6 +740,8 @@ class WorkflowContext:
                 "parent": call.parent.step_id if call.parent else None,
                 "started_at": started,
             }
+            if call.input is not None:
+                fields["input"] = call.input
             return fields, seen
 
         try:
@@ -967,6 +973,8 @@ class WorkflowContext:
         result: it is finished with ours, unless a final one beat us to that too.
         """
         parent = call.parent if call is not None else current_call.get()
+        if call is not None and call.input is not None and call.step_id == step_id:
+            fields = {**fields, "input": call.input}
         if not pending:
             base = {**self._key(step_id), "parent": parent.step_id if parent else None}
             existing: Doc | None = await self._db(

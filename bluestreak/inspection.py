@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .codec import restore
+from .codec import readable_input, restore
 from .errors import InvalidArgument, WorkflowNotFound
 from .handlers import check_id
 from .records import (
@@ -213,6 +213,7 @@ class Inspector:
                 attempts=int(d.get("attempts", 0)),
                 started_at=d.get("started_at"),
                 recorded_at=d.get("recorded_at"),
+                input=readable_input(d.get("input")),
             )
             for d in await self.store.list_steps(workflow_id, doc.get("run", 0))
         ]

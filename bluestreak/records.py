@@ -124,6 +124,9 @@ class StepRecord:
     attempts: int
     started_at: datetime | None
     recorded_at: datetime | None
+    input: Any = None
+    """A step called with arguments: ``{"args": [...], "kwargs": {...}}`` as recorded (``{"unrecorded":
+    reason}`` for arguments MongoDB cannot store or over 64 KiB); ``None`` for a step without arguments."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ class Call:
     parent: Call | None
     blocked: bool = False
     """It (or a call nested in it) parked: it cannot finish in this run, so a suspension does not wait for it."""
+    input: dict[str, Any] | None = None
+    """A step called with arguments: what its record keeps of them (see :func:`bluestreak.codec.step_input`)."""
 
 
 current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("bluestreak_step", default=None)

@@ -24,8 +24,9 @@ from pymongo import ASCENDING
 from .base import Collections, Doc
 
 MINUTE_MS = 60_000
-STEP_SUMMARY = {"output": 0, "error.traceback": 0}
-"""Fields a step listing leaves out: the output and the traceback (an error's type and message stay)."""
+STEP_SUMMARY = {"output": 0, "input": 0, "error.traceback": 0}
+"""Fields a step listing leaves out: the output, the arguments and the traceback (an error's type and message
+stay)."""
 
 
 class ReportQueries(Collections):

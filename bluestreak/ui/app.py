@@ -45,6 +45,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..codec import readable_input
 from ..engine import Bluestreak
 from ..errors import InvalidArgument, InvalidTransition, ScheduleNotFound, WorkflowNotFound
 from ..inspection import readable
@@ -477,10 +478,12 @@ async def step_detail(request: Request) -> Response:
         message = f"workflow {workflow_id!r} has no step {step_id!r} in its current run (run {record.run})"
         return dash.render(request, template, 404, step=None, message=message, workflow_id=workflow_id)
     output = readable(doc.get("output"), doc.get("output_type")) if doc.get("status") == "done" else None
+    recorded_input = readable_input(doc.get("input"))
     return dash.render(
         request,
         template,
         step=views.StepRow.from_doc(doc),
+        step_input=None if recorded_input is None else views.json_text(recorded_input),
         output=views.json_text(output) if doc.get("status") == "done" else None,
         error=ErrorInfo.from_doc(doc.get("error")),
         message=None,

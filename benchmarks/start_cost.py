@@ -4,9 +4,7 @@
 
 Without ``--url`` it starts one SecantusDB server (``secantusd-py``, as the
 tests do) and measures everything against it. Three ways of creating one
-workflow document, on one server, interleaved round by round (the order
-rotates every round, so neither side is favoured by a warmer server or a
-quieter machine):
+workflow document, on one server, interleaved:
 
 ``start``          ``await engine.start(id, "ref", input)`` on a client-only engine (the handler
                    registered, untyped input; the engine's own ``AsyncMongoClient``).
@@ -16,12 +14,16 @@ quieter machine):
                    and the same write concern (``majority``).
 ``insert_plain``   the same bare insert into a collection with no index but ``_id``.
 
-Each mode runs ``n`` calls one after another (``seq``) and ``n`` calls from
-``--concurrency`` tasks (``conc``). Measured per call: wall time
-(``perf_counter``) and this process's CPU (``process_time``: user + system of
-every thread; the server is another process). Printed per mode the median
-over rounds and the range (min-max), and per round the ratio start / insert,
-whose median and range are the figures to read.
+Two shapes, each ``n`` calls per mode and round: ``seq``, one call at a time,
+the three modes taking turns call by call; ``conc``, ``--concurrency`` tasks,
+the modes taking turns every block of 4 calls per task. The order of the turns
+rotates, so no mode is favoured by a warmer server or a quieter moment of a
+shared machine. Measured per call: wall time (``perf_counter``) and this
+process's CPU (``process_time``: user + system of every thread; the server is
+another process). Printed per mode: the median over rounds and the range
+(min-max); per round, the ratio start / insert, whose median and range are
+the figures to read; and the library's CPU on start()'s path with the insert
+replaced by a no-op (no database, no I/O: the least noisy figure).
 
 ``--profile``: cProfile of ``n`` sequential starts and ``n`` sequential bare
 inserts (one extra round, not timed), with the functions start() spends its
@@ -128,21 +130,21 @@ class Bench:
 
 
 async def timed(call: Callable[[str], Awaitable[Any]], ids: list[str], concurrency: int) -> tuple[float, float]:
-    """(wall ms per call, CPU ms per call) of ``call`` over ``ids``, by ``concurrency`` tasks."""
-    gc.collect()
-    chunks = [ids[i::concurrency] for i in range(concurrency)]
+    """(wall s, CPU s) of ``call`` over ``ids``, by ``concurrency`` tasks."""
+    if concurrency == 1:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for wid in ids:
+            await call(wid)
+        return time.perf_counter() - t0, time.process_time() - c0
 
     async def run(chunk: list[str]) -> None:
         for wid in chunk:
             await call(wid)
 
+    chunks = [ids[i::concurrency] for i in range(concurrency)]
     c0, t0 = time.process_time(), time.perf_counter()
-    if concurrency == 1:
-        await run(ids)
-    else:
-        await asyncio.gather(*(run(c) for c in chunks))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return wall / len(ids) * 1000, cpu / len(ids) * 1000
+    await asyncio.gather(*(run(c) for c in chunks))
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -153,18 +155,35 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+async def one_round(bench: Bench, n: int, concurrency: int, block: int, r: int) -> dict[str, tuple[float, float]]:
+    """``n`` calls of each mode in blocks of ``block``, the modes taking turns block by block (the order
+    rotating), so that all three see the same server and the same machine load: (wall, CPU) ms per call."""
+    calls = {m: bench.call(m) for m in MODES}
+    sums = {m: [0.0, 0.0] for m in MODES}
+    gc.collect()
+    done = b = 0
+    while done < n:
+        k = min(block, n - done)
+        turn = (b + r) % len(MODES)
+        for mode in MODES[turn:] + MODES[:turn]:
+            wall, cpu = await timed(calls[mode], bench.ids(mode, k), concurrency)
+            sums[mode][0] += wall
+            sums[mode][1] += cpu
+        done += k
+        b += 1
+    return {m: (w / n * 1000, c / n * 1000) for m, (w, c) in sums.items()}
+
+
 async def measure(bench: Bench, n: int, rounds: int, concurrency: int) -> dict[str, Any]:
-    shapes = {"seq": 1, "conc": concurrency}
+    # seq: one call of each mode in turn; conc: a block of 4 calls per task (64 calls with 16 tasks) in turn.
+    shapes = {"seq": (1, 1), "conc": (concurrency, 4 * concurrency)}
     raw: dict[str, dict[str, list[tuple[float, float]]]] = {s: {m: [] for m in MODES} for s in shapes}
-    # One warm-up round (connection pools, code paths, the server's caches): not kept.
-    for c in shapes.values():
-        for mode in MODES:
-            await timed(bench.call(mode), bench.ids(mode, max(20, n // 10)), c)
+    for c, block in shapes.values():  # warm-up (connection pools, code paths, the server's caches): not kept
+        await one_round(bench, max(block, n // 10), c, block, 0)
     for r in range(rounds):
-        order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
-        for shape, c in shapes.items():
-            for mode in order:
-                raw[shape][mode].append(await timed(bench.call(mode), bench.ids(mode, n), c))
+        for shape, (c, block) in shapes.items():
+            for mode, value in (await one_round(bench, n, c, block, r)).items():
+                raw[shape][mode].append(value)
         print(
             f"  round {r + 1}/{rounds}: "
             + ", ".join(f"{s} {m} {raw[s][m][-1][0]:.3f}/{raw[s][m][-1][1]:.3f}" for s in shapes for m in MODES)

@@ -84,6 +84,34 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
     record will see it. ``where`` names the value in error messages
     ("the result of step 'charge' of workflow 'order-1'").
     """
+    stored, tag, raw = _encoded(value, where)
+    decoded = bson.decode(raw, codec_options=CODEC_OPTIONS)["v"]
+    return stored, tag, restore(decoded, tag)
+
+
+def prepare_stored(value: Any, where: str) -> tuple[Any, str | None]:
+    """:func:`prepare` for a value that is only written here (a workflow's input, an event's payload, a result):
+    the same checks and errors, ``(stored, type_tag)``, without decoding the value back."""
+    stored, tag, _ = _encoded(value, where)
+    return stored, tag
+
+
+SHALLOW_BYTES = 7 * MAX_DEPTH
+"""A value whose BSON (inside its ``{"v": ...}`` wrapper) is shorter cannot nest deeper than :data:`MAX_DEPTH`.
+
+Each level of nesting costs at least 7 bytes (a nested document or array: a type byte, an empty key's NUL,
+a 4-byte length, a terminating NUL) and the innermost container 5, so a value nested ``MAX_DEPTH + 1`` deep
+encodes to at least ``5 + 7 * MAX_DEPTH`` bytes before its wrapper (``tests/test_codec.py`` checks the bound).
+Below it, :func:`check_depth`'s walk could not fail and is skipped."""
+
+
+def _encoded(value: Any, where: str) -> tuple[Any, str | None, bytes]:
+    """``(stored, type_tag, bson)`` of a value to store, or the error saying why it cannot be stored.
+
+    A value nested too deep is reported as such whatever else is wrong with it, as :func:`check_depth` did
+    when it ran first: it runs before any encoding error is raised, and after a successful encoding unless
+    the encoding is too short to hold that many levels (:data:`SHALLOW_BYTES`).
+    """
     tag: str | None = None
     if isinstance(value, BaseModel):
         tag = type_path(type(value))
@@ -95,9 +123,29 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
         stored = storable(value.model_dump(mode="python"))
     else:
         stored = value
-    check_depth(stored, where)
+    raw = b""
     try:
-        raw = bson.encode({"v": stored}, codec_options=CODEC_OPTIONS)
+        raw = _bson(stored, value, where)
+    except Exception:
+        deep = _depth_error(stored, where)
+        if deep is None:
+            raise
+    else:
+        deep = _depth_error(stored, where) if len(raw) >= SHALLOW_BYTES else None
+    if deep is not None:
+        raise deep  # outside the handler: no encoding error chained to it
+    if len(raw) > MAX_VALUE_BYTES:
+        raise DocumentTooLarge(
+            f"{where} is {len(raw):,} bytes of BSON; at most {MAX_VALUE_BYTES:,} fit in a MongoDB "
+            f"document ({MAX_DOCUMENT_BYTES:,} bytes) beside its own fields. Store large data elsewhere "
+            "(a blob store, GridFS) and return a reference."
+        )
+    return stored, tag, raw
+
+
+def _bson(stored: Any, value: Any, where: str) -> bytes:
+    try:
+        return bson.encode({"v": stored}, codec_options=CODEC_OPTIONS)
     except UnicodeEncodeError:
         raise UnencodableValue(
             f"{where} contains a string with a lone surrogate (an invalid code point, often from decoding bytes "
@@ -111,14 +159,6 @@ def prepare(value: Any, where: str) -> tuple[Any, str | None, Any]:
             "datetime or bytes, or a pydantic model as the whole value; convert other objects (sets, UUIDs, "
             "dataclasses, custom classes) first."
         ) from None
-    if len(raw) > MAX_VALUE_BYTES:
-        raise DocumentTooLarge(
-            f"{where} is {len(raw):,} bytes of BSON; at most {MAX_VALUE_BYTES:,} fit in a MongoDB "
-            f"document ({MAX_DOCUMENT_BYTES:,} bytes) beside its own fields. Store large data elsewhere "
-            "(a blob store, GridFS) and return a reference."
-        )
-    decoded = bson.decode(raw, codec_options=CODEC_OPTIONS)["v"]
-    return stored, tag, restore(decoded, tag)
 
 
 def step_input(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> dict[str, Any]:
@@ -162,6 +202,12 @@ def readable_input(doc: Any) -> Any:
 
 def check_depth(value: Any, where: str) -> None:
     """Refuse a value nested deeper than :data:`MAX_DEPTH` (without recursing: a deep value must not crash us)."""
+    error = _depth_error(value, where)
+    if error is not None:
+        raise error
+
+
+def _depth_error(value: Any, where: str) -> UnencodableValue | None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -172,11 +218,12 @@ def check_depth(value: Any, where: str) -> None:
         else:
             continue
         if depth > MAX_DEPTH:
-            raise UnencodableValue(
+            return UnencodableValue(
                 f"{where} is nested more than {MAX_DEPTH} levels deep (dicts and lists); MongoDB refuses documents "
                 "nested deeper than 100. Flatten it, or store it elsewhere and keep a reference."
             )
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return None
 
 
 def restore(stored: Any, tag: str | None) -> Any:

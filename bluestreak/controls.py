@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .children import workflow_ended
-from .codec import prepare
+from .codec import prepare_stored
 from .config import Settings
 from .errors import InvalidTransition, WorkflowNotFound
 from .handlers import check_id
@@ -188,7 +188,7 @@ class Controls:
         """A new, buffered event (validated; nothing is written)."""
         check_id(workflow_id, "workflow id")
         check_id(event_type, "event type")
-        stored, tag, _ = prepare(payload, f"the payload of event {event_type!r} for workflow {workflow_id!r}")
+        stored, tag = prepare_stored(payload, f"the payload of event {event_type!r} for workflow {workflow_id!r}")
         return {
             "workflow_id": workflow_id,
             "type": event_type,

@@ -35,7 +35,7 @@ import bson
 
 from .cancellation import due_within_deadline, watch_deadline
 from .children import workflow_ended
-from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare, restore, short
+from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare_stored, restore, short
 from .config import Settings
 from .context import Stop, Suspension, WorkflowContext
 from .errors import DocumentTooLarge, InvalidArgument, StrayCancellation
@@ -342,7 +342,7 @@ class Execution:
     async def _finish(self, result: Any) -> None:
         where = f"the result of workflow {self.workflow_id!r} (handler {self.spec.handler_id!r})"
         try:
-            stored, tag, _ = prepare(result, where)
+            stored, tag = prepare_stored(result, where)
             _check_fits(self.doc, stored, where)
         except Exception as exc:
             await self._fail(exc)

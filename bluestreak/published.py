@@ -27,7 +27,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from .codec import prepare, restore
+from .codec import prepare_stored, restore
 from .config import Settings
 from .durations import to_seconds
 from .errors import EventNotSet, WaitTimeout, WorkflowNotFound
@@ -64,7 +64,7 @@ async def publish(ctx: WorkflowContext, kind: str, key: str, value: Any) -> None
         if kind == "close":
             stored, tag = n, None
         else:
-            stored, tag, _ = prepare(value, f"the value of {what} {key!r} of workflow {ctx.workflow_id!r}")
+            stored, tag = prepare_stored(value, f"the value of {what} {key!r} of workflow {ctx.workflow_id!r}")
         store, now = ctx._store, ctx._clock.now()
         doc = await ctx._db(store.apply(PUBLISH, ctx.workflow_id, ctx._token, now=now), call)
         if doc is None:  # the lease is gone: a zombie publishes nothing

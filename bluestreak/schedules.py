@@ -39,7 +39,7 @@ from cronsim import CronSim, CronSimError
 from pymongo.errors import PyMongoError
 
 from .clock import Clock
-from .codec import prepare
+from .codec import prepare_stored
 from .durations import parse_duration
 from .errors import InvalidArgument, ScheduleNotFound
 from .handlers import check_id, handler_id_of
@@ -82,7 +82,7 @@ class Schedule:
 
     def document(self) -> Doc:
         """What the schedule's document stores of the declaration."""
-        stored, tag, _ = prepare(self.input, f"the input of schedule {self.name!r}")
+        stored, tag = prepare_stored(self.input, f"the input of schedule {self.name!r}")
         return {
             "_id": self.name,
             "handler": self.handler,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .codec import prepare
+from .codec import prepare_stored
 from .config import Settings
 from .durations import parse_duration
 from .errors import DuplicateWorkflow, HandlerNotFound, InvalidArgument
@@ -124,9 +124,9 @@ class Starter:
         spec = self._handlers.get(handler_id)
         where = f"the input of workflow {workflow_id!r}"
         if spec is not None and spec.input_adapter is not None:
-            stored, tag, _ = prepare(spec.dump_input(spec.validate_input(input, workflow_id)), where)
+            stored, tag = prepare_stored(spec.dump_input(spec.validate_input(input, workflow_id)), where)
         else:
-            stored, tag, _ = prepare(input, where)
+            stored, tag = prepare_stored(input, where)
         doc: Doc = {
             "_id": workflow_id,
             "handler": handler_id,

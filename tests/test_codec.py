@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import math
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,10 +17,14 @@ from pydantic import BaseModel
 
 from bluestreak import DocumentTooLarge, ErrorInfo, InvalidArgument, UnencodableValue, WorkflowUsageError
 from bluestreak.codec import (
+    MAX_DEPTH,
     MAX_VALUE_BYTES,
+    SHALLOW_BYTES,
+    check_depth,
     error_info,
     import_type,
     prepare,
+    prepare_stored,
     restore,
     type_path,
 )
@@ -226,6 +231,86 @@ def test_unencodable_value_is_a_type_error_and_a_usage_error() -> None:
     assert issubclass(DocumentTooLarge, ValueError)
     assert issubclass(DocumentTooLarge, WorkflowUsageError)
     assert not issubclass(UnencodableValue, InvalidArgument)
+
+
+# -- depth limit -------------------------------------------------------------------------------------------------
+
+DEEP = f"{WHERE} is nested more than {MAX_DEPTH} levels deep"
+
+
+def chain(depth: int, kinds: str = "d", key: str = "", leaf: Any = None) -> Any:
+    """``depth`` containers nested in one another (``d`` dict under ``key``, ``l`` list, ``t`` tuple, cycling)."""
+    value: Any = {} if kinds[0] == "d" else [] if leaf is None else [leaf]
+    if leaf is not None and kinds[0] == "d":
+        value = {"x": leaf}
+    for i in range(1, depth):
+        kind = kinds[i % len(kinds)]
+        value = {key: value} if kind == "d" else [value] if kind == "l" else (value,)
+    return value
+
+
+def assert_too_deep(value: Any) -> None:
+    for encode in (prepare, prepare_stored):
+        with pytest.raises(UnencodableValue) as info:
+            encode(value, WHERE)
+        assert str(info.value).startswith(DEEP)
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+@pytest.mark.parametrize("kinds", ["d", "l", "t", "dlt", "ld"])
+def test_depth_limit_boundary(kinds: str) -> None:
+    check_depth(chain(MAX_DEPTH, kinds), WHERE)
+    prepare(chain(MAX_DEPTH, kinds), WHERE)
+    prepare_stored(chain(MAX_DEPTH, kinds), WHERE)
+    assert_too_deep(chain(MAX_DEPTH + 1, kinds))
+
+
+def test_the_shortest_value_too_deep_is_not_shorter_than_the_bound_below_which_depth_is_not_walked() -> None:
+    # The smallest encoding of MAX_DEPTH + 1 nested containers: dicts under an empty key, the innermost empty.
+    # (A list's keys are "0", one byte more per level.) prepare skips the depth walk below SHALLOW_BYTES.
+    smallest = min(len(bson.encode({"v": chain(MAX_DEPTH + 1, kinds)})) for kinds in ("d", "l", "t", "dl"))
+    assert smallest == len(bson.encode({"v": chain(MAX_DEPTH + 1, "d")})) == 8 + 5 + 7 * MAX_DEPTH
+    assert smallest >= SHALLOW_BYTES
+    assert_too_deep(chain(MAX_DEPTH + 1, "d"))
+
+
+def test_a_value_too_deep_for_the_encoder_is_reported_as_too_deep() -> None:
+    assert_too_deep(chain(20_000, "dl"))  # the BSON encoder gives up (RecursionError) long before
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    assert_too_deep(cyclic)
+
+
+def test_too_deep_is_reported_before_what_else_cannot_be_stored() -> None:
+    assert_too_deep(chain(MAX_DEPTH + 1, "d", leaf={1, 2}))  # a set, deep inside
+    assert_too_deep(chain(MAX_DEPTH + 1, "l", leaf="x" * (LIMIT + 1)))  # too large, too
+
+
+@given(st.integers(1, 3 * MAX_DEPTH), st.text("dlt", min_size=1, max_size=4), st.text(max_size=3))
+def test_prepare_refuses_exactly_the_values_the_depth_walk_refuses(depth: int, kinds: str, key: str) -> None:
+    value = {"siblings": [1, "two", {"three": 3}], "deep": chain(depth, kinds, key)}
+    walk_refuses = depth + 1 > MAX_DEPTH  # the chain sits one level below the top
+    with pytest.raises(UnencodableValue) if walk_refuses else contextlib.nullcontext():
+        check_depth(value, WHERE)
+    for encode in (prepare, prepare_stored):
+        if walk_refuses:
+            with pytest.raises(UnencodableValue, match="levels deep"):
+                encode(value, WHERE)
+        else:
+            encode(value, WHERE)
+
+
+def test_prepare_stored_is_prepare_without_reading_the_value_back() -> None:
+    value = {"pair": (1, 2), "when": datetime(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)}
+    stored, tag, _ = prepare(value, WHERE)
+    assert prepare_stored(value, WHERE) == (stored, tag)
+    assert prepare_stored(Line(sku="a", qty=1), WHERE) == prepare(Line(sku="a", qty=1), WHERE)[:2]
+    for bad in ({1, 2}, "x" * (LIMIT + 1)):
+        with pytest.raises((UnencodableValue, DocumentTooLarge)) as expected:
+            prepare(bad, WHERE)
+        with pytest.raises(type(expected.value)) as got:
+            prepare_stored(bad, WHERE)
+        assert str(got.value) == str(expected.value)
 
 
 # -- size limit -------------------------------------------------------------------------------------------------

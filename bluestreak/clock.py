@@ -32,7 +32,8 @@ class Clock(Protocol):
 
 def _millis(when: datetime) -> datetime:
     """Truncated to milliseconds, as BSON stores it."""
-    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+    micro = when.microsecond % 1000
+    return when.replace(microsecond=when.microsecond - micro) if micro else when
 
 
 class SystemClock:
@@ -48,7 +49,8 @@ class SystemClock:
 
     def now(self) -> datetime:
         """The current UTC time plus the skew, truncated to milliseconds as BSON stores it."""
-        return _millis(datetime.now(UTC) + self.skew)
+        now = datetime.now(UTC)
+        return _millis(now + self.skew if self.skew else now)
 
     async def sleep(self, seconds: float) -> None:
         """``asyncio.sleep``."""
@@ -72,7 +74,8 @@ class ServerClock:
 
     def now(self) -> datetime:
         """The server's time as estimated from the local clock."""
-        return _millis(self.local.now() + self.offset)
+        local = self.local.now()
+        return _millis(local + self.offset if self.offset else local)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep on the local clock (durations do not depend on the offset)."""

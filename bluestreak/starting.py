@@ -33,6 +33,7 @@ from .tracing import carrier
 from .transactional import check_session
 
 OnDuplicate = Literal["reject", "existing"]
+IDLE = Status.IDLE.value
 START_KEYS = frozenset(
     {
         "workflow_id",
@@ -132,7 +133,7 @@ class Starter:
             "handler": handler_id,
             "input": stored,
             "input_type": tag,
-            "status": Status.IDLE.value,
+            "status": IDLE,
             "priority": priority,
             "due_at": due,
             "queue": queue_name,

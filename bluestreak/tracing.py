@@ -52,12 +52,20 @@ class RunSpan:
                 self._span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
 
 
-@contextlib.contextmanager
-def client_span(name: str, workflow_id: str, **attributes: str) -> Iterator[None]:
-    """A span around a client call (``start``, ``send_event``): the runs it causes join or link to it."""
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def client_span(name: str, workflow_id: str, **attributes: str) -> contextlib.AbstractContextManager[None]:
+    """A span around a client call (``start``, ``send_event``): the runs it causes join or link to it.
+
+    Without tracing, a shared no-op context (``start()`` calls this on every start)."""
     if not _enabled():
-        yield
-        return
+        return _NO_SPAN
+    return _client_span(name, workflow_id, attributes)
+
+
+@contextlib.contextmanager
+def _client_span(name: str, workflow_id: str, attributes: dict[str, str]) -> Iterator[None]:
     tracer = trace.get_tracer("bluestreak")
     attrs = {"bluestreak.workflow_id": workflow_id, **{f"bluestreak.{k}": v for k, v in attributes.items()}}
     with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attrs):

@@ -209,9 +209,10 @@ class Controls:
             if doc is not None and doc.get("status") == Status.WAITING.value:  # it began waiting in between
                 await self.store.apply_quiet(WAKE_WAITING, workflow_id, now=now)
         if doc is None:
-            if await self.store.withdraw_event(event["_id"]):
+            if await self.store.withdraw_event(workflow_id, event["_id"]):
                 raise InvalidTransition(workflow_id, f"send event {event_type!r} to", await self.status(workflow_id))
-            if await self.store.get_event(event["_id"]) is None:  # deleted meanwhile: purged, or taken and restarted
+            # Deleted meanwhile: purged, or taken and restarted.
+            if await self.store.get_event(workflow_id, event["_id"]) is None:
                 status = await self.status(workflow_id)  # WorkflowNotFound if it was purged
                 if status in FINAL:
                     raise InvalidTransition(workflow_id, f"send event {event_type!r} to", status)

@@ -122,7 +122,7 @@ class Inbox:
                     and doc.get("lease") != self._token
                 ):
                     return
-            await self._store.unmark_event(event_id, consumer, self._run)
+            await self._store.unmark_event(self._workflow_id, event_id, consumer, self._run)
         except Exception as exc:  # best effort: the next execution of this wait takes it again
             log.info(
                 "workflow %r: could not give back the event of a cancelled wait (%s)",
@@ -133,7 +133,9 @@ class Inbox:
     async def _mark(self, call: Call, event_id: Any, consumer: str) -> Doc | None:
         """Mark a reserved event consumed; if its sender withdrew it meanwhile, drop the reservation."""
         now = self._clock.now()
-        marked: Doc | None = await self._guard(self._store.mark_consumed(event_id, consumer, self._run, now), call)
+        marked: Doc | None = await self._guard(
+            self._store.mark_consumed(self._workflow_id, event_id, consumer, self._run, now), call
+        )
         if marked is not None:
             return marked
         self.taken.pop(consumer, None)

@@ -75,8 +75,8 @@ MUTANTS = [
             ),
             (
                 "bluestreak/store/events.py",
-                '{"_id": event_id, "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}]}',
-                '{"_id": event_id, "$or": [{"consumed_run": UNCONSUMED}, {"consumed_by": consumer}]}',
+                '"$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}],',
+                '"$or": [{"consumed_run": UNCONSUMED}, {"consumed_by": consumer}],',
             ),
         ),
     ),
@@ -100,8 +100,9 @@ MUTANTS = [
         more_files=(
             (
                 "bluestreak/store/events.py",
-                '{"_id": event_id, "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}]}',
-                '{"_id": event_id}',
+                '                "workflow_id": workflow_id,\n'
+                '                "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}],\n',
+                '                "workflow_id": workflow_id,\n',
             ),
             (
                 "bluestreak/inbox.py",
@@ -171,8 +172,11 @@ MUTANTS = [
         "d10",
         "send_event withdraws its event even when a wait took it",
         "bluestreak/store/events.py",
-        '        result = await self.events.delete_one({"_id": event_id, "consumed_run": UNCONSUMED})',
-        '        result = await self.events.delete_one({"_id": event_id})',
+        (
+            "        result = await self.events.delete_one("
+            '{"_id": event_id, "workflow_id": workflow_id, "consumed_run": UNCONSUMED})'
+        ),
+        '        result = await self.events.delete_one({"_id": event_id, "workflow_id": workflow_id})',
         (R + "test_10_send_event_reports_success_for_an_event_consumed_before_it_was_counted",),
     ),
     Mutant(

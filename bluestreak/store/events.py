@@ -14,6 +14,11 @@ in this order (see ``docs/architecture.md``, "Events"):
 A sender that finds the workflow ended withdraws its event by deleting it
 only while it is still buffered, so a sender and a consumer never both think
 they won.
+
+Every query names the event's ``workflow_id``, also those by event ``_id``:
+on a cluster whose ``events`` collection is sharded on ``workflow_id`` each
+then goes to one shard (a ``findAndModify`` without the shard key is refused
+before MongoDB 7.0).
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ class EventQueries(Collections):
         """Buffer an event (``doc`` gets its ``_id``)."""
         await self.events.insert_one(doc)
 
-    async def withdraw_event(self, event_id: Any) -> bool:
+    async def withdraw_event(self, workflow_id: str, event_id: Any) -> bool:
         """Delete an event only while no wait has taken it; whether it was deleted."""
-        result = await self.events.delete_one({"_id": event_id, "consumed_run": UNCONSUMED})
+        result = await self.events.delete_one({"_id": event_id, "workflow_id": workflow_id, "consumed_run": UNCONSUMED})
         return bool(result.deleted_count)
 
     async def event_candidates(self, workflow_id: str, types: Sequence[str], run: int, limit: int) -> list[Doc]:
@@ -54,24 +59,30 @@ class EventQueries(Collections):
         )
         return docs
 
-    async def get_event(self, event_id: Any) -> Doc | None:
-        """One event by id, or ``None``."""
-        doc: Doc | None = await self.events.find_one({"_id": event_id})
+    async def get_event(self, workflow_id: str, event_id: Any) -> Doc | None:
+        """One event of a workflow by id, or ``None``."""
+        doc: Doc | None = await self.events.find_one({"_id": event_id, "workflow_id": workflow_id})
         return doc
 
-    async def mark_consumed(self, event_id: Any, consumer: str, run: int, now: datetime) -> Doc | None:
+    async def mark_consumed(
+        self, workflow_id: str, event_id: Any, consumer: str, run: int, now: datetime
+    ) -> Doc | None:
         """Mark a reserved event consumed by ``consumer``; the event after, or ``None`` if it is gone or not ours."""
         doc: Doc | None = await self.events.find_one_and_update(
-            {"_id": event_id, "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}]},
+            {
+                "_id": event_id,
+                "workflow_id": workflow_id,
+                "$or": [{"consumed_run": {"$lt": run}}, {"consumed_by": consumer}],
+            },
             {"$set": {"consumed_by": consumer, "consumed_run": run, "consumed_at": now}},
             return_document=ReturnDocument.AFTER,
         )
         return doc
 
-    async def unmark_event(self, event_id: Any, consumer: str, run: int) -> bool:
+    async def unmark_event(self, workflow_id: str, event_id: Any, consumer: str, run: int) -> bool:
         """Give an event back to the inbox (a cancelled wait had taken it); whether it was ours to give."""
         result = await self.events.update_one(
-            {"_id": event_id, "consumed_by": consumer, "consumed_run": run},
+            {"_id": event_id, "workflow_id": workflow_id, "consumed_by": consumer, "consumed_run": run},
             {"$set": {"consumed_by": None, "consumed_run": UNCONSUMED}, "$unset": {"consumed_at": ""}},
         )
         return bool(result.modified_count)

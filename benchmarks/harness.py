@@ -164,11 +164,14 @@ class ServerHarness(Harness):
 
     kind = "server"
 
-    def __init__(self, url: str, workers: int, settings: dict[str, Any]) -> None:
+    def __init__(self, url: str, workers: int, settings: dict[str, Any], db_name: str | None = None) -> None:
         self.url = url
         self.workers = workers
         self.settings = settings
-        self.db_name = f"bench_w{workers}_{uuid.uuid4().hex[:8]}"
+        # A database of the caller's (``db_name``) is emptied before and after, never dropped: collections
+        # sharded in it beforehand stay sharded. Otherwise a fresh one per run, dropped after.
+        self.keep_database = db_name is not None
+        self.db_name = db_name or f"bench_w{workers}_{uuid.uuid4().hex[:8]}"
         self.counter = CommandCounter()
         self._client: AsyncMongoClient[Any] = AsyncMongoClient(
             url, event_listeners=[self.counter], tz_aware=True, tzinfo=UTC
@@ -190,6 +193,8 @@ class ServerHarness(Harness):
         return reply[1]
 
     async def init(self) -> None:
+        if self.keep_database:
+            await self._empty()
         await self.starter.init()
         for _ in range(self.workers):
             parent, child = self._mp.Pipe()
@@ -241,8 +246,17 @@ class ServerHarness(Harness):
             await self._local_client.close()
         return finals
 
+    async def _empty(self) -> None:
+        """Delete every document of the database, keeping its collections (their indexes and shard keys)."""
+        for name in await self.raw.list_collection_names():
+            if not name.startswith("system."):
+                await self.raw[name].delete_many({})
+
     async def drop(self) -> None:
         with contextlib.suppress(Exception):
-            await self._raw_client.drop_database(self.db_name)
+            if self.keep_database:
+                await self._empty()
+            else:
+                await self._raw_client.drop_database(self.db_name)
         await self._client.close()
         await self._raw_client.close()

@@ -20,6 +20,12 @@ Usage::
     python -m benchmarks.scaleout                    # 1,2,4 workers, N=300, 16 submitters
     python -m benchmarks.scaleout --workers 1,2 --change-streams off
     python -m benchmarks.scaleout --url mongodb://host:27017/?replicaSet=rs0 -n 20000 --workers 1,2,4,8
+    python -m benchmarks.scaleout --url mongodb://mongos:27017/ --db bench_sharded -n 20000 --workers 4,8,16
+                                                     # collections sharded beforehand in bench_sharded
+
+With ``--url`` no server CPU is read (read it from the cluster's own monitoring); everything else is measured
+the same way. ``--db`` keeps one database across runs (emptied before and after each, never dropped), so that
+collections sharded in it beforehand stay sharded; without it each run gets a fresh database, dropped after.
 
 SecantusDB is a slow Python stand-in: its absolute throughput is not representative; the ratios
 between worker counts and the commands per workflow are the figures that carry to MongoDB.
@@ -141,7 +147,7 @@ async def one_run(args: argparse.Namespace, workers: int, settings: dict[str, An
         server.start()
         url = server.url
     pid = None if server is None or server.proc is None else server.proc.pid
-    h = ServerHarness(url, workers, settings)
+    h = ServerHarness(url, workers, settings, args.db)
     try:
         await h.init()
         await h.go()
@@ -158,6 +164,11 @@ async def one_run(args: argparse.Namespace, workers: int, settings: dict[str, An
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaleout", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="a running server (replica set, sharded cluster); default: start SecantusDB per run")
+    p.add_argument(
+        "--db",
+        help="with --url: use this database, emptied before and after each run but never dropped (shard its "
+        "collections first to measure a sharded layout); default: a fresh database per run, dropped after",
+    )
     p.add_argument("--workers", default="1,2,4", help="worker process counts, comma-separated (default 1,2,4)")
     p.add_argument("-n", type=int, default=300, help="workflows in the load phase (default 300)")
     p.add_argument("--submitters", type=int, default=16, help="concurrent start() callers (default 16)")
@@ -209,6 +220,8 @@ def _report_load(rows: list[dict[str, Any]]) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.db is not None and args.url is None:
+        raise SystemExit("--db needs --url (without it each run starts its own SecantusDB)")
     counts = [int(w) for w in args.workers.split(",")]
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     out: dict[str, Any] = {"machine": machine(), "config": vars(args), "load": [], "pickup": []}

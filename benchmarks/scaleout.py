@@ -197,10 +197,11 @@ def _modes(choice: str) -> list[tuple[str, dict[str, Any]]]:
     }[choice]
 
 
-def _report_load(rows: list[dict[str, Any]]) -> None:
+def _report_load(rows: list[dict[str, Any]], stand_in: bool) -> None:
     base = {r["mode"]: r for r in rows if r["workers"] == 1}
     print("\n== load: N workflows, concurrent submitters, P worker processes ==")
-    print("  (ratios to 1 worker in brackets; SecantusDB's absolute speed is not representative)")
+    note = "; SecantusDB's absolute speed is not representative" if stand_in else ""
+    print(f"  (ratios to 1 worker in brackets{note})")
     for r in rows:
         b = base.get(r["mode"])
 
@@ -246,7 +247,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             out["pickup"].append(row)
             print(f"  {json.dumps(row)}", flush=True)
     if out["load"]:
-        _report_load(out["load"])
+        _report_load(out["load"], stand_in=args.url is None)
     for r in out["pickup"]:
         print(
             f"\n== pickup (P={r['workers']}, change_streams={r['mode']}, poll_interval 1 s) ==\n"

@@ -41,3 +41,29 @@ def test_benchmarks_run_in_process_and_write_their_results() -> None:
     assert {"rss_mb_before", "rss_mb_after", "tracemalloc", "live_after"} <= set(result["sleepers"])
     assert any("filter" in q and "sort" in q for q in result["explain"].values())
     assert result["profile"]["top_cumulative_bluestreak"]
+
+
+def test_start_cost_runs_against_a_server_and_writes_its_results(server_url: str) -> None:
+    name = "smoke-start-cost"
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    path.unlink(missing_ok=True)
+    args = ["-n", "6", "--rounds", "1", "--concurrency", "2", "--profile", "--url", server_url, "--name", name]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.start_cost", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        result = json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
+    assert {"seq", "conc"} <= set(result["measured"])
+    for shape in result["measured"].values():
+        assert {"start", "insert", "insert_plain", "start/insert", "start/insert_plain"} <= set(shape)
+        assert shape["start"]["cpu_ms_per_call"]["median"] > 0
+    assert {"start", "new_doc", "prepare"} <= set(result["library_only_us_per_call"])
+    assert result["profile"]["start"]["bluestreak_by_cumtime"]
+    assert result["document_bytes"] > result["input_bytes"] > 0

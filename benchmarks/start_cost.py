@@ -23,7 +23,8 @@ process's CPU (``process_time``: user + system of every thread; the server is
 another process). Printed per mode: the median over rounds and the range
 (min-max); per round, the ratio start / insert, whose median and range are
 the figures to read; and the library's CPU on start()'s path with the insert
-replaced by a no-op (no database, no I/O: the least noisy figure).
+replaced by a no-op (no database, no I/O: the least noisy figure), hot and
+with the CPU caches evicted before each call.
 
 ``--profile``: cProfile of ``n`` sequential starts and ``n`` sequential bare
 inserts (one extra round, not timed), with the functions start() spends its
@@ -217,12 +218,25 @@ class _NoDatabase:
         return None
 
 
+_EVICT: list[dict[str, Any]] = [{"a": i, "b": str(i)} for i in range(40_000)]
+
+
+def _evict() -> int:
+    """Touch a few MB of objects (more than this machine's caches hold)."""
+    total = 0
+    for d in _EVICT[::3]:
+        total += d["a"]
+    return total
+
+
 async def library_only(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     """The library's own CPU on start()'s path, without the database: microseconds per call.
 
     ``start``: ``engine.start()`` with the store's ``workflows.insert_one`` replaced by a no-op, so what is
-    left is everything start() does besides PyMongo's insert. ``new_doc``: validating and building the
-    document alone. ``prepare``: the input's storage check alone (``codec.prepare``).
+    left is everything start() does besides PyMongo's insert. ``start_cold``: the same, each call after a
+    walk over a few MB of objects that evicts the CPU caches (as a PyMongo round trip between two starts
+    does), minus the walk alone. ``new_doc``: validating and building the document alone. ``prepare``:
+    ``codec.prepare`` of the input alone (what a step's result goes through).
     """
     from bluestreak.codec import prepare
 
@@ -230,7 +244,8 @@ async def library_only(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     real = store.workflows
     engine, starter = bench.engine, bench.engine._starter
     value = sample_input(0)
-    results: dict[str, list[float]] = {"start": [], "new_doc": [], "prepare": []}
+    results: dict[str, list[float]] = {"start": [], "start_cold": [], "new_doc": [], "prepare": []}
+    cold = max(1, n // 5)
     for _ in range(rounds):
         store.workflows = _NoDatabase()
         try:
@@ -239,6 +254,17 @@ async def library_only(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
             for i in range(n):
                 await engine.start(f"x{i}", "ref", sample_input(0))
             results["start"].append((time.process_time() - c0) / n * 1e6)
+            gc.collect()
+            c0 = time.process_time()
+            for _i in range(cold):
+                _evict()
+                sample_input(0)
+            walk = time.process_time() - c0
+            c0 = time.process_time()
+            for i in range(cold):
+                _evict()
+                await engine.start(f"x{i}", "ref", sample_input(0))
+            results["start_cold"].append((time.process_time() - c0 - walk) / cold * 1e6)
         finally:
             store.workflows = real
         gc.collect()
@@ -353,7 +379,7 @@ def report(result: dict[str, Any]) -> None:
         d = per["start-insert_cpu_ms"]
         print(f"  start's CPU beyond the insert: {d['median']:.4f} [{d['min']:.4f}-{d['max']:.4f}] ms/call")
     lib = result["library_only_us_per_call"]
-    print("\n== the library alone, no database (CPU us per call, 5,000 calls per round) ==")
+    print("\n== the library alone, no database (CPU us per call; 5,000 calls per round, 1,000 cold) ==")
     for k, v in lib.items():
         print(f"  {k:>8}: {v['median']:.2f} [{v['min']:.2f}-{v['max']:.2f}] us")
     prof = result.get("profile")

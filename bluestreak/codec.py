@@ -170,17 +170,17 @@ def step_input(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> dic
     The step runs with its arguments either way.
     """
     try:
-        items = [prepare(a, f"argument {i} of {where}") for i, a in enumerate(args)]
-        named = {k: prepare(v, f"argument {k}= of {where}") for k, v in kwargs.items()}
+        items = [prepare_stored(a, f"argument {i} of {where}") for i, a in enumerate(args)]
+        named = {k: prepare_stored(v, f"argument {k}= of {where}") for k, v in kwargs.items()}
     except (UnencodableValue, DocumentTooLarge) as exc:
         return {"unrecorded": short(str(exc), 300)}
     doc: dict[str, Any] = {
-        "args": [stored for stored, _, _ in items],
-        "kwargs": {k: stored for k, (stored, _, _) in named.items()},
+        "args": [stored for stored, _ in items],
+        "kwargs": {k: stored for k, (stored, _) in named.items()},
     }
-    if any(tag for _, tag, _ in items) or any(tag for _, tag, _ in named.values()):
-        doc["types"] = [tag for _, tag, _ in items]
-        doc["kwarg_types"] = {k: tag for k, (_, tag, _) in named.items()}
+    if any(tag for _, tag in items) or any(tag for _, tag in named.values()):
+        doc["types"] = [tag for _, tag in items]
+        doc["kwarg_types"] = {k: tag for k, (_, tag) in named.items()}
     size = len(bson.encode(doc, codec_options=CODEC_OPTIONS))
     if size > MAX_INPUT_BYTES:
         return {"unrecorded": f"the arguments are {size:,} bytes of BSON; step records keep up to {MAX_INPUT_BYTES:,}"}

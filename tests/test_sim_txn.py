@@ -26,7 +26,8 @@ def run(test: Callable[[Scheduler, Transactions, Any], Awaitable[None]]) -> None
     url = f"sim-txn-{id(test)}"
 
     async def main() -> None:
-        scheduler = Scheduler(random.Random(0), Faults(fail=0, lose_reply=0, slow=0, tx_fail=0, tx_lose_reply=0), datetime(2030, 1, 1, tzinfo=UTC), None)
+        faults = Faults(fail=0, lose_reply=0, slow=0, tx_fail=0, tx_lose_reply=0)
+        scheduler = Scheduler(random.Random(0), faults, datetime(2030, 1, 1, tzinfo=UTC), None)
         scheduler.trace = None
         await test(scheduler, Transactions(scheduler), memory_database(f"memory://{url}", "sim"))
 

@@ -136,6 +136,7 @@ class World:
         self.inputs: dict[str, dict[str, Any]] = {}  # workflow id -> its input
         self.spawned = 0
         self.operator: Bluestreak | None = None
+        self.aimed: set[asyncio.Task[None]] = set()  # chaos aimed at transactional steps, in flight
         self.db_url = f"memory://sim-{seed}-{id(self)}"
         self.retention = self.rng.choice((None, None, 1.0, 3.0))  # some worlds purge ended workflows
         self.shared: Any = None
@@ -312,7 +313,7 @@ class World:
         self.counts["tx_chaos"] += 1
         loop = asyncio.get_running_loop()
         if self.config.kills and self.rng.random() < 0.25 and len(self._live()) > 1:
-            loop.create_task(self._kill(actor))
+            self._aim(loop.create_task(self._kill(actor)))
             self.died[actor] = loop.time()
             self.scheduler.actor(actor).dead = True  # at once: the function must not take another step
         elif self.config.freezes:
@@ -327,7 +328,11 @@ class World:
                 self.counts["operator_calls"] += 1
                 await self._try(lambda: getattr(operator, action)(wid))
 
-            loop.create_task(act())
+            self._aim(loop.create_task(act()))
+
+    def _aim(self, task: asyncio.Task[None]) -> None:
+        self.aimed.add(task)
+        task.add_done_callback(self.aimed.discard)
 
     def _committed(self, session: SimSession) -> None:
         if session.effects:
@@ -385,9 +390,8 @@ class World:
 
     async def _snapshot_records(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
-        wf = await self.shared["workflows"].find({}, {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1}).to_list(
-            None
-        )
+        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1}
+        wf = await self.shared["workflows"].find({}, fields).to_list(None)
         self.ticks_seen.update({d["_id"]: d["scheduled_at"] for d in wf if d.get("schedule") == TICKS})
         runs = {d["_id"]: d.get("run", 0) for d in wf if not d.get("purging")}  # one being purged is gone already
         present: dict[str, set[Key]] = {}
@@ -592,7 +596,9 @@ class World:
                 for sid in TX_STEPS if self.inputs[wid].get("two") else TX_STEPS[:1]:
                     if applied.get(sid, 0) != 1:
                         v.append(f"finished_with_effect: {wid} finished run {run}, {sid} applied {applied.get(sid, 0)}")
-        self.tx_finished = sum(1 for w, d in workflows.items() if self.started.get(w) == "tx" and d["status"] == "finished")
+        self.tx_finished = sum(
+            1 for w, d in workflows.items() if self.started.get(w) == "tx" and d["status"] == "finished"
+        )
 
         # events: each taken by at most one wait; every wait that got one got a distinct one
         consumers: dict[Any, str] = {}

@@ -601,8 +601,8 @@ class WorkflowContext:
         self._steps[CANCEL_STEP] = self._cancel.record
         self._reach(CANCEL_STEP)
         await self._db(self._store.apply_quiet(CANCEL_DELIVERED, self.workflow_id, self._token, now=now), call)
-        if not self._cancel.replayed_at(call.step_id):  # another execution delivered it elsewhere first
-            await self._control.halt(Stop("lease_lost"), call)
+        if not self._cancel.replayed_at(call.step_id):  # another execution delivered it elsewhere first:
+            await self._control.halt(Stop("rerun"), call)  # a zombie, maybe; the lease may still be ours
         raise self._cancel.error()
 
     def _end(self, call: Call) -> None:

@@ -210,7 +210,7 @@ class Execution:
             self._cancelled_as_lost()
             return
         if self.stop_reason == "release":  # the worker stops before it began: give it back now
-            await self._release()
+            await self._release("shutdown")
             return
         with workflow_span(self.doc, self.settings.worker_id) as span:  # the handler's steps are its children
             name = f"bluestreak:{self.workflow_id}:{self.token[:8]}"
@@ -256,7 +256,7 @@ class Execution:
             self._cancelled_as_lost()
             return
         if self.stop_reason == "release":
-            await self._release()
+            await self._release("shutdown")
             return
         interrupt = ctx.interrupt
         if isinstance(interrupt, Stop):
@@ -268,6 +268,8 @@ class Execution:
                 await self._fail(interrupt.error)
             elif interrupt.kind == "lease_lost":
                 self._cancelled_as_lost()
+            elif interrupt.kind == "rerun":
+                await self._release("its history is out of date: another execution recorded its cancellation")
             else:
                 self.outcome = "database unavailable"
                 log.info(
@@ -496,11 +498,12 @@ class Execution:
         else:
             self.metrics.suspended += 1
 
-    async def _release(self) -> None:
+    async def _release(self, why: str) -> None:
+        """Hand the workflow back, due now, if this execution still holds its lease (its slots are free only then)."""
         try:
             if await self._write(RELEASE, "released", {}):
                 self.outcome = "released"
-                log.info("workflow %r released for another worker (shutdown)", self.workflow_id, extra=self.fields())
+                log.info("workflow %r released for another worker (%s)", self.workflow_id, why, extra=self.fields())
             else:
                 self.outcome = "lost"
         except Exception as exc:

@@ -71,10 +71,13 @@ class Stop:
     counted); ``failure``: a write was refused (a recorded failure);
     ``diverged``: the code no longer replays its history (the workflow is
     paused with a report); ``history_end``: a replay-only run (``testing.replay``)
-    reached the first call its history does not hold.
+    reached the first call its history does not hold; ``rerun``: another
+    execution (a zombie of an older lease) recorded what this one was about
+    to, so its history is out of date — it may still hold its lease, and hands
+    the workflow back, due now, for a run that replays the record.
     """
 
-    kind: Literal["lease_lost", "store", "failure", "diverged", "history_end"]
+    kind: Literal["lease_lost", "store", "failure", "diverged", "history_end", "rerun"]
     error: BaseException | None = None
     step_id: str | None = None
 

@@ -43,6 +43,7 @@ class Mutant:
 
 
 R = "tests/test_races.py::"
+T = "tests/test_transactions.py::"
 MUTANTS = [
     Mutant(
         "d01",
@@ -316,6 +317,60 @@ MUTANTS = [
         "                    await asyncio.sleep(0.3)  # a worker killed here loses the tick\n"
         "                    await self._insert(doc, tick_id(name, tick), tick, due=tick + self._jitter(doc, tick))\n",
         ("tests/test_flow_processes.py::test_every_tick_fires_once_while_workers_are_killed_around_the_ticks",),
+    ),
+    Mutant(
+        "t01",
+        "a transactional step commits without its fence (the lease is not checked in the transaction)",
+        "bluestreak/store/transactions.py",
+        "                    fenced = await self.workflows.update_one(\n"
+        '                        fence.filter(workflow_id, token, {"now": now()}), fence.update({"now": now()}), '
+        "session=session\n"
+        "                    )\n"
+        "                    if not fenced.matched_count:\n",
+        "                    if fence is None:\n",
+        (T + "test_a_zombie_cannot_commit", T + "test_a_zombie_racing_the_new_owner_cannot_commit"),
+    ),
+    Mutant(
+        "t02",
+        "a transactional step's record written after the commit, outside the transaction",
+        "bluestreak/store/transactions.py",
+        "                    fields, value = await body(session)\n"
+        "                    if not await self._record_in(session, key, fields):\n",
+        "                    fields, value = await body(session)\n                    if False:\n",
+        (T + "test_a_recorded_step_aborts_a_second_transaction",),
+        more=(
+            (
+                "                    result.commits = await _commit(session, commit_attempts)\n",
+                "                    result.commits = await _commit(session, commit_attempts)\n"
+                "                    if not await self._record_in(None, key, fields):\n"
+                "                        existing = await self.steps.find_one(key)\n"
+                '                        return TransactionResult("recorded", record=existing, transactions=n)\n',
+            ),
+        ),
+    ),
+    Mutant(
+        "t03",
+        "a TransientTransactionError from fn retried inside the same transaction (its writes not rolled back)",
+        "bluestreak/store/transactions.py",
+        "                    fields, value = await body(session)\n",
+        "                    for again in range(attempts):\n"
+        "                        try:\n"
+        "                            fields, value = await body(session)\n"
+        "                            break\n"
+        "                        except PyMongoError as exc:\n"
+        "                            if again == attempts - 1 or not exc.has_error_label(\n"
+        '                                "TransientTransactionError"\n'
+        "                            ):\n"
+        "                                raise\n",
+        (T + "test_transient_errors_retry_the_transaction_and_unknown_commits_retry_the_commit",),
+    ),
+    Mutant(
+        "t04",
+        "the transactional fence checks the workflow is running, not that this execution holds its lease",
+        "bluestreak/transitions.py",
+        'TRANSACT = Transition(\n    "transact",\n    frozenset({Status.RUNNING}),\n    None,\n    fenced=True,\n',
+        'TRANSACT = Transition(\n    "transact",\n    frozenset({Status.RUNNING}),\n    None,\n    fenced=False,\n',
+        (T + "test_a_zombie_racing_the_new_owner_cannot_commit",),
     ),
 
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bluestreak import Bluestreak, DuplicateWorkflow, InvalidArgument, WorkflowContext
+from bluestreak.cancellation import CANCEL_STEP
 from bluestreak.store import slot_id
 
 from .conftest import EngineFactory, eventually, running
@@ -668,6 +669,63 @@ async def test_a_lease_is_not_renewed_without_its_slot(make_engine: EngineFactor
             await engines[1].wait("other", timeout=15)
             await asyncio.sleep(0.5)
     assert sampler.peak == 1, f"{sampler.peak} leases at once in a queue of concurrency 1"
+
+
+async def test_a_cancellation_delivered_by_another_execution_stops_this_one_without_freeing_its_slot_early(
+    make_engine: EngineFactory,
+) -> None:
+    """An execution finds that another (a zombie of an older lease) recorded where the cancellation was delivered.
+
+    It still holds its lease: it hands the workflow back (due now, so the next run replays the cancellation where it
+    was recorded) before its slot is free. It used to stop as if its lease were lost and free its slot at once,
+    leaving two valid leases in a queue of one (found by the interleaving simulator, seed 245 of the sweep).
+    """
+    engine = await make_engine()
+    engine.queue("q", concurrency=1)
+    entered, go = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def first() -> str:
+        entered.set()
+        await go.wait()
+        return "a"
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("a", first)
+        await ctx.step("b", lambda: ran.append(ctx.workflow_id))
+        return "done"
+
+    await engine.start("w1", "h", queue="q")
+    sampler = Sampler(engine, "q")
+    async with sampler.running(), running(engine):
+        await entered.wait()
+        await engine.cancel("w1")
+        now = engine.settings.clock.now()
+        await engine.store.steps.insert_one(  # where the other execution delivered it: at "a"
+            {
+                "workflow_id": "w1",
+                "run": 0,
+                "step_id": CANCEL_STEP,
+                "parent": None,
+                "status": "done",
+                "output": {"at": "a", "reason": None, "by": "operator"},
+                "output_type": None,
+                "attempts": 1,
+                "started_at": now,
+                "recorded_at": now,
+            }
+        )
+        await engine.start("w2", "h", queue="q")
+        go.set()  # "a" ends; "b" finds the cancellation recorded at "a"
+        assert (await engine.wait("w2", timeout=10)) == "done"
+        await eventually(lambda: _true_async(engine, "w1", "cancelled"))
+    assert ran == ["w2"]
+    assert sampler.peak == 1, f"{sampler.peak} leases at once in a queue of concurrency 1"
+
+
+async def _true_async(engine: Bluestreak, wid: str, status: str) -> bool:
+    return (await engine.get_workflow(wid)).status == status
 
 
 async def _true(value: bool) -> bool:

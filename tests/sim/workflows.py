@@ -3,7 +3,9 @@
 Each kind exercises one shape of user code: sequential steps, sleeps short
 and long, event waits, two waits raced with ``asyncio.wait``, ``gather`` and
 ``TaskGroup`` with a long sleep beside steps, nested steps, retry policies,
-handler failures. Every step body writes to the ledger when it starts and
+handler failures, and transactional steps (``ctx.transaction``: a ``$inc`` on a
+user document in the step's transaction, with freezes, kills and operator
+calls aimed inside it). Every step body writes to the ledger when it starts and
 ends, returns a value no other body returns (``sid#nonce``), and every value
 a ``ctx.step`` returns to the handler is logged too — so the checker can
 compare what each execution saw with what was recorded.
@@ -19,10 +21,13 @@ from typing import Any
 
 from bluestreak import RetryPolicy, WorkflowContext
 
-from .db import ACTOR, Scheduler
+from .db import ACTOR, Scheduler, SimDatabase
 
-KINDS = ("steps", "sleepy", "event", "race", "parallel", "group", "nested", "retry", "flaky", "rude", "event")
+KINDS = ("steps", "sleepy", "event", "race", "parallel", "group", "nested", "retry", "flaky", "rude", "event", "tx")
 Key = tuple[str, int, str]
+EFFECTS = "effects"
+"""The user collection of the transactional steps: ``{_id: "<workflow id>:<run>", <step id>: n}``."""
+TX_STEPS = ("reserve", "settle")
 
 
 @dataclass
@@ -49,6 +54,9 @@ class Workflows:
         self.scheduler = scheduler
         self.ledger = ledger
         self.lease = lease
+        self.databases: dict[str, SimDatabase] = {}  # actor -> its database (the user's collections too)
+        self.in_transaction: Callable[[str, str, str], None] = lambda actor, wid, where: None
+        """The world's chaos inside a transactional step's function: may freeze or kill ``actor`` there."""
 
     def handlers(self) -> dict[str, Callable[[WorkflowContext, Any], Awaitable[Any]]]:
         return {kind: getattr(self, f"_{kind}") for kind in sorted(set(KINDS))}
@@ -83,6 +91,41 @@ class Workflows:
         key = (ctx.workflow_id, ctx.run, sid)
         fail_first = options.pop("fail_first", 0)
         value: str = await ctx.step(sid, self._body, key, fail_first, **options)
+        self.ledger.returned.append((key, value))
+        return value
+
+    async def transact(self, ctx: WorkflowContext, sid: str, fail_first: int = 0) -> str:
+        """A transactional step: ``$inc`` the user document of this run in the step's transaction.
+
+        The effect is registered with the session (with the execution's lease
+        token) before the write, so the simulated commit can check that the
+        workflow is still this execution's. Chaos may strike before the write
+        (no lock held yet: another worker can take the lease meanwhile) or
+        after it (the transaction is open: everyone waits, or its lifetime
+        ends). ``fail_first`` attempts raise after their write, which the
+        abort must undo.
+        """
+        key = (ctx.workflow_id, ctx.run, sid)
+        effect = (ctx.workflow_id, ctx.run, ctx._token, sid)
+        doc_id = f"{ctx.workflow_id}:{ctx.run}"
+
+        async def fn(session: Any) -> str:
+            actor = ACTOR.get()
+            attempt = self.ledger.attempts[key] = self.ledger.attempts.get(key, 0) + 1
+            self.in_transaction(actor, ctx.workflow_id, "before")
+            await self._gate()
+            session.effects.append(effect)
+            db = self.databases[actor]
+            await db[EFFECTS].update_one({"_id": doc_id}, {"$inc": {sid: 1}}, upsert=True, session=session)
+            self.in_transaction(actor, ctx.workflow_id, "after")
+            await self._gate()
+            if attempt <= fail_first:
+                raise ConnectionError(f"attempt {attempt} of {key} fails after its write")
+            self.ledger.nonce += 1
+            return f"{sid}#{self.ledger.nonce}"
+
+        policy = RetryPolicy(limit=3, delay=0.01, backoff="constant") if fail_first else None
+        value: str = await ctx.transaction(sid, fn, retries=policy)
         self.ledger.returned.append((key, value))
         return value
 
@@ -171,5 +214,14 @@ class Workflows:
         out = {"s0": await self.step(ctx, "s0")}
         if ctx.attempt == 1:
             raise RuntimeError("the first attempt of each run fails")
+        out["s1"] = await self.step(ctx, "s1")
+        return out
+
+    async def _tx(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        out = {"s0": await self.step(ctx, "s0")}
+        out["reserve"] = await self.transact(ctx, "reserve", fail_first=int(input.get("fail", 0)))
+        if input.get("two"):
+            await ctx.sleep("nap", 0.3)  # suspends: the next execution replays "reserve" from its record
+            out["settle"] = await self.transact(ctx, "settle")
         out["s1"] = await self.step(ctx, "s1")
         return out

@@ -29,7 +29,8 @@ from bluestreak.memory import memory_database, reset_memory
 
 from .db import ACTOR, Faults, Scheduler, SimDatabase
 from .loop import VirtualTimeLoop
-from .workflows import KINDS, Key, Ledger, Workflows
+from .txn import SimSession, Transactions
+from .workflows import EFFECTS, KINDS, TX_STEPS, Key, Ledger, Workflows
 
 FINAL = {"finished", "aborted", "terminated", "cancelled"}
 QUEUE, QUEUE_LIMIT, RATE = "q", 2, (6, 2.0)
@@ -109,18 +110,33 @@ class World:
         self.scheduler = Scheduler(self.rng, config.faults, self.base, self)  # type: ignore[arg-type]
         self.ledger = Ledger()
         self.flows = Workflows(self.rng, self.scheduler, self.ledger, config.lease)
+        self.txn = Transactions(self.scheduler, self._check_commit, self._committed)
+        self.flows.in_transaction = self._in_transaction
         self.violations: list[str] = []
         self.workers: dict[str, Bluestreak] = {}
         self.polls: dict[str, asyncio.Task[None]] = {}
         self.started: dict[str, str] = {}  # workflow id -> kind
         self.sent: dict[str, list[tuple[str, Any, float]]] = {}  # workflow id -> [(type, payload, time)]
         self.frozen_time: dict[str, list[tuple[float, float]]] = {}
+        self.ticks_seen: dict[str, datetime] = {}  # tick workflow id -> its tick, as the checker saw them
+        self.died: dict[str, float] = {}  # actor -> when it was killed (it runs nothing after)
         self.records: dict[Key, tuple[str, Any]] = {}
         self.dead_rewrites = 0
         self.refused: list[str] = []  # payloads whose send_event raised
         self.live_keys: dict[str, set[Key]] = {}  # workflow id -> final records of its current run last seen
         self.zombie_orphans = 0
-        self.counts: dict[str, int] = {"kills": 0, "freezes": 0, "operator_calls": 0, "events_sent": 0}
+        self.counts: dict[str, int] = {
+            "kills": 0,
+            "freezes": 0,
+            "operator_calls": 0,
+            "events_sent": 0,
+            "tx_chaos": 0,
+            "tx_effects": 0,
+        }
+        self.inputs: dict[str, dict[str, Any]] = {}  # workflow id -> its input
+        self.spawned = 0
+        self.operator: Bluestreak | None = None
+        self.aimed: set[asyncio.Task[None]] = set()  # chaos aimed at transactional steps, in flight
         self.db_url = f"memory://sim-{seed}-{id(self)}"
         self.retention = self.rng.choice((None, None, 1.0, 3.0))  # some worlds purge ended workflows
         self.shared: Any = None
@@ -136,8 +152,10 @@ class World:
     # -- engines -------------------------------------------------------------------------------
 
     def _engine(self, name: str, *, handlers: bool, skew: float = 0.0) -> Bluestreak:
+        database = SimDatabase(self.shared, self.scheduler, name, self.txn)
+        self.flows.databases[name] = database
         engine = Bluestreak(
-            database=SimDatabase(self.shared, self.scheduler, name),
+            database=database,
             clock=SimClock(self.scheduler, skew),
             worker_id=name,
             lease_duration=self.config.lease,
@@ -195,6 +213,9 @@ class World:
                     payload["nap"] = self.rng.choice((0.3, 1.0, 2.5))
                 if kind == "retry":
                     payload["delay"] = self.rng.choice((0.05, 0.4))
+                if kind == "tx":
+                    payload.update(fail=int(self.rng.random() < 0.3), two=self.rng.random() < 0.5)
+                self.inputs[wid] = payload
                 spec: dict[str, Any] = {"workflow_id": wid, "handler_id": kind, "input": payload}
                 if self.rng.random() < 1 / 3:
                     spec.update(queue=QUEUE, partition=f"p{self.rng.randint(0, 2)}")
@@ -245,28 +266,93 @@ class World:
             await self._try(lambda action=action, wid=wid: getattr(engine, action)(wid))
 
     async def _chaos(self) -> None:
-        spawned = len(self.workers)
+        self.spawned = len(self.workers)
         while True:
             await asyncio.sleep(self.rng.uniform(0.5, 2.5))
             live = self._live()
             roll = self.rng.random()
             if self.config.freezes and roll < 0.4 and live:
-                name = self.rng.choice(live)
-                actor = self.scheduler.actor(name)
-                if actor.frozen.is_set():
-                    length = self.rng.choice((0.3, self.config.lease * 1.5, self.config.lease * 3))
-                    actor.frozen.clear()
-                    self.counts["freezes"] += 1
-                    start = asyncio.get_running_loop().time()
-                    self.frozen_time.setdefault(name, []).append((start, start + length))
-                    asyncio.get_running_loop().call_later(length, actor.frozen.set)
+                self._freeze(self.rng.choice(live))
             elif self.config.kills and roll < 0.6 and len(live) > 1:
-                name = self.rng.choice(live)
-                self.scheduler.actor(name).dead = True
-                self.scheduler.actor(name).frozen.set()
-                self.counts["kills"] += 1
-                spawned += 1
-                await self._spawn_worker(f"w{spawned}")
+                await self._kill(self.rng.choice(live))
+
+    def _freeze(self, name: str, lengths: tuple[float, ...] = (0.3, 1.5, 3.0)) -> None:
+        """Freeze a worker for one of ``lengths`` (in leases but the first, 0.3 s)."""
+        actor = self.scheduler.actor(name)
+        if actor.frozen.is_set():
+            length = self.rng.choice((lengths[0], *(self.config.lease * n for n in lengths[1:])))
+            actor.frozen.clear()
+            self.counts["freezes"] += 1
+            start = asyncio.get_running_loop().time()
+            self.frozen_time.setdefault(name, []).append((start, start + length))
+            asyncio.get_running_loop().call_later(length, actor.frozen.set)
+
+    async def _kill(self, name: str) -> None:
+        self.died.setdefault(name, asyncio.get_running_loop().time())
+        self.scheduler.actor(name).dead = True
+        self.scheduler.actor(name).frozen.set()
+        self.counts["kills"] += 1
+        self.spawned += 1
+        await self._spawn_worker(f"w{self.spawned}")
+
+    def _in_transaction(self, actor: str, wid: str, where: str) -> None:
+        """Chaos aimed at a transactional step: ``before`` its function's write, ``after`` it, or ``committed``.
+
+        Before, no lock is held yet: while the worker is frozen (longer than
+        its lease) another one may take the lease, and the operator may
+        terminate, restart, cancel or pause the workflow. After, the
+        transaction is open: everyone waits until the worker thaws and
+        commits, or until its lifetime ends and the next one to look aborts
+        it. Committed: the commit applied and its reply is in flight when
+        the worker freezes or dies.
+        """
+        if not self.scheduler.enabled or actor not in self.workers or self.scheduler.actor(actor).dead:
+            return
+        if self.rng.random() >= {"before": 0.2, "after": 0.1, "committed": 0.15}[where]:
+            return
+        self.counts["tx_chaos"] += 1
+        loop = asyncio.get_running_loop()
+        if self.config.kills and self.rng.random() < 0.25 and len(self._live()) > 1:
+            self._aim(loop.create_task(self._kill(actor)))
+            self.died[actor] = loop.time()
+            self.scheduler.actor(actor).dead = True  # at once: the function must not take another step
+        elif self.config.freezes:
+            self._freeze(actor, (0.3, 1.5, 3.0) if where == "after" else (1.5, 1.5, 3.0))
+        if where == "before" and self.config.operator and self.operator is not None and self.rng.random() < 0.5:
+            action = self.rng.choice(("terminate", "restart", "cancel", "pause"))
+            delay = self.rng.uniform(0.0, 0.5)
+            operator = self.operator
+
+            async def act() -> None:
+                await asyncio.sleep(delay)
+                self.counts["operator_calls"] += 1
+                await self._try(lambda: getattr(operator, action)(wid))
+
+            self._aim(loop.create_task(act()))
+
+    def _aim(self, task: asyncio.Task[None]) -> None:
+        self.aimed.add(task)
+        task.add_done_callback(self.aimed.discard)
+
+    def _committed(self, session: SimSession) -> None:
+        if session.effects:
+            self._in_transaction(session._actor.name, session.effects[0][0], "committed")
+
+    async def _check_commit(self, session: SimSession) -> None:
+        """At each commit (the lock held): an effect commits only while its execution holds the lease."""
+        for wid, run, token, sid in session.effects:
+            self.counts["tx_effects"] += 1
+            doc = await self.shared["workflows"].find_one({"_id": wid})
+            if doc is None or doc["status"] != "running" or doc.get("run", 0) != run or doc.get("lease") != token:
+                state = (
+                    "gone"
+                    if doc is None
+                    else f"{doc['status']} in run {doc.get('run', 0)} under "
+                    f"{'its' if doc.get('lease') == token else 'another'} lease"
+                )
+                self.violations.append(
+                    f"commit_under_lease: {wid} run {run} committed the effect of {sid} while the workflow is {state}"
+                )
 
     async def _checker(self) -> None:
         """Snapshot the final step records often: a recorded result must never change."""
@@ -299,8 +385,14 @@ class World:
                     self.violations.append(f"partition_concurrency: {n} leases at once in partition {part}")
 
     async def _snapshot(self) -> None:
+        async with self.txn.quiet():  # no transaction's uncommitted writes
+            await self._snapshot_records()
+
+    async def _snapshot_records(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
-        wf = await self.shared["workflows"].find({}, {"run": 1, "purging": 1}).to_list(None)
+        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1}
+        wf = await self.shared["workflows"].find({}, fields).to_list(None)
+        self.ticks_seen.update({d["_id"]: d["scheduled_at"] for d in wf if d.get("schedule") == TICKS})
         runs = {d["_id"]: d.get("run", 0) for d in wf if not d.get("purging")}  # one being purged is gone already
         present: dict[str, set[Key]] = {}
         for d in docs:
@@ -339,6 +431,7 @@ class World:
         self.shared = memory_database(self.db_url, "sim")
         client = self._engine("client", handlers=False)
         operator = self._engine("operator", handlers=False)
+        self.operator = operator
         for _ in range(50):
             with contextlib.suppress(PyMongoError):
                 await client.init()
@@ -362,7 +455,8 @@ class World:
         background[0].cancel()
         background[2].cancel()
         await self._snapshot()
-        await self._check()
+        async with self.txn.quiet():
+            await self._check()
         await self._shutdown(background)
         reset_memory(self.db_url[len("memory://") :])
 
@@ -479,6 +573,33 @@ class World:
                 f"written {written}, before the restart at {restarted}"
             )
 
+        # transactional steps: each effect applied at most once, and exactly when its step's record committed
+        effects = {d["_id"]: d for d in await self.shared[EFFECTS].find({}).to_list(None)}
+        for eid, d in effects.items():
+            for sid in TX_STEPS:
+                if d.get(sid, 0) > 1:
+                    v.append(f"effect_at_most_once: {eid} {sid} applied {d[sid]} times")
+        for wid, doc in workflows.items():
+            if self.started.get(wid) != "tx":
+                continue
+            run = doc.get("run", 0)
+            applied = effects.get(f"{wid}:{run}", {})
+            for sid in TX_STEPS:
+                record = current.get((wid, run, sid))
+                done = record is not None and record.get("status") == "done"
+                if done != (applied.get(sid, 0) == 1):
+                    v.append(
+                        f"effect_iff_record: {wid} ({doc['status']}) run {run} {sid}: record "
+                        f"{record.get('status') if record else None}, effect applied {applied.get(sid, 0)} times"
+                    )
+            if doc["status"] == "finished":
+                for sid in TX_STEPS if self.inputs[wid].get("two") else TX_STEPS[:1]:
+                    if applied.get(sid, 0) != 1:
+                        v.append(f"finished_with_effect: {wid} finished run {run}, {sid} applied {applied.get(sid, 0)}")
+        self.tx_finished = sum(
+            1 for w, d in workflows.items() if self.started.get(w) == "tx" and d["status"] == "finished"
+        )
+
         # events: each taken by at most one wait; every wait that got one got a distinct one
         consumers: dict[Any, str] = {}
         for e in events:
@@ -527,11 +648,13 @@ class World:
                 v.append(f"no_leaked_slot: {slot['_id']} held by {slot.get('holder')} until {slot['until']}")
 
         # schedules: one workflow per tick, none missing between the first and the last
-        ticks = sorted(d["scheduled_at"] for d in workflows.values() if d.get("schedule") == TICKS)
+        # (a world with retention purges ended ticks: count every one the checker saw, not only those still there)
+        seen = {**self.ticks_seen, **{w: d["scheduled_at"] for w, d in workflows.items() if d.get("schedule") == TICKS}}
+        ticks = sorted(seen.values())
         if ticks and any(b - a != timedelta(seconds=2) for a, b in itertools.pairwise(ticks)):
             gaps = [str(a) for a, b in itertools.pairwise(ticks) if b - a != timedelta(seconds=2)]
             v.append(f"one_workflow_per_tick: ticks missing or doubled after {gaps[:3]}")
-        if self.retention is None and len(ticks) < (self.config.duration - 4) / 2:
+        if len(ticks) < (self.config.duration - 4) / 2:
             v.append(f"ticks_fire: only {len(ticks)} ticks in {self.config.duration:g}s")
         self.tick_count = len(ticks)
 
@@ -539,8 +662,9 @@ class World:
         by_actor: dict[tuple[str, Key], list[Any]] = {}
         for body in self.ledger.bodies:
             by_actor.setdefault((body.actor, body.key), []).append(body)
-        end = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
         for (actor, key), bodies in by_actor.items():
+            end = self.died.get(actor, now)  # a killed worker's bodies never end, but they stopped running
             bodies.sort(key=lambda b: b.started)
             for first, second in itertools.pairwise(bodies):
                 overlap = min(first.ended or end, second.ended or end) - second.started
@@ -589,6 +713,9 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "queued": len(world.queued),
             "queue_peak": world.queue_peak,
             "ticks": getattr(world, "tick_count", 0),
+            "tx_workflows": sum(1 for k in world.started.values() if k == "tx"),
+            "tx_finished": getattr(world, "tx_finished", 0),
+            **world.txn.stats,
         }
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.sleep(0))

@@ -18,6 +18,7 @@ How a run stops early (sleeps, waits, pauses, lost leases, outages) is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -931,10 +932,14 @@ class WorkflowContext:
                 existing = await asyncio.shield(write)
             except asyncio.CancelledError:
                 if not self._control.done:  # the handler cancelled this wait: the event is recorded, or given back
-                    await asyncio.wait({write}, timeout=self._threshold + 5)
-                    if not write.done() or write.cancelled() or write.exception() is not None:
-                        write.cancel()
-                        await self._events.release(consumer, event["_id"])
+                    try:
+                        await asyncio.wait({write}, timeout=self._threshold + 5)
+                    finally:  # also when the run ends meanwhile and cancels its stragglers (the write among them)
+                        if not write.done() or write.cancelled() or write.exception() is not None:
+                            write.cancel()
+                            give_back = asyncio.ensure_future(self._events.release(consumer, event["_id"]))
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await asyncio.shield(give_back)
                 raise
             self._events.settle(consumer)
             if existing is not None:

@@ -11,6 +11,7 @@ its handler cancels after it took an event gives the event back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -65,8 +66,10 @@ class Inbox:
             return await self._take(call, consumer, types)
         except asyncio.CancelledError:
             held = self.taken.get(consumer)
-            if held is not None and not unwinding():  # the handler cancelled this wait: give the event back
-                await self.release(consumer, held)
+            if held is not None and not unwinding():  # the handler cancelled this wait: give the event back,
+                give_back = asyncio.ensure_future(self.release(consumer, held))  # even if the run ends meanwhile
+                with contextlib.suppress(asyncio.CancelledError):  # and cancels its stragglers (this task)
+                    await asyncio.shield(give_back)
             raise
 
     def settle(self, consumer: str) -> None:

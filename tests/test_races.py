@@ -614,6 +614,96 @@ async def test_18b_two_waits_raced_with_asyncio_wait_finish_with_the_first_event
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
+async def test_18d_a_losing_wait_whose_record_is_still_in_flight_when_the_handler_ends_gives_its_event_back(
+    engine: Bluestreak,
+) -> None:
+    """Both waits took their events; the loser's record write is slow; the handler cancels it and returns at once.
+
+    The run ends while that write is in flight and cancels it with the run's other stragglers: the loser's event
+    must be given back, not left marked taken by a wait that has no record (found by the interleaving simulator,
+    seeds 113 and 259 of the sweep: a slow command under the loser's record).
+    """
+    store = engine.store
+    real_insert, real_finalize = store.insert_record, store.finalize_step
+
+    async def slow_insert(collection: str, record: Any) -> Any:
+        if record.get("step_id") == "approve":
+            await asyncio.sleep(1.0)
+        return await real_insert(collection, record)
+
+    async def slow_finalize(key: Any, fields: Any) -> Any:
+        if key.get("step_id") == "approve":
+            await asyncio.sleep(1.0)
+        return await real_finalize(key, fields)
+
+    store.insert_record = slow_insert  # type: ignore[method-assign]
+    store.finalize_step = slow_finalize  # type: ignore[method-assign]
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        approve = asyncio.create_task(ctx.wait_for_event("approve", "approved", timeout=5))
+        reject = asyncio.create_task(ctx.wait_for_event("reject", "rejected", timeout=5))
+        done, pending = await asyncio.wait({approve, reject}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return "approved" if approve in done else "rejected"
+
+    await engine.start("w", "h")
+    await engine.send_event("w", "approved", "yes")
+    await engine.send_event("w", "rejected", "no")
+    async with running(engine):
+        assert await engine.wait("w", timeout=10) == "rejected"
+        await asyncio.sleep(1.5)  # the slow write, had it gone on
+    approve_record = {s.step_id: s for s in await engine.list_steps("w")}.get("approve")
+    event = await store.events.find_one({"workflow_id": "w", "type": "approved"})
+    assert event is not None
+    taken = event.get("consumed_run", -1) >= 0 and event.get("consumed_by") == "0:approve"
+    assert not taken or (approve_record is not None and approve_record.output["payload"] == "yes"), (
+        f"the event is marked taken by 'approve', whose record is {approve_record}"
+    )
+
+
+async def test_18e_a_losing_wait_cancelled_while_taking_its_event_gives_it_back_though_the_run_ends_meanwhile(
+    engine: Bluestreak,
+) -> None:
+    """The loser's event is marked consumed, then the handler cancels it; its give-back is slow, and the run ends
+    and cancels its stragglers meanwhile: the give-back must still land (simulator seed 259 of the sweep)."""
+    store = engine.store
+    real_mark, real_unmark = store.mark_consumed, store.unmark_event
+
+    async def mark_then_stall(event_id: Any, consumer: str, run: int, now: Any) -> Any:
+        marked = await real_mark(event_id, consumer, run, now)
+        if consumer.endswith(":approve"):
+            await asyncio.sleep(1.0)  # the reply is slow: the handler cancels this wait meanwhile
+        return marked
+
+    async def slow_unmark(event_id: Any, consumer: str, run: int) -> bool:
+        await asyncio.sleep(0.5)  # the run ends meanwhile
+        return await real_unmark(event_id, consumer, run)
+
+    store.mark_consumed = mark_then_stall  # type: ignore[method-assign]
+    store.unmark_event = slow_unmark  # type: ignore[method-assign]
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        reject = asyncio.create_task(ctx.wait_for_event("reject", "rejected", timeout=5))  # takes its event first
+        approve = asyncio.create_task(ctx.wait_for_event("approve", "approved", timeout=5))
+        done, pending = await asyncio.wait({approve, reject}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return "approved" if approve in done else "rejected"
+
+    await engine.start("w", "h")
+    await engine.send_event("w", "approved", "yes")
+    await engine.send_event("w", "rejected", "no")
+    async with running(engine):
+        assert await engine.wait("w", timeout=10) == "rejected"
+        await asyncio.sleep(1.5)
+    assert "approve" not in {s.step_id for s in await engine.list_steps("w")}
+    event = await store.events.find_one({"workflow_id": "w", "type": "approved"})
+    assert event is not None and event.get("consumed_run", -1) < 0, f"still marked taken: {event}"
+
+
 async def test_18c_gather_of_waits_and_tasks_cancelled_by_the_handler_behave(engine: Bluestreak) -> None:
     @engine.handler("h")
     async def h(ctx: WorkflowContext, input: Any) -> list[Any]:

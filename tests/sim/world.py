@@ -118,6 +118,8 @@ class World:
         self.started: dict[str, str] = {}  # workflow id -> kind
         self.sent: dict[str, list[tuple[str, Any, float]]] = {}  # workflow id -> [(type, payload, time)]
         self.frozen_time: dict[str, list[tuple[float, float]]] = {}
+        self.appeared_after: dict[Key, datetime | None] = {}  # final step record -> the read before it was seen
+        self.last_read: datetime | None = None  # when the checker last read the step records
         self.ticks_seen: dict[str, datetime] = {}  # tick workflow id -> its tick, as the checker saw them
         self.died: dict[str, float] = {}  # actor -> when it was killed (it runs nothing after)
         self.records: dict[Key, tuple[str, Any]] = {}
@@ -397,6 +399,12 @@ class World:
         present: dict[str, set[Key]] = {}
         for d in docs:
             present.setdefault(d["workflow_id"], set()).add((d["workflow_id"], d["run"], d["step_id"]))
+        seen = {k for ks in present.values() for k in ks}
+        for key in seen - self.appeared_after.keys():
+            self.appeared_after[key] = self.last_read  # written (or rewritten) after that read
+        for key in self.appeared_after.keys() - seen:
+            del self.appeared_after[key]
+        self.last_read = self.scheduler.now()
         for wid, keys in self.live_keys.items():
             run = runs.get(wid)
             if run is None:
@@ -565,6 +573,10 @@ class World:
                 continue
             written = d.get("recorded_at") or d.get("started_at") or d.get("created_at")
             restarted = doc.get("run_started_at")
+            after = self.appeared_after.get((d["workflow_id"], d["run"], d.get("step_id", "")))
+            if restarted is not None and after is not None and after >= restarted:
+                self.zombie_orphans += 1  # first seen after the restart: a zombie wrote it after the clean-up
+                continue
             if written is not None and restarted is not None and written > restarted - timedelta(seconds=1):
                 self.zombie_orphans += 1  # written by a zombie after the restart's clean-up: garbage, not lost work
                 continue

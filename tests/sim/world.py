@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 from bluestreak import Bluestreak, BluestreakError
 from bluestreak.memory import memory_database, reset_memory
 
+from .compose import Composer
 from .db import ACTOR, Faults, Scheduler, SimDatabase
 from .loop import VirtualTimeLoop
 from .workflows import KINDS, Key, Ledger, Workflows
@@ -126,6 +127,7 @@ class World:
         self.shared: Any = None
         self.queued: set[str] = set()
         self.queue_peak = 0
+        self.compose = Composer(self)  # children, published state, fork, signal-with-start (tests/sim/compose.py)
 
     # the scheduler's trace sink
     def append(self, line: str) -> None:
@@ -242,6 +244,7 @@ class World:
             if action in ("terminate", "cancel") and self.rng.random() < 0.6:
                 action = "pause"
             self.counts["operator_calls"] += 1
+            self.compose.touch(wid, action)
             await self._try(lambda action=action, wid=wid: getattr(engine, action)(wid))
 
     async def _chaos(self) -> None:
@@ -355,6 +358,7 @@ class World:
         if self.config.operator:
             background.append(loop.create_task(self._operator(operator)))
         background.append(loop.create_task(self._chaos()))
+        background.append(self.compose.start(client, operator))
         await asyncio.sleep(self.config.duration)
         for task in background[3:]:
             task.cancel()
@@ -363,6 +367,7 @@ class World:
         background[2].cancel()
         await self._snapshot()
         await self._check()
+        await self.compose.check()
         await self._shutdown(background)
         reset_memory(self.db_url[len("memory://") :])
 
@@ -589,6 +594,7 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "queued": len(world.queued),
             "queue_peak": world.queue_peak,
             "ticks": getattr(world, "tick_count", 0),
+            **world.compose.stats(),
         }
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.sleep(0))

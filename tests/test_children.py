@@ -244,3 +244,67 @@ async def test_after_a_restart_the_parent_starts_new_children(engine: Bluestreak
         await eventually(_is(engine, "p", Status.FINISHED))
     assert (await engine.get_workflow("p")).result == "p/r1/c"
     assert sorted(k.id for k in await engine.list_workflows(parent="p")) == ["p/c", "p/r1/c"]
+
+
+def _fail_once(engine: Bluestreak, transition: str, workflow_id: str) -> list[str]:
+    """Make the store's first ``transition`` on ``workflow_id`` raise a transient error (a network blip)."""
+    from pymongo.errors import AutoReconnect
+
+    store = engine.store
+    real = store.apply
+    failed: list[str] = []
+
+    async def flaky(t: Any, wid: str, token: Any = None, **args: Any) -> Any:
+        if t.name == transition and wid == workflow_id and not failed:
+            failed.append(f"{t.name} {wid}")
+            raise AutoReconnect(f"test: {t.name} of {wid} failed before it ran")
+        return await real(t, wid, token, **args)
+
+    store.apply = flaky  # type: ignore[method-assign]
+    return failed
+
+
+async def test_a_transient_error_while_closing_the_children_does_not_leave_them_running(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 2): one failed command and a cancel-policy child ran on to the end."""
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("t", "child")
+        await ctx.start_child("c", "child", parent_close="cancel")
+        await ctx.step("wait-for-them", lambda: None)
+        return "done"
+
+    terminate_failed, cancel_failed = _fail_once(engine, "terminate", "p/t"), _fail_once(engine, "cancel", "p/c")
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=10) == "done"
+        await eventually(_is(engine, "p/t", Status.TERMINATED), timeout=5)
+        await eventually(_is(engine, "p/c", Status.CANCELLED), timeout=5)
+    assert terminate_failed == ["terminate p/t"] and cancel_failed == ["cancel p/c"]
+
+
+async def test_a_transient_error_while_waking_the_parent_does_not_leave_it_waiting(engine: Bluestreak) -> None:
+    """The child's end wakes its waiting parent at once, even when the first try of that write fails (without
+    a retry the parent slept until its five-minute recheck)."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "ok"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    failed = _fail_once(engine, "notify_waiting", "p")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        release.set()
+        assert await engine.wait("p", timeout=5) == "ok"
+    assert failed == ["notify_waiting p"]

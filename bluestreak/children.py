@@ -26,6 +26,7 @@ on).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ from .errors import ChildWorkflowFailed, InvalidArgument, InvalidTransition, Wor
 from .handlers import check_id, handler_id_of
 from .records import FINAL_STATUSES, Status
 from .store import Doc, Store, expiry, is_transient
-from .transitions import NOTIFY, NOTIFY_WAITING, TERMINATE, WAKE_WAITING
-from .unwind import Suspension
+from .transitions import NOTIFY, NOTIFY_WAITING, START_CHILD, TERMINATE, WAKE_WAITING
+from .unwind import Stop, Suspension
 
 if TYPE_CHECKING:
     from .cancellation import Canceller
     from .context import WorkflowContext
+    from .starting import Started, Starter
 
 log = logging.getLogger("bluestreak.children")
 ParentClose = Literal["terminate", "cancel", "abandon"]
@@ -111,10 +113,15 @@ async def start_child(
         doc.update(parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close)
         if "deadline" not in doc and ctx.deadline is not None:
             doc["deadline"] = ctx.deadline
-        if not ctx.doc_has_children:  # the mark that makes its end close its children (one write per parent)
-            await ctx._db(ctx._store.mark_parent(ctx.workflow_id), call)
-            ctx.doc_has_children = True
-        started = await ctx._db(starter.insert(doc), call)
+        # Fenced: a zombie (an execution whose lease is gone) starts no child; the mark it sets makes the
+        # parent's end close its children, whoever writes that end.
+        if not await ctx._db(ctx._store.apply_quiet(START_CHILD, ctx.workflow_id, ctx._token), call):
+            await ctx._control.halt(Stop("lease_lost"), call)
+        ctx.doc_has_children = True
+        # Shielded: once the insert is sent, the check after it runs even if this run is cancelled meanwhile.
+        started, ended = await ctx._db(asyncio.shield(_insert_child(ctx._store, starter, doc, ctx.workflow_id)), call)
+        if ended:
+            await ctx._control.halt(Stop("lease_lost"), call)
         if not started.created:
             existing = await ctx._db(ctx._store.get_workflow(started.workflow_id, {"parent": 1}), call)
             if existing is None or existing.get("parent") != ctx.workflow_id:
@@ -126,6 +133,24 @@ async def start_child(
         return ChildHandle(ctx, step_id, started.workflow_id)
     finally:
         ctx._end(call)
+
+
+async def _insert_child(store: Store, starter: Starter, doc: Doc, parent_id: str) -> tuple[Started, bool]:
+    """Insert a child; if it is new and its parent has ended meanwhile (terminated after the START_CHILD check,
+    say, closing the children it had then), apply the policy to it here, as the parent's end would have.
+    Whether the parent had ended."""
+    started = await starter.insert(doc)
+    if not started.created:
+        return started, False
+    settings = starter.settings
+    parent = await _retrying(settings, lambda: store.get_workflow(parent_id, {"status": 1}))
+    if parent is not None and parent["status"] not in FINAL:
+        return started, False
+    try:
+        await close_children(store, settings, parent_id)
+    except Exception as exc:
+        log.warning("workflow %r ended as it started child %r, not closed (%s)", parent_id, doc["_id"], exc)
+    return started, True
 
 
 async def wait_child(ctx: WorkflowContext, step_id: str, workflow_id: str) -> Any:

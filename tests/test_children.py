@@ -308,3 +308,69 @@ async def test_a_transient_error_while_waking_the_parent_does_not_leave_it_waiti
         release.set()
         assert await engine.wait("p", timeout=5) == "ok"
     assert failed == ["notify_waiting p"]
+
+
+async def test_a_zombie_of_an_ended_parent_starts_no_child(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 104): the execution that lost its lease went on to start a child after
+    another execution had ended the parent (cancelled at its first call), and the child ran on unclosed."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def block() -> None:
+        entered.set()
+        await release.wait()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.step("block", block)
+        await ctx.start_child("c", "child")
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        await entered.wait()
+        # Another worker took the parent over and ended it (its lease expired, say): this run is a zombie.
+        await engine.store.workflows.update_one(
+            {"_id": "p"}, {"$set": {"lease": "other-worker", "status": "cancelled", "finished_at": None}}
+        )
+        release.set()
+        await eventually(lambda: _steps_recorded(engine, "p", "block"))
+        await asyncio.sleep(0.5)
+        child_doc = await engine.store.get_workflow("p/c")
+        assert child_doc is None or child_doc["status"] in ("terminated", "cancelled")
+
+
+async def test_a_child_started_while_its_parent_is_terminated_is_closed(
+    engine: Bluestreak, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's start of a child passed its lease check, then the parent was terminated (closing the children
+    it had) before the child's insert: the start itself closes the child it made for an ended parent."""
+    from bluestreak.starting import Starter
+
+    real = Starter.insert
+
+    async def insert(self: Starter, doc: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if doc["_id"] == "p/c":
+            await engine.terminate("p")
+        return await real(self, doc, *args, **kwargs)
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.start_child("c", "child")
+        await ctx.sleep("long", 3600)
+
+    monkeypatch.setattr(Starter, "insert", insert)
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p/c", Status.TERMINATED), timeout=5)
+        assert await _status(engine, "p") is Status.TERMINATED
+
+
+async def _steps_recorded(engine: Bluestreak, wid: str, step: str) -> bool:
+    return step in {s.step_id for s in await engine.list_steps(wid)}

@@ -268,6 +268,7 @@ class World:
                 self.scheduler.actor(name).dead = True
                 self.scheduler.actor(name).frozen.set()
                 self.counts["kills"] += 1
+                self.compose.killed(name)
                 spawned += 1
                 await self._spawn_worker(f"w{spawned}")
 

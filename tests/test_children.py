@@ -374,3 +374,68 @@ async def test_a_child_started_while_its_parent_is_terminated_is_closed(
 
 async def _steps_recorded(engine: Bluestreak, wid: str, step: str) -> bool:
     return step in {s.step_id for s in await engine.list_steps(wid)}
+
+
+def _lose_reply_once(engine: Bluestreak, transition: str, workflow_id: str) -> list[str]:
+    """Apply the first ``transition`` outcome of ``workflow_id``, then lose its reply (a transient error)."""
+    from pymongo.errors import AutoReconnect
+
+    store = engine.store
+    real = store.outcome
+    lost: list[str] = []
+
+    async def lossy(t: Any, wid: str, token: str, **args: Any) -> bool:
+        applied = await real(t, wid, token, **args)
+        if t.name == transition and wid == workflow_id and not lost:
+            lost.append(f"{t.name} {wid}")
+            raise AutoReconnect(f"test: the reply to {t.name} of {wid} was lost")
+        return applied
+
+    store.outcome = lossy  # type: ignore[method-assign]
+    return lost
+
+
+async def test_a_child_whose_finish_reply_was_lost_still_wakes_its_parent(engine: Bluestreak) -> None:
+    """Found by the simulator: the child's end was written but its reply lost, so its execution took the write for
+    failed; no worker claims an ended workflow, and the parent slept until its five-minute recheck."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "ok"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    lost = _lose_reply_once(engine, "finish", "p/c")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        release.set()
+        assert await engine.wait("p", timeout=5) == "ok"
+    assert lost == ["finish p/c"]
+
+
+async def test_a_parent_whose_finish_reply_was_lost_still_closes_its_children(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 1 of a mutant's world): the parent's end was written, its reply lost, and its
+    children ran on."""
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("t", "child")
+        await ctx.start_child("c", "child", parent_close="cancel")
+        return "done"
+
+    lost = _lose_reply_once(engine, "finish", "p")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.FINISHED))
+        await eventually(_is(engine, "p/t", Status.TERMINATED), timeout=5)
+        await eventually(_is(engine, "p/c", Status.CANCELLED), timeout=5)
+    assert lost == ["finish p"]

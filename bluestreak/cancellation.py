@@ -84,6 +84,8 @@ class RunCancellation:
         self.info: Doc | None = None
         self.requested = False
         self.record: Doc | None = record
+        self.delivering = False
+        """A call of this execution is delivering it (parallel branches asking at once: the first gets it)."""
         self._event = asyncio.Event()
         if record is not None:
             self.requested = True

@@ -26,23 +26,26 @@ on).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .codec import restore
 from .config import Settings
-from .errors import ChildWorkflowFailed, InvalidArgument
+from .errors import ChildWorkflowFailed, InvalidArgument, InvalidTransition, WorkflowNotFound
 from .handlers import check_id, handler_id_of
 from .records import FINAL_STATUSES, Status
-from .store import Doc, Store, expiry
-from .transitions import NOTIFY, NOTIFY_WAITING, TERMINATE, WAKE_WAITING
-from .unwind import Suspension
+from .store import Doc, Store, expiry, is_transient
+from .transitions import NOTIFY, NOTIFY_WAITING, START_CHILD, TERMINATE, WAKE_WAITING
+from .unwind import Stop, Suspension
 
 if TYPE_CHECKING:
+    from .cancellation import Canceller
     from .context import WorkflowContext
+    from .starting import Started, Starter
 
 log = logging.getLogger("bluestreak.children")
 ParentClose = Literal["terminate", "cancel", "abandon"]
@@ -50,6 +53,9 @@ POLICIES = ("terminate", "cancel", "abandon")
 RECHECK = timedelta(minutes=5)
 """The longest a parent waits before looking at its child again (should the child's wake-up be lost)."""
 FINAL = {s.value for s in FINAL_STATUSES}
+CLOSE_RETRIES = 6
+"""Tries of each write a workflow's end makes on its parent and children (about 3 s of transient errors)."""
+T = TypeVar("T")
 _CHILD_FIELDS = {"status": 1, "result": 1, "result_type": 1, "error": 1, "parent": 1}
 
 
@@ -107,10 +113,15 @@ async def start_child(
         doc.update(parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close)
         if "deadline" not in doc and ctx.deadline is not None:
             doc["deadline"] = ctx.deadline
-        if not ctx.doc_has_children:  # the mark that makes its end close its children (one write per parent)
-            await ctx._db(ctx._store.mark_parent(ctx.workflow_id), call)
-            ctx.doc_has_children = True
-        started = await ctx._db(starter.insert(doc), call)
+        # Fenced: a zombie (an execution whose lease is gone) starts no child; the mark it sets makes the
+        # parent's end close its children, whoever writes that end.
+        if not await ctx._db(ctx._store.apply_quiet(START_CHILD, ctx.workflow_id, ctx._token), call):
+            await ctx._control.halt(Stop("lease_lost"), call)
+        ctx.doc_has_children = True
+        # Shielded: once the insert is sent, the check after it runs even if this run is cancelled meanwhile.
+        started, ended = await ctx._db(asyncio.shield(_insert_child(ctx._store, starter, doc, ctx.workflow_id)), call)
+        if ended:
+            await ctx._control.halt(Stop("lease_lost"), call)
         if not started.created:
             existing = await ctx._db(ctx._store.get_workflow(started.workflow_id, {"parent": 1}), call)
             if existing is None or existing.get("parent") != ctx.workflow_id:
@@ -122,6 +133,24 @@ async def start_child(
         return ChildHandle(ctx, step_id, started.workflow_id)
     finally:
         ctx._end(call)
+
+
+async def _insert_child(store: Store, starter: Starter, doc: Doc, parent_id: str) -> tuple[Started, bool]:
+    """Insert a child; if it is new and its parent has ended meanwhile (terminated after the START_CHILD check,
+    say, closing the children it had then), apply the policy to it here, as the parent's end would have.
+    Whether the parent had ended."""
+    started = await starter.insert(doc)
+    if not started.created:
+        return started, False
+    settings = starter.settings
+    parent = await _retrying(settings, lambda: store.get_workflow(parent_id, {"status": 1}))
+    if parent is not None and parent["status"] not in FINAL:
+        return started, False
+    try:
+        await close_children(store, settings, parent_id)
+    except Exception as exc:
+        log.warning("workflow %r ended as it started child %r, not closed (%s)", parent_id, doc["_id"], exc)
+    return started, True
 
 
 async def wait_child(ctx: WorkflowContext, step_id: str, workflow_id: str) -> Any:
@@ -163,14 +192,32 @@ async def wait_child(ctx: WorkflowContext, step_id: str, workflow_id: str) -> An
 # -- when a workflow ends ------------------------------------------------------------------
 
 
-async def notify_parent(store: Store, parent_id: str, now: Any) -> bool:
+async def _retrying(settings: Settings, write: Callable[[], Awaitable[T]]) -> T:
+    """``write()``, tried again after a transient error (a failover, a lost reply): what a workflow's end does
+    to its parent and children is done by nobody else, so one network blip must not undo it. Each write here
+    is safe to repeat."""
+    for attempt in range(CLOSE_RETRIES):
+        try:
+            return await write()
+        except Exception as exc:
+            if attempt + 1 == CLOSE_RETRIES or not is_transient(exc):
+                raise
+            await settings.clock.sleep(min(0.1 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+async def notify_parent(store: Store, parent_id: str, now: Any, settings: Settings) -> bool:
     """A child ended: make its parent due now if it waits, count it otherwise (as ``send_event`` does)."""
-    doc = await store.apply(NOTIFY_WAITING, parent_id, now=now)
-    if doc is None:
-        doc = await store.apply(NOTIFY, parent_id, now=now)
-        if doc is not None and doc.get("status") == Status.WAITING.value:
-            await store.apply_quiet(WAKE_WAITING, parent_id, now=now)
-    return doc is not None
+
+    async def notify() -> bool:
+        doc = await store.apply(NOTIFY_WAITING, parent_id, now=now)
+        if doc is None:
+            doc = await store.apply(NOTIFY, parent_id, now=now)
+            if doc is not None and doc.get("status") == Status.WAITING.value:
+                await store.apply_quiet(WAKE_WAITING, parent_id, now=now)
+        return doc is not None
+
+    return await _retrying(settings, notify)
 
 
 async def workflow_ended(
@@ -185,7 +232,7 @@ async def workflow_ended(
     ``children`` or the document's mark). Never raises; costs nothing for a workflow with neither."""
     now = settings.clock.now()
     try:
-        if doc.get("parent") and await notify_parent(store, doc["parent"], now) and wake is not None:
+        if doc.get("parent") and await notify_parent(store, doc["parent"], now, settings) and wake is not None:
             wake()
         if children or doc.get("children"):
             await close_children(store, settings, doc["_id"], depth)
@@ -199,17 +246,32 @@ async def close_children(store: Store, settings: Settings, parent_id: str, depth
 
     if depth > 32:
         return
-    for child in await store.open_children(parent_id):
+    canceller = Canceller(lambda: store, settings, lambda _i, _d: None, lambda _h: None)
+    for child in await _retrying(settings, lambda: store.open_children(parent_id)):
+        try:
+            await _close_child(store, settings, canceller, parent_id, child, depth)
+        except Exception as exc:  # ended meanwhile, or the database stayed away: the next child all the same
+            log.warning("child %r of %r: its parent-close policy failed (%s)", child["_id"], parent_id, exc)
+
+
+async def _close_child(
+    store: Store, settings: Settings, canceller: Canceller, parent_id: str, child: Doc, depth: int
+) -> None:
+    cid = child["_id"]
+    if child["parent_close"] == "cancel":
+        try:
+            await _retrying(settings, lambda: canceller.cancel(cid, f"parent {parent_id!r} ended", by="parent"))
+        except (InvalidTransition, WorkflowNotFound) as exc:  # ended meanwhile
+            log.info("child %r: not cancelled (%s)", cid, type(exc).__name__)
+        return
+
+    async def terminate() -> Doc | None:
         now = settings.clock.now()
-        if child["parent_close"] == "cancel":
-            try:
-                await Canceller(lambda: store, settings, lambda _i, _d: None, lambda _h: None).cancel(
-                    child["_id"], f"parent {parent_id!r} ended", by="parent"
-                )
-            except Exception as exc:  # ended meanwhile
-                log.info("child %r: not cancelled (%s)", child["_id"], type(exc).__name__)
-            continue
-        fields = {**expiry(now, settings.retention_failed)}
-        ended = await store.apply(TERMINATE, child["_id"], now=now, fields=fields)
-        if ended is not None and ended.get("children"):
-            await close_children(store, settings, child["_id"], depth + 1)
+        return await store.apply(TERMINATE, cid, now=now, fields={**expiry(now, settings.retention_failed)})
+
+    ended = await _retrying(settings, terminate)
+    if ended is None and child.get("children"):  # a try whose reply was lost may have terminated it
+        ended = await _retrying(settings, lambda: store.get_workflow(cid, {"status": 1, "children": 1}))
+        ended = ended if ended is not None and ended.get("status") == Status.TERMINATED.value else None
+    if ended is not None and ended.get("children"):
+        await close_children(store, settings, cid, depth + 1)

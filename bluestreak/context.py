@@ -543,7 +543,8 @@ class WorkflowContext:
             await control.halt(Suspension(Status.PAUSED, None), call)
         if not recorded and checked:
             await self._check_history(call)
-        if checked and self._cancel.pending and call.parent is None and not self._replays(call_id):
+        cancel = self._cancel
+        if checked and cancel.pending and not cancel.delivering and call.parent is None and not self._replays(call_id):
             try:
                 await self._deliver_cancel(call)
             finally:
@@ -580,7 +581,10 @@ class WorkflowContext:
         return nap is not None and nap["wake_at"] <= self._clock.now()
 
     async def _deliver_cancel(self, call: Call) -> NoReturn:
-        """Raise ``WorkflowCancelled`` at this call, recording where (first writer wins) for every replay."""
+        """Raise ``WorkflowCancelled`` at this call, recording where (first writer wins) for every replay.
+
+        Only one call of this execution delivers it: another branch asking meanwhile runs on."""
+        self._cancel.delivering = True
         now = self._clock.now()
         if self._cancel.info is None:
             doc = await self._db(self._store.get_workflow(self.workflow_id, {"cancel": 1}), call)

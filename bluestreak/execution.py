@@ -63,6 +63,8 @@ log = logging.getLogger("bluestreak.worker")
 _RETRIES = 6
 """How often an outcome write is retried while an operator's control flips under it."""
 StopReason = Literal["lost", "release"]
+_ENDED_BY_EXECUTION = {Status.FINISHED.value, Status.ABORTED.value, Status.CANCELLED.value}
+"""Final statuses an execution writes itself (keeping its lease token on the document)."""
 
 
 class Execution:
@@ -151,11 +153,29 @@ class Execution:
                     short(str(exc)),
                     extra=self.fields(),
                 )
+                await self._ended_unseen()
             else:
                 log.exception("workflow %r: unexpected error in its execution", self.workflow_id, extra=self.fields())
         finally:
             if self.ctx is not None:
                 self.ctx.cancel_stragglers()
+
+    async def _ended_unseen(self) -> None:
+        """A transient error may have hidden an outcome write that was applied (its reply lost). No worker claims
+        an ended workflow, so if this one has a parent to wake or children to close and its document says this
+        execution ended it, do that now: nobody else would (the parent would wait for its recheck, the
+        children would run on)."""
+        if not (self.doc.get("parent") or self._parent):
+            return
+        try:
+            doc = await self.store.get_workflow(self.workflow_id)
+        except Exception:
+            return  # the database is still away: the parent's recheck remains
+        if doc is None or doc.get("lease") != self.token or doc.get("status") not in _ENDED_BY_EXECUTION:
+            return
+        self.outcome = str(doc["status"])
+        self._on_settled(self.workflow_id)
+        await workflow_ended(self.store, self.settings, doc, self._wake, children=self._parent)
 
     async def _run(self) -> None:
         doc = self.doc

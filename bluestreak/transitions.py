@@ -540,6 +540,16 @@ PUBLISH = Transition(
     "refused here), and the counter orders event values, so a late write never replaces a newer one.",
 )
 
+START_CHILD = Transition(
+    "start_child",
+    frozenset({Status.RUNNING}),
+    None,
+    fenced=True,
+    update=lambda a: {"$set": {"children": True}},
+    doc="Before ctx.start_child inserts a child: only the lease holder may (a zombie starts no child), and the "
+    "mark it leaves makes the parent's end, whoever writes it, close its children.",
+)
+
 EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CLAIM,
     RENEW,
@@ -559,6 +569,7 @@ EXECUTION_TRANSITIONS: tuple[Transition, ...] = (
     CANCELLED,
     PUBLISH,
     TRANSACT,
+    START_CHILD,
 )
 OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     PAUSE,

@@ -305,3 +305,47 @@ async def test_bad_timeouts_are_refused(engine: Bluestreak) -> None:
         with pytest.raises(InvalidArgument):
             await engine.start("w", "h", timeout=bad)
     assert await engine.list_workflows() == []
+
+
+async def test_a_cancellation_two_parallel_branches_ask_for_at_once_is_delivered_to_one(
+    make_engine: EngineFactory,
+) -> None:
+    """Found by the simulator (a queued workflow racing two waits with asyncio.wait, cancelled while it waited):
+    both branches asked for the cancellation at once, and the one whose record lost took the run for a lost
+    lease. The execution then stopped without writing its outcome and gave its queue slot back while it still
+    held its lease (a third workflow ran in a queue of two); the workflow was cancelled only after the lease
+    expired. Now the first branch gets it and the other runs on, as documented."""
+    engine = await make_engine(lease_duration=30)
+    released: list[str] = []
+    apply_quiet = engine.store.apply_quiet
+    delayed: list[str] = []
+
+    async def slow_first_delivery(t: Any, workflow_id: str, token: Any = None, **args: Any) -> Any:
+        if t.name == "cancel_delivered" and not delayed:  # the first branch's last write is slow, on either backend
+            delayed.append(workflow_id)
+            await asyncio.sleep(0.3)
+        return await apply_quiet(t, workflow_id, token, **args)
+
+    engine.store.apply_quiet = slow_first_delivery  # type: ignore[method-assign]
+
+    @engine.handler("race")
+    async def race(ctx: WorkflowContext, _input: Any) -> str:
+        try:
+            a = asyncio.create_task(ctx.wait_for_event("a", "A", timeout=3600))
+            b = asyncio.create_task(ctx.wait_for_event("b", "B", timeout=3600))
+            done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            return str(next(iter(done)).result())
+        except WorkflowCancelled:
+            await ctx.step("release", lambda: released.append("released"))
+            raise
+
+    async with running(engine):
+        await engine.start("r", "race")
+        await eventually(_is(engine, "r", Status.WAITING))
+        await engine.cancel("r")
+        with pytest.raises(WorkflowFailed) as failed:
+            await engine.wait("r", timeout=5)  # not after the 30 s lease of an execution taken for lost
+    assert failed.value.status == "cancelled" and released == ["released"]
+    assert (await engine.get_workflow("r")).attempt == 2

@@ -244,3 +244,198 @@ async def test_after_a_restart_the_parent_starts_new_children(engine: Bluestreak
         await eventually(_is(engine, "p", Status.FINISHED))
     assert (await engine.get_workflow("p")).result == "p/r1/c"
     assert sorted(k.id for k in await engine.list_workflows(parent="p")) == ["p/c", "p/r1/c"]
+
+
+def _fail_once(engine: Bluestreak, transition: str, workflow_id: str) -> list[str]:
+    """Make the store's first ``transition`` on ``workflow_id`` raise a transient error (a network blip)."""
+    from pymongo.errors import AutoReconnect
+
+    store = engine.store
+    real = store.apply
+    failed: list[str] = []
+
+    async def flaky(t: Any, wid: str, token: Any = None, **args: Any) -> Any:
+        if t.name == transition and wid == workflow_id and not failed:
+            failed.append(f"{t.name} {wid}")
+            raise AutoReconnect(f"test: {t.name} of {wid} failed before it ran")
+        return await real(t, wid, token, **args)
+
+    store.apply = flaky  # type: ignore[method-assign]
+    return failed
+
+
+async def test_a_transient_error_while_closing_the_children_does_not_leave_them_running(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 2): one failed command and a cancel-policy child ran on to the end."""
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("t", "child")
+        await ctx.start_child("c", "child", parent_close="cancel")
+        await ctx.step("wait-for-them", lambda: None)
+        return "done"
+
+    terminate_failed, cancel_failed = _fail_once(engine, "terminate", "p/t"), _fail_once(engine, "cancel", "p/c")
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=10) == "done"
+        await eventually(_is(engine, "p/t", Status.TERMINATED), timeout=5)
+        await eventually(_is(engine, "p/c", Status.CANCELLED), timeout=5)
+    assert terminate_failed == ["terminate p/t"] and cancel_failed == ["cancel p/c"]
+
+
+async def test_a_transient_error_while_waking_the_parent_does_not_leave_it_waiting(engine: Bluestreak) -> None:
+    """The child's end wakes its waiting parent at once, even when the first try of that write fails (without
+    a retry the parent slept until its five-minute recheck)."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "ok"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    failed = _fail_once(engine, "notify_waiting", "p")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        release.set()
+        assert await engine.wait("p", timeout=5) == "ok"
+    assert failed == ["notify_waiting p"]
+
+
+async def test_a_zombie_of_an_ended_parent_starts_no_child(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 104): the execution that lost its lease went on to start a child after
+    another execution had ended the parent (cancelled at its first call), and the child ran on unclosed."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def block() -> None:
+        entered.set()
+        await release.wait()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.step("block", block)
+        await ctx.start_child("c", "child")
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        await entered.wait()
+        # Another worker took the parent over and ended it (its lease expired, say): this run is a zombie.
+        await engine.store.workflows.update_one(
+            {"_id": "p"}, {"$set": {"lease": "other-worker", "status": "cancelled", "finished_at": None}}
+        )
+        release.set()
+        await eventually(lambda: _steps_recorded(engine, "p", "block"))
+        await asyncio.sleep(0.5)
+        child_doc = await engine.store.get_workflow("p/c")
+        assert child_doc is None or child_doc["status"] in ("terminated", "cancelled")
+
+
+async def test_a_child_started_while_its_parent_is_terminated_is_closed(
+    engine: Bluestreak, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's start of a child passed its lease check, then the parent was terminated (closing the children
+    it had) before the child's insert: the start itself closes the child it made for an ended parent."""
+    from bluestreak.starting import Starter
+
+    real = Starter.insert
+
+    async def insert(self: Starter, doc: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if doc["_id"] == "p/c":
+            await engine.terminate("p")
+        return await real(self, doc, *args, **kwargs)
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.start_child("c", "child")
+        await ctx.sleep("long", 3600)
+
+    monkeypatch.setattr(Starter, "insert", insert)
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p/c", Status.TERMINATED), timeout=5)
+        assert await _status(engine, "p") is Status.TERMINATED
+
+
+async def _steps_recorded(engine: Bluestreak, wid: str, step: str) -> bool:
+    return step in {s.step_id for s in await engine.list_steps(wid)}
+
+
+def _lose_reply_once(engine: Bluestreak, transition: str, workflow_id: str) -> list[str]:
+    """Apply the first ``transition`` outcome of ``workflow_id``, then lose its reply (a transient error)."""
+    from pymongo.errors import AutoReconnect
+
+    store = engine.store
+    real = store.outcome
+    lost: list[str] = []
+
+    async def lossy(t: Any, wid: str, token: str, **args: Any) -> bool:
+        applied = await real(t, wid, token, **args)
+        if t.name == transition and wid == workflow_id and not lost:
+            lost.append(f"{t.name} {wid}")
+            raise AutoReconnect(f"test: the reply to {t.name} of {wid} was lost")
+        return applied
+
+    store.outcome = lossy  # type: ignore[method-assign]
+    return lost
+
+
+async def test_a_child_whose_finish_reply_was_lost_still_wakes_its_parent(engine: Bluestreak) -> None:
+    """Found by the simulator: the child's end was written but its reply lost, so its execution took the write for
+    failed; no worker claims an ended workflow, and the parent slept until its five-minute recheck."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "ok"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    lost = _lose_reply_once(engine, "finish", "p/c")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.WAITING))
+        release.set()
+        assert await engine.wait("p", timeout=5) == "ok"
+    assert lost == ["finish p/c"]
+
+
+async def test_a_parent_whose_finish_reply_was_lost_still_closes_its_children(engine: Bluestreak) -> None:
+    """Found by the simulator (seed 1 of a mutant's world): the parent's end was written, its reply lost, and its
+    children ran on."""
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> None:
+        await ctx.sleep("long", 3600)
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("t", "child")
+        await ctx.start_child("c", "child", parent_close="cancel")
+        return "done"
+
+    lost = _lose_reply_once(engine, "finish", "p")
+    async with running(engine):
+        await engine.start("p", "parent")
+        await eventually(_is(engine, "p", Status.FINISHED))
+        await eventually(_is(engine, "p/t", Status.TERMINATED), timeout=5)
+        await eventually(_is(engine, "p/c", Status.CANCELLED), timeout=5)
+    assert lost == ["finish p"]

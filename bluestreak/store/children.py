@@ -7,11 +7,7 @@ from .workflows import FINAL
 
 
 class ChildQueries(Collections):
-    """The parent's mark and the children still open."""
-
-    async def mark_parent(self, workflow_id: str) -> None:
-        """Mark a workflow that starts children: its end then closes them (workflows without it cost nothing)."""
-        await self.workflows.update_one({"_id": workflow_id}, {"$set": {"children": True}})
+    """The children still open (the parent's mark is the fenced transition ``START_CHILD``)."""
 
     async def open_children(self, parent_id: str) -> list[Doc]:
         """The children of ``parent_id`` that have not ended and whose policy is not ``abandon``."""

@@ -59,7 +59,7 @@ class Workflows:
         """The world's chaos inside a transactional step's function: may freeze or kill ``actor`` there."""
 
     def handlers(self) -> dict[str, Callable[[WorkflowContext, Any], Awaitable[Any]]]:
-        return {kind: getattr(self, f"_{kind}") for kind in sorted(set(KINDS))}
+        return {kind: getattr(self, f"_{kind}") for kind in sorted(set(KINDS) | set(self.COMPOSED))}
 
     # -- the pieces ----------------------------------------------------------------------------
 
@@ -224,4 +224,51 @@ class Workflows:
             await ctx.sleep("nap", 0.3)  # suspends: the next execution replays "reserve" from its record
             out["settle"] = await self.transact(ctx, "settle")
         out["s1"] = await self.step(ctx, "s1")
+        return out
+
+    # -- composition (started by tests/sim/compose.py, not by the client's rotation) ------------
+
+    COMPOSED = ("parent", "child", "publisher")
+
+    async def _child_value(self, wait: Awaitable[Any]) -> Any:
+        from bluestreak import ChildWorkflowFailed
+
+        try:
+            return await wait
+        except ChildWorkflowFailed:
+            return None  # the wait's record is the failure; the result holds what that record's output is
+
+    async def _parent(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        """Children: one run with ``run_child``, one started and waited for later, one never waited for."""
+        close = input["close"]
+        out: dict[str, Any] = {"s0": await self.step(ctx, "s0")}
+        out["a.result"] = await self._child_value(
+            ctx.run_child("a", "child", {"nap": input["nap"]}, parent_close=close["a"])
+        )
+        b = await ctx.start_child("b", "child", {"nap": input["nap"]}, parent_close=close["b"])
+        await ctx.start_child("c", "child", {"nap": input["long"]}, parent_close=close["c"])
+        out["s1"] = await self.step(ctx, "s1")
+        out["b.result"] = await self._child_value(b.result())
+        return out
+
+    async def _child(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        out = {"s0": await self.step(ctx, "s0")}
+        await ctx.sleep("nap", float(input.get("nap", 0.1)))
+        out["s1"] = await self.step(ctx, "s1")
+        return out
+
+    async def _publisher(self, ctx: WorkflowContext, input: dict[str, Any]) -> dict[str, Any]:
+        """A progress counter set after each step, a stream item each, the stream closed, a last step.
+
+        Each value names the run and the lease token of the execution that wrote it (a zombie's write is
+        told apart by its token and its time)."""
+        out = {}
+        for i in range(int(input["n"])):
+            out[f"s{i}"] = await self.step(ctx, f"s{i}")
+            await ctx.set_event("progress", {"i": i + 1, "run": ctx.run, "tok": ctx._token})
+            await ctx.write_stream("items", {"n": i, "run": ctx.run, "tok": ctx._token})
+            if i % 2:
+                await ctx.sleep(f"nap{i}", float(input.get("nap", 0.3)))
+        await ctx.close_stream("items")
+        out["last"] = await self.step(ctx, "last")
         return out

@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 from bluestreak import Bluestreak, BluestreakError
 from bluestreak.memory import memory_database, reset_memory
 
+from .compose import Composer
 from .db import ACTOR, Faults, Scheduler, SimDatabase
 from .loop import VirtualTimeLoop
 from .txn import SimSession, Transactions
@@ -144,6 +145,7 @@ class World:
         self.shared: Any = None
         self.queued: set[str] = set()
         self.queue_peak = 0
+        self.compose = Composer(self)  # children, published state, fork, signal-with-start (tests/sim/compose.py)
 
     # the scheduler's trace sink
     def append(self, line: str) -> None:
@@ -265,6 +267,7 @@ class World:
             if action in ("terminate", "cancel") and self.rng.random() < 0.6:
                 action = "pause"
             self.counts["operator_calls"] += 1
+            self.compose.touch(wid, action)
             await self._try(lambda action=action, wid=wid: getattr(engine, action)(wid))
 
     async def _chaos(self) -> None:
@@ -294,6 +297,7 @@ class World:
         self.scheduler.actor(name).dead = True
         self.scheduler.actor(name).frozen.set()
         self.counts["kills"] += 1
+        self.compose.killed(name)
         self.spawned += 1
         await self._spawn_worker(f"w{self.spawned}")
 
@@ -456,6 +460,7 @@ class World:
         if self.config.operator:
             background.append(loop.create_task(self._operator(operator)))
         background.append(loop.create_task(self._chaos()))
+        background.append(self.compose.start(client, operator))
         await asyncio.sleep(self.config.duration)
         for task in background[3:]:
             task.cancel()
@@ -465,6 +470,7 @@ class World:
         await self._snapshot()
         async with self.txn.quiet():
             await self._check()
+            await self.compose.check()
         await self._shutdown(background)
         reset_memory(self.db_url[len("memory://") :])
 
@@ -728,6 +734,7 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "tx_workflows": sum(1 for k in world.started.values() if k == "tx"),
             "tx_finished": getattr(world, "tx_finished", 0),
             **world.txn.stats,
+            **world.compose.stats(),
         }
         with contextlib.suppress(Exception):
             loop.run_until_complete(asyncio.sleep(0))

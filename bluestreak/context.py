@@ -935,10 +935,12 @@ class WorkflowContext:
                 existing = await asyncio.shield(write)
             except asyncio.CancelledError:
                 if not self._control.done:  # the handler cancelled this wait: the event is recorded, or given back
-                    await asyncio.wait({write}, timeout=self._threshold + 5)
-                    if not write.done() or write.cancelled() or write.exception() is not None:
-                        write.cancel()
-                        await self._events.release(consumer, event["_id"])
+                    try:
+                        await asyncio.wait({write}, timeout=self._threshold + 5)
+                    finally:  # also when the run ends meanwhile and cancels this wait again (a straggler)
+                        if not write.done() or write.cancelled() or write.exception() is not None:
+                            write.cancel()
+                            await self._events.release(consumer, event["_id"])
                 raise
             self._events.settle(consumer)
             if existing is not None:

@@ -632,6 +632,42 @@ async def test_18c_gather_of_waits_and_tasks_cancelled_by_the_handler_behave(eng
         assert await engine.wait("w", timeout=10) == [1, 2]
 
 
+async def test_18d_the_losing_wait_gives_its_event_back_when_the_run_ends_before_its_record(
+    engine: Bluestreak,
+) -> None:
+    """Found by the simulator (seed 22): both raced waits took an event; the handler cancelled the loser while its
+    record was being written, then returned, and the run's end cancelled the loser again before it could give its
+    event back. The event stayed marked taken by a wait that has no record."""
+    insert_record = engine.store.insert_record
+
+    async def slow(collection: str, doc: dict[str, Any]) -> Any:
+        if doc.get("status") == "done" and doc.get("step_id") in ("a", "b"):
+            await asyncio.sleep(0.2 if doc["step_id"] == "a" else 2.0)  # b's record is slower than the run's end
+        return await insert_record(collection, doc)
+
+    engine.store.insert_record = slow  # type: ignore[method-assign]
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        a = asyncio.create_task(ctx.wait_for_event("a", "A", timeout=60))
+        b = asyncio.create_task(ctx.wait_for_event("b", "B", timeout=60))
+        done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return "a" if a in done else "b"
+
+    await engine.start("w", "h", delay=0.5)  # both events are buffered before it runs
+    await engine.send_event("w", "A", 1)
+    await engine.send_event("w", "B", 2)
+    async with running(engine):
+        assert await engine.wait("w", timeout=10) == "a"
+        await asyncio.sleep(0.5)
+    recorded = {s.step_id for s in await engine.list_steps("w")}
+    assert "a" in recorded
+    events = {e.type: e.consumed_by for e in await engine.list_events("w")}
+    assert events["A"] == "a" and (events["B"] is None or "b" in recorded), events
+
+
 # -- durability and the rest ------------------------------------------------------------------
 
 

@@ -372,6 +372,67 @@ MUTANTS = [
         'TRANSACT = Transition(\n    "transact",\n    frozenset({Status.RUNNING}),\n    None,\n    fenced=False,\n',
         (T + "test_a_zombie_racing_the_new_owner_cannot_commit",),
     ),
+    # composition (issue 12): each is also run with --sim (tests/sim/compose.py names the invariant it breaks)
+    Mutant(
+        "c01",
+        "a child's id is random, not derived from its parent and start step",
+        "bluestreak/children.py",
+        "        cid = wanted or child_id(ctx, step_id)\n",
+        '        cid = wanted or f"{ctx.workflow_id}/{__import__(\'uuid\').uuid4().hex[:8]}"\n',
+        ("tests/test_children.py::test_run_child_returns_its_result_and_the_parent_waits_suspended",),
+    ),
+    Mutant(
+        "c02",
+        "the parent-close policy 'cancel' is not applied (those children run on)",
+        "bluestreak/store/children.py",
+        '"parent_close": {"$in": ["terminate", "cancel"]}},',
+        '"parent_close": {"$in": ["terminate"]}},',
+        ("tests/test_children.py::test_parent_close_policies",),
+    ),
+    Mutant(
+        "c03",
+        "published state unfenced: a zombie's set_event and write_stream write",
+        "bluestreak/transitions.py",
+        '    fenced=True,\n    update=lambda a: {"$inc": {"published_seq": 1}},',
+        '    fenced=False,\n    update=lambda a: {"$inc": {"published_seq": 1}},',
+        ("tests/test_published.py::test_a_zombie_sets_no_event",),
+    ),
+    Mutant(
+        "c04",
+        "fork copies the record of from_step too",
+        "bluestreak/forking.py",
+        '        if (s["started_at"], s["_id"]) < cut and s.get("status")',
+        '        if (s["started_at"], s["_id"]) <= cut and s.get("status")',
+        ("tests/test_signal_fork.py::test_fork_replays_the_steps_before_from_step_and_runs_the_rest_on_todays_code",),
+    ),
+    Mutant(
+        "c05",
+        "an event value written late replaces a newer one (the counter is not compared)",
+        "bluestreak/store/published.py",
+        '                {**where, "seq": {"$lt": seq}},',
+        "                where,",
+        ("tests/test_simulation.py::test_a_sweep_of_seeds_finds_no_violation",),
+    ),
+    Mutant(
+        "c06",
+        "a child's end counts on its waiting parent but does not make it due",
+        "bluestreak/children.py",
+        "        doc = await store.apply(NOTIFY_WAITING, parent_id, now=now)\n",
+        "        doc = await store.apply(NOTIFY, parent_id, now=now)\n",
+        (
+            "tests/test_children.py::test_terminating_a_parent_closes_its_children_and_a_terminated_child_wakes_its_parent",
+        ),
+    ),
+    Mutant(
+        "c07",
+        "signal_with_start inserts the workflow before its event, which nobody counts",
+        "bluestreak/signal_start.py",
+        "    await store.insert_event(event)\n    doc[\"inbox\"] = 1\n    started = await starter.insert(doc)\n",
+        "    started = await starter.insert(doc)\n"
+        "    await __import__(\"asyncio\").sleep(0.3)  # a slow event insert\n"
+        "    await store.insert_event(event)\n",
+        ("tests/test_signal_fork.py::test_signal_with_start_starts_once_and_delivers_every_event",),
+    ),
 
 ]
 

@@ -671,15 +671,15 @@ async def test_18e_a_losing_wait_cancelled_while_taking_its_event_gives_it_back_
     store = engine.store
     real_mark, real_unmark = store.mark_consumed, store.unmark_event
 
-    async def mark_then_stall(event_id: Any, consumer: str, run: int, now: Any) -> Any:
-        marked = await real_mark(event_id, consumer, run, now)
+    async def mark_then_stall(workflow_id: str, event_id: Any, consumer: str, run: int, now: Any) -> Any:
+        marked = await real_mark(workflow_id, event_id, consumer, run, now)
         if consumer.endswith(":approve"):
             await asyncio.sleep(1.0)  # the reply is slow: the handler cancels this wait meanwhile
         return marked
 
-    async def slow_unmark(event_id: Any, consumer: str, run: int) -> bool:
+    async def slow_unmark(workflow_id: str, event_id: Any, consumer: str, run: int) -> bool:
         await asyncio.sleep(0.5)  # the run ends meanwhile
-        return await real_unmark(event_id, consumer, run)
+        return await real_unmark(workflow_id, event_id, consumer, run)
 
     store.mark_consumed = mark_then_stall  # type: ignore[method-assign]
     store.unmark_event = slow_unmark  # type: ignore[method-assign]
@@ -720,6 +720,42 @@ async def test_18c_gather_of_waits_and_tasks_cancelled_by_the_handler_behave(eng
         await engine.send_event("w", "b", 2)
         await engine.send_event("w", "a", 1)
         assert await engine.wait("w", timeout=10) == [1, 2]
+
+
+async def test_18d_the_losing_wait_gives_its_event_back_when_the_run_ends_before_its_record(
+    engine: Bluestreak,
+) -> None:
+    """Found by the simulator (seed 22): both raced waits took an event; the handler cancelled the loser while its
+    record was being written, then returned, and the run's end cancelled the loser again before it could give its
+    event back. The event stayed marked taken by a wait that has no record."""
+    insert_record = engine.store.insert_record
+
+    async def slow(collection: str, doc: dict[str, Any]) -> Any:
+        if doc.get("status") == "done" and doc.get("step_id") in ("a", "b"):
+            await asyncio.sleep(0.2 if doc["step_id"] == "a" else 2.0)  # b's record is slower than the run's end
+        return await insert_record(collection, doc)
+
+    engine.store.insert_record = slow  # type: ignore[method-assign]
+
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        a = asyncio.create_task(ctx.wait_for_event("a", "A", timeout=60))
+        b = asyncio.create_task(ctx.wait_for_event("b", "B", timeout=60))
+        done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return "a" if a in done else "b"
+
+    await engine.start("w", "h", delay=0.5)  # both events are buffered before it runs
+    await engine.send_event("w", "A", 1)
+    await engine.send_event("w", "B", 2)
+    async with running(engine):
+        assert await engine.wait("w", timeout=10) == "a"
+        await asyncio.sleep(0.5)
+    recorded = {s.step_id for s in await engine.list_steps("w")}
+    assert "a" in recorded
+    events = {e.type: e.consumed_by for e in await engine.list_events("w")}
+    assert events["A"] == "a" and (events["B"] is None or "b" in recorded), events
 
 
 # -- durability and the rest ------------------------------------------------------------------

@@ -77,7 +77,10 @@ class Composer:
         self.observed: dict[str, list[dict[str, Any]]] = {}  # publisher -> get_event values, in order
         self.sessions: list[Session] = []
         self.readers: list[asyncio.Task[None]] = []
-        self.discovery: asyncio.Task[None] | None = None
+        self.observer: asyncio.Task[None] | None = None
+        self.seen: dict[str, dict[str, Any]] = {}  # the last state seen of each workflow composition tracks
+        self.versions: dict[tuple[Any, ...], dict[tuple[str, Any], dict[str, Any]]] = {}  # published docs seen
+        self.aimed: set[str] = set()
         self.counts: dict[str, int] = {
             "parents": 0,
             "parent_cancels": 0,
@@ -87,6 +90,7 @@ class Composer:
             "events_observed": 0,
             "stream_items_read": 0,
             "close_excused": 0,
+            "aimed_freezes": 0,
         }
 
     # -- hooks the world calls ----------------------------------------------------------------
@@ -100,10 +104,10 @@ class Composer:
         self.kills[worker] = asyncio.get_running_loop().time()
 
     def start(self, client: Bluestreak, operator: Bluestreak) -> asyncio.Task[None]:
-        """The composer's actions (a task the world cancels when the faults stop) and its discovery of
-        children (a task that runs on through the settle phase, so that it waits for them too)."""
+        """The composer's actions (a task the world cancels when the faults stop) and its observer (a task that
+        runs on through the settle phase: the settle waits for the children it finds)."""
         loop = asyncio.get_running_loop()
-        self.discovery = loop.create_task(self._discover())
+        self.observer = loop.create_task(self._observe())
         return loop.create_task(self._act(client, operator))
 
     def stats(self) -> dict[str, int]:
@@ -143,7 +147,8 @@ class Composer:
             plan.append((rng.uniform(0.0, 0.5 * d), lambda k=k: self._start_publisher(client, reader, k)))
         for k in range(2):
             plan.append((rng.uniform(0.15 * d, 0.8 * d), lambda k=k: self._fork(operator, k)))
-        plan.append((rng.uniform(0.0, 0.8 * d), lambda: self._signal_with_start(client, 0)))
+        for k in range(2):  # the first may be called twice at once, and again later; the second once
+            plan.append((rng.uniform(0.0, 0.8 * d), lambda k=k: self._signal_with_start(client, k)))
         tasks = []
         try:
             for at, action in plan:
@@ -288,20 +293,89 @@ class Composer:
             world.counts["events_sent"] += 1
             world.sent.setdefault(wid, []).append(("go", payload, asyncio.get_running_loop().time()))
 
+        if k:
+            await call()
+            return
         await asyncio.gather(*(call() for _ in range(self.rng.choice((1, 2, 2)))))
         if self.rng.random() < 0.5:
             await asyncio.sleep(self.rng.uniform(0.0, 2.0))
             await call()  # to the workflow that exists now (or refused, if it has ended)
 
-    async def _discover(self) -> None:
-        """Children join the world's workflows as they appear: the operator acts on them, the settle waits
-        for them, and the stuck check covers them."""
+    async def _observe(self) -> None:
+        """Every 0.2 s, read the database as an observer would (no scheduling point, no fault):
+
+        - children join the world's workflows as they appear: the operator acts on them, the settle waits for
+          them, and the stuck check covers them;
+        - the last state seen of every child, parent, publisher, fork and signal-with-start workflow, and every
+          version of every published document, are kept, so that the checks see what a purge (the worlds with
+          a retention) deleted before the end;
+        - each new worker gets the freezes aimed at the calls that matter here (:meth:`_aim`)."""
+        shared = self.world.shared
         while True:
-            for doc in (
-                await self.world.shared["workflows"].find({"parent": {"$exists": True}}, {"handler": 1}).to_list(None)
-            ):
-                self.world.started.setdefault(doc["_id"], doc["handler"])
+            tracked = {
+                *self.parents,
+                *self.publishers,
+                *self.swt,
+                *(i for f in self.forks for i in (f.source, f.new_id)),
+            }
+            query = {"$or": [{"parent": {"$exists": True}}, {"_id": {"$in": sorted(tracked)}}]}
+            for doc in await shared["workflows"].find(query).to_list(None):
+                self.seen[doc["_id"]] = doc
+                if doc.get("parent"):
+                    self.world.started.setdefault(doc["_id"], doc["handler"])
+            for d in await shared["published"].find({}).to_list(None):
+                key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
+                self.versions.setdefault(key, {}).setdefault((repr(d.get("value")), d.get("seq")), d)
+            for name, engine in list(self.world.workers.items()):
+                if name not in self.aimed and engine._store is not None and engine._worker is not None:
+                    self._aim(name, engine)
             await asyncio.sleep(0.2)
+
+    def _aim(self, name: str, engine: Bluestreak) -> None:
+        """Freeze worker ``name`` now and then right before one of the calls a zombie must not get through:
+        the fence of a publication or of a child's start, the published write after its fence, a child's insert
+        after its fence. (Freezes at random times land there too, but seldom.) Only during the chaos phase, at
+        most a few per world; each freeze lasts two to three leases, so another worker takes the lease over."""
+        self.aimed.add(name)
+        store, starter = engine.store, engine._worker.starter  # type: ignore[union-attr]
+        apply, put_event, append_item, insert = store.apply, store.put_event, store.append_item, starter.insert
+
+        async def aimed_apply(t: Any, workflow_id: str, token: str | None = None, **args: Any) -> Any:
+            if t.name in ("publish", "start_child"):
+                self._freeze(name, t.name)
+            return await apply(t, workflow_id, token, **args)
+
+        async def aimed_put_event(*args: Any, **kwargs: Any) -> Any:
+            self._freeze(name, "put_event")
+            return await put_event(*args, **kwargs)
+
+        async def aimed_append_item(*args: Any, **kwargs: Any) -> Any:
+            self._freeze(name, "append_item")
+            return await append_item(*args, **kwargs)
+
+        async def aimed_insert(doc: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if doc.get("parent"):
+                self._freeze(name, "child_insert")
+            return await insert(doc, *args, **kwargs)
+
+        store.apply = aimed_apply  # type: ignore[method-assign]
+        store.put_event = aimed_put_event  # type: ignore[method-assign]
+        store.append_item = aimed_append_item  # type: ignore[method-assign]
+        starter.insert = aimed_insert  # type: ignore[method-assign]
+
+    def _freeze(self, name: str, what: str) -> None:
+        world = self.world
+        actor = world.scheduler.actor(name)
+        if not world.scheduler.enabled or actor.dead or not actor.frozen.is_set():
+            return
+        if self.counts["aimed_freezes"] >= 6 or self.rng.random() > 0.15:
+            return
+        length = world.config.lease * self.rng.uniform(2.0, 3.0)
+        actor.frozen.clear()
+        loop = asyncio.get_running_loop()
+        world.frozen_time.setdefault(name, []).append((loop.time(), loop.time() + length))
+        loop.call_later(length, actor.frozen.set)
+        self.counts["aimed_freezes"] += 1
 
     # -- the checks ---------------------------------------------------------------------------------
 
@@ -313,12 +387,24 @@ class Composer:
         pending = [t for t in self.readers if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=10)
-        workflows = {d["_id"]: d for d in await shared["workflows"].find({}).to_list(None)}
-        steps = await shared["steps"].find({}).to_list(None)
+        # What a purge deleted is checked as it was last seen: workflows, records (the world's snapshots of
+        # every final step record) and every version of every published document.
+        workflows = {**self.seen, **{d["_id"]: d for d in await shared["workflows"].find({}).to_list(None)}}
+        records: dict[tuple[str, int, str], dict[str, Any]] = {}
+        for key, (status, value) in self.world.records.items():
+            records[key] = (
+                {"status": status, "output": value}
+                if status == "done"
+                else {"status": status, "error": {"message": value}}
+            )
+        for d in await shared["steps"].find({}).to_list(None):
+            records[(d["workflow_id"], d["run"], d["step_id"])] = d
         naps = await shared["naps"].find({}).to_list(None)
-        published = await shared["published"].find({}).to_list(None)
-        records = {(d["workflow_id"], d["run"], d["step_id"]): d for d in steps}
         nap_records = {(d["workflow_id"], d["run"], d["nap_id"]): d for d in naps}
+        for d in await shared["published"].find({}).to_list(None):
+            key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
+            self.versions.setdefault(key, {}).setdefault((repr(d.get("value")), d.get("seq")), d)
+        published = [d for versions in self.versions.values() for d in versions.values()]
         slack = timedelta(seconds=2 * TOLERANCE)
         v = self.world.violations
         self._check_children(v, workflows, records, slack)
@@ -326,7 +412,7 @@ class Composer:
         self._check_readers(v, workflows)
         self._check_forks(v, workflows, records, nap_records)
         self._check_signal_with_start(v, workflows, records)
-        for task in [*self.readers, *([self.discovery] if self.discovery else [])]:
+        for task in [*self.readers, *([self.observer] if self.observer else [])]:
             task.cancel()
 
     def _restarted(self, wid: str) -> bool:
@@ -498,10 +584,17 @@ class Composer:
                 last[r] = max(last.get(r, 0), i)
             if doc["status"] != "finished":
                 continue
-            event = next((d for d in published if (d["workflow_id"], d["run"], d["kind"]) == (wid, run, "event")), None)
-            got = (event or {}).get("value") or {}
+            events = [d for d in published if (d["workflow_id"], d["run"], d["kind"]) == (wid, run, "event")]
+            got = (max(events, key=lambda d: d["seq"]) if events else {}).get("value") or {}
             if got.get("i") != n:
                 v.append(f"event_final_is_last: {wid} finished with progress {got.get('i')!r}, the last set was {n}")
+        # the observer (every 0.2 s, and at the end) never sees an event value go back either
+        for (wid, run, kind, key, _), versions in sorted(self.versions.items(), key=lambda kv: repr(kv[0])):
+            if kind != "event":
+                continue
+            seen = [(d.get("value") or {}).get("i", 0) for d in versions.values() if isinstance(d.get("value"), dict)]
+            if seen != sorted(seen):
+                v.append(f"event_moves_forward: {wid} run {run} event {key} went {seen}")
         for (wid, run), docs in sorted(items.items()):
             doc = workflows[wid]
             if run != doc.get("run", 0):

@@ -197,7 +197,7 @@ async def _outcome(engine: Bluestreak, doc: dict[str, Any], what: str) -> Any:
     elif what == "abort":
         await execution._fail(ValueError("boom"), final=True)
     elif what == "release":
-        await execution._release()
+        await execution._release("shutdown")
     else:
         status = {"sleep": Status.SLEEPING, "wait": Status.WAITING, "pause": Status.PAUSED}[what]
         due = None if status is Status.PAUSED else NOW + timedelta(seconds=60)

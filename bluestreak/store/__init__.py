@@ -1,13 +1,14 @@
 """The store: the only code that speaks MongoDB.
 
-Seven collections (names prefixed by ``collection_prefix``), one module each:
+Eight collections (names prefixed by ``collection_prefix``), one module each:
 :mod:`.workflows` (one document per workflow: claim, renew, every status
 transition), :mod:`.history` (steps and naps, first writer wins),
 :mod:`.events` (the inbox), :mod:`.queues` (concurrency slots, rate-limit
 windows, fair-order counters), :mod:`.schedules` (cron schedules and
 the compare-and-set that fires their ticks), :mod:`.published` (what workflows
 publish: ``ctx.set_event`` values, streams), :mod:`.transactions`
-(transactional steps). :mod:`.base` holds the indexes, the write
+(transactional steps), :mod:`.workers` (the registry of live workers that
+spreads change-stream wake-ups; advisory, never needed for correctness). :mod:`.base` holds the indexes, the write
 concern and which errors pass by themselves.
 
 Every write to a workflow made on behalf of an execution is *fenced*: it
@@ -32,6 +33,7 @@ from .queues import QueueQueries, rate_id, slot_id
 from .reports import ReportQueries
 from .schedules import ScheduleQueries
 from .transactions import TransactionQueries, TransactionResult
+from .workers import WorkerQueries
 from .workflows import FINAL, Lease, WorkflowQueries
 
 __all__ = [
@@ -59,8 +61,9 @@ class Store(
     PublishedQueries,
     ChildQueries,
     TransactionQueries,
+    WorkerQueries,
 ):
-    """Typed operations on the seven collections of one database.
+    """Typed operations on the eight collections of one database.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter from
     :mod:`bluestreak.memory`; nothing else in bluestreak touches either.

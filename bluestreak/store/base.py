@@ -85,7 +85,7 @@ def write_concern_errors(details: Mapping[str, Any] | None) -> list[Doc]:
 
 
 class Collections:
-    """The five collections of one database, with the engine's write and read concerns.
+    """The collections of one database, with the engine's write and read concerns.
 
     ``database`` is a PyMongo ``AsyncDatabase`` or the in-memory adapter
     (:mod:`bluestreak.memory`). Every write is acknowledged by a majority of
@@ -99,7 +99,7 @@ class Collections:
         self.database = database
         names = {
             n: f"{collection_prefix}{n}"
-            for n in ("workflows", "steps", "naps", "events", "queues", "schedules", "published")
+            for n in ("workflows", "steps", "naps", "events", "queues", "schedules", "published", "workers")
         }
         if hasattr(database, "get_collection"):  # PyMongo: the engine decides durability, not the caller's defaults
             wc = WriteConcern(w=write_concern)
@@ -111,6 +111,7 @@ class Collections:
             self.queues = get(names["queues"], write_concern=wc)
             self.schedules = get(names["schedules"], write_concern=wc)
             self.published = get(names["published"], write_concern=wc)
+            self.workers = get(names["workers"], write_concern=WriteConcern(w=1))  # advisory: see store.workers
             majority = ReadConcern("majority")
             self.steps_committed = get(names["steps"], write_concern=wc, read_concern=majority)
             self.naps_committed = get(names["naps"], write_concern=wc, read_concern=majority)
@@ -122,6 +123,7 @@ class Collections:
             self.queues = database[names["queues"]]
             self.schedules = database[names["schedules"]]
             self.published = database[names["published"]]
+            self.workers = database[names["workers"]]
             self.steps_committed = self.steps
             self.naps_committed = self.naps
 
@@ -206,6 +208,9 @@ class Collections:
             name="published_key",
             unique=True,
         )
+        # The worker registry (store.workers): advisory, so a heartbeat that stops is simply forgotten.
+        await self.workers.create_index([("expire_at", ASCENDING)], name="expiry", expireAfterSeconds=0)
+        await self.workers.create_index([("group", ASCENDING), ("expire_at", ASCENDING)], name="group")
 
     async def _index(self, collection: Any, keys: list[tuple[str, int]], *, name: str, **options: Any) -> None:
         """Create an index; one of this name with other keys (an older version's) is replaced."""

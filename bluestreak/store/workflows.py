@@ -162,6 +162,7 @@ class WorkflowQueries(Collections):
         queue: str | None = None,
         *,
         spread: int = 1,
+        due_before: datetime | None = None,
     ) -> Claimed:
         """Atomically move up to ``limit`` due workflows to ``running`` under ``token``; the documents as claimed.
 
@@ -179,9 +180,13 @@ class WorkflowQueries(Collections):
         that workers draining one backlog take different documents instead of
         all racing for the same head ones. Order is kept within a slice, and
         the head is never more than ``spread * limit`` due workflows away.
+
+        ``due_before``: claim only workflows due since then (a worker that is
+        not the first to react to a change stream's wake-up takes what the
+        worker that was has left waiting; see :mod:`bluestreak.peers`).
         """
         args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
-        query = tr.claim_query(now, list(handlers), queue)
+        query = tr.claim_query(now if due_before is None else min(now, due_before), list(handlers), queue)
         update = tr.CLAIM.update(args)
         if limit == 1:
             doc: Doc | None = await self.workflows.find_one_and_update(
@@ -204,6 +209,43 @@ class WorkflowQueries(Collections):
         mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).to_list(None)
         order = {wid: i for i, wid in enumerate(ids)}
         return _claimed(sorted(mine, key=lambda d: order[d["_id"]]), backlog=backlog, contended=contended)
+
+    async def claim_ids(
+        self,
+        ids: Sequence[str],
+        handlers: Sequence[str],
+        queues: Sequence[str | None],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+        worker_id: str,
+    ) -> list[Doc]:
+        """Claim these workflows, where each is still claimable: the documents as claimed.
+
+        The same claim as :meth:`claim` (due, of these handlers, in one of
+        these queues — queues without limits only), found by ``_id`` instead
+        of read from the head of the claim order: for the ids a change stream
+        reported to the worker they were meant for, so no query scans the
+        runnable workflows. One workflow: one ``find_one_and_update``; more:
+        an ``update_many`` and a read of what now carries ``token``. An id
+        another worker took, or that is not due, is left alone.
+        """
+        args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
+        if not ids:
+            return []
+        query = tr.CLAIM.filter(ids[0], None, args)
+        query.update({"handler": {"$in": list(handlers)}, "queue": {"$in": list(queues)}})
+        update = tr.CLAIM.update(args)
+        if len(ids) == 1:
+            doc: Doc | None = await self.workflows.find_one_and_update(
+                query, update, return_document=ReturnDocument.AFTER
+            )
+            return [] if doc is None else [doc]
+        result = await self.workflows.update_many({**query, "_id": {"$in": list(ids)}}, update)
+        if result.modified_count == 0:
+            return []
+        mine: list[Doc] = await self.workflows.find({"_id": {"$in": list(ids)}, "lease": token}).to_list(None)
+        return mine
 
     async def queue_candidates(
         self, queue: str, handlers: Sequence[str], now: datetime, skip_partitions: Sequence[str], limit: int
@@ -326,17 +368,21 @@ class WorkflowQueries(Collections):
 
     # -- change streams --------------------------------------------------------------------
 
-    async def watch_due(self, resume_after: Any = None, max_await: float = 1.0) -> Any:
+    async def watch_due(self, resume_after: Any = None, max_await: float = 1.0, claims: bool = False) -> Any:
         """A change stream of workflows becoming runnable: inserts, wake-ups, failures, releases, events.
 
-        Claims (``status: running``) and lease renewals (``due_at`` alone) are
-        left out, so workers do not wake each other for nothing. Each change
+        Claims (``status: running``) are left out unless ``claims`` (workers
+        that route their wake-ups drop a peer's workflow once it is claimed),
+        and lease renewals (``due_at`` alone) always, so workers do not wake
+        each other for nothing. Each change
         carries only what a waker needs: the id, and when known the new
         ``due_at`` (and, for an insert, its handler and queue). Raises
         ``OperationFailure`` where change streams are not supported (a
         standalone server).
         """
         runnable = sorted(s.value for s in tr.RUNNABLE)
+        if claims:  # the claims of workflows that were runnable too, so that a peer need not claim them after
+            runnable.append(Status.RUNNING.value)
         pipeline = [
             {
                 "$match": {
@@ -356,6 +402,7 @@ class WorkflowQueries(Collections):
                     "fullDocument.handler": 1,
                     "fullDocument.queue": 1,
                     "updateDescription.updatedFields.due_at": 1,
+                    "updateDescription.updatedFields.status": 1,
                 }
             },
         ]

@@ -17,6 +17,16 @@ ignored; a change whose new ``due_at`` lies in the future (a retry, a nap, a
 workflow started with a delay) does not wake the worker now but schedules a
 wake-up for that moment, so the worker need not poll for it.
 
+Several workers: every idle worker's stream reports every change, so that
+each would claim at once and all but one claim would be wasted. With a
+:class:`Router` (the worker, once :mod:`bluestreak.peers` knows of peers),
+a runnable workflow of a queue without limits goes to its owner, which
+claims it by ``_id`` (:meth:`Router.direct`); the other workers note it and
+claim it by ``_id`` after ``peers.SPILL`` if it is still there
+(:meth:`Router.spill`); a future ``due_at`` wakes the owner at it and the
+others ``SPILL`` later. Changes of queues with limits (their claims go
+through admission) and a worker alone wake the loop as above.
+
 Modes (``Settings.change_streams``): ``None`` (the default) uses a stream
 where the server has them and quietly polls where not (the in-memory
 backend, a standalone server); ``True`` the same, warning when they are
@@ -31,9 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Collection
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -44,6 +55,28 @@ log = logging.getLogger("bluestreak.worker")
 
 CHANGE_STREAM_HISTORY_LOST = 286
 """The resume token's point is gone from the oplog: reopen from now."""
+
+
+class Router(Protocol):
+    """Where the waker sends the runnable workflows it sees (implemented by the worker)."""
+
+    def routing(self) -> bool:
+        """Whether peers are known (changes are routed; else each wakes the loop)."""
+
+    def owns(self, workflow_id: str) -> bool | None:
+        """``True``: claim it first; ``False``: a peer does; ``None``: no peers known (wake the loop instead)."""
+
+    def direct(self, workflow_id: str) -> None:
+        """Claim this workflow by ``_id`` now."""
+
+    def spill(self, workflow_id: str) -> None:
+        """Claim this workflow by ``_id`` after ``SPILL``, if its owner has not."""
+
+    def claimed(self, workflow_id: str) -> None:
+        """Some worker claimed this workflow: do not claim it after ``SPILL``."""
+
+    def wake_stale(self) -> None:
+        """Claim what has waited ``SPILL`` (a peer's future due time came, and ``SPILL`` since)."""
 
 
 class ChangeStreamWaker:
@@ -59,6 +92,10 @@ class ChangeStreamWaker:
         handlers: Collection[str],
         queues: Collection[str | None],
         max_await: float = 1.0,
+        router: Router | None = None,
+        direct_queues: Collection[str | None] = (),
+        spill: float = 0.5,
+        route_pause: float = 0.1,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -67,6 +104,13 @@ class ChangeStreamWaker:
         self.handlers = set(handlers)
         self.queues = set(queues)
         self.max_await = max_await
+        self.router = router
+        self.direct_queues = set(direct_queues)
+        """The queues whose workflows may be claimed by ``_id`` (those without limits)."""
+        self.spill_after = spill
+        self.route_pause = route_pause
+        self._last_read = 0.0
+        """After routing a change, wait this long before the next read (at most one getMore per pause)."""
         self.live = False
         """The stream is open and has not failed since: the worker may idle without polling often."""
         self.unavailable = False
@@ -76,11 +120,15 @@ class ChangeStreamWaker:
         self.woken = 0
         """How many times a change woke the worker."""
         self.timers_fired = 0
+        self.routed = 0
+        """How many changes went to the router (directed or spilled) instead of waking the loop."""
+        self.reads = 0
+        """How many reads of the stream found nothing fetched already (each one ``getMore``)."""
         """How many scheduled wake-ups (a change's future ``due_at``) came: a due time read before is stale."""
         self._armed = asyncio.Event()
         self._resume: Any = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: datetime | None = None
+        self._timers: dict[bool, tuple[asyncio.TimerHandle, datetime]] = {}
+        """The earliest scheduled wake-up: for this worker's own due times (``True``), and for its peers'."""
 
     # -- the worker's side -------------------------------------------------------------------
 
@@ -93,10 +141,10 @@ class ChangeStreamWaker:
         self._armed.clear()
 
     def close(self) -> None:
-        """Drop a scheduled wake-up (the task itself is cancelled by its owner)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Drop the scheduled wake-ups (the task itself is cancelled by its owner)."""
+        for handle, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
 
     # -- the task ----------------------------------------------------------------------------------
 
@@ -108,7 +156,7 @@ class ChangeStreamWaker:
         try:
             while True:
                 try:
-                    stream = await self.store.watch_due(self._resume, self.max_await)
+                    stream = await self.store.watch_due(self._resume, self.max_await, claims=self.router is not None)
                 except NotImplementedError:  # the in-memory backend has none
                     self._give_up("this backend has no change streams", None)
                     return
@@ -148,6 +196,15 @@ class ChangeStreamWaker:
         """Read while armed, until the stream dies (an error raises; a closed stream returns)."""
         while True:
             await self._armed.wait()
+            if not _buffered(stream):
+                if self.router is not None and self.router.routing():
+                    # Routed changes do not wake the loop, and every peer's stream returns every change:
+                    # read at most once a pause, so that changes gather (one getMore for many).
+                    pause = self._last_read + self.route_pause - time.monotonic()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                self._last_read = time.monotonic()
+                self.reads += 1
             change = await stream.try_next()  # one getMore when nothing is buffered; None after max_await
             token = stream.resume_token
             if token is not None:
@@ -161,38 +218,66 @@ class ChangeStreamWaker:
                 return
 
     def _consider(self, change: dict[str, Any]) -> None:
+        """Wake the loop, or direct or spill the workflow, for one change."""
+        wid = (change.get("documentKey") or {}).get("_id")
         if change.get("operationType") == "insert":
             doc = change.get("fullDocument") or {}
             if doc.get("handler") not in self.handlers or doc.get("queue") not in self.queues:
                 return  # not this worker's work
             due = doc.get("due_at")
+            directable = doc.get("queue") in self.direct_queues
         else:
-            due = ((change.get("updateDescription") or {}).get("updatedFields") or {}).get("due_at")
+            fields = (change.get("updateDescription") or {}).get("updatedFields") or {}
+            if fields.get("status") == "running":  # a claim: nothing to do, unless a peer's wait ends
+                if self.router is not None and isinstance(wid, str):
+                    self.router.claimed(wid)
+                return
+            due = fields.get("due_at")
+            directable = self.direct_queues >= self.queues  # its queue is unknown: only if none has limits
+        owned: bool | None = None
+        if self.router is not None and directable and isinstance(wid, str):
+            owned = self.router.owns(wid)
         if isinstance(due, datetime):
             wait = (due - self.clock.now()).total_seconds()
             if wait > 0.001:
-                self._wake_at(due, wait)
+                if owned is False:
+                    self._wake_at(due + timedelta(seconds=self.spill_after), wait + self.spill_after, own=False)
+                else:
+                    self._wake_at(due, wait, own=True)
                 return
-        self._wake_now()
+        if owned is None or self.router is None or not isinstance(wid, str):
+            self._wake_now()
+            return
+        self.routed += 1
+        if owned:
+            self.router.direct(wid)  # stays armed: the changes already fetched are routed too
+        else:
+            self.router.spill(wid)
 
     def _wake_now(self) -> None:
         self.woken += 1
         self._armed.clear()  # read again only when the worker next idles: no getMore while it claims
         self._wake()
 
-    def _wake_at(self, due: datetime, wait: float) -> None:
-        """Wake the worker when ``due`` comes (keeping only the earliest such moment)."""
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= due:
+    def _wake_at(self, due: datetime, wait: float, *, own: bool) -> None:
+        """Wake the worker when ``due`` comes (keeping only the earliest such moment of each kind)."""
+        current = self._timers.get(own)
+        if current is not None and current[1] <= due:
             return
-        self.close()
-        self._timer_at = due
-        self._timer = asyncio.get_running_loop().call_later(wait, self._timer_fired)
+        if current is not None:
+            current[0].cancel()
+        handle = asyncio.get_running_loop().call_later(wait, self._timer_fired, own)
+        self._timers[own] = (handle, due)
 
-    def _timer_fired(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def _timer_fired(self, own: bool) -> None:
+        self._timers.pop(own, None)
         self.timers_fired += 1
-        self._wake_now()
+        if own or self.router is None:
+            self._wake_now()
+        else:
+            self.woken += 1
+            self._armed.clear()
+            self.router.wake_stale()
 
     def _give_up(self, why: str, code: int | None) -> None:
         self.unavailable = True
@@ -206,6 +291,15 @@ class ChangeStreamWaker:
         why = "it was closed" if exc is None else type(exc).__name__
         log.warning("change stream failed (%s); reopening it, polling meanwhile", why)
         return failures + 1
+
+
+def _buffered(stream: Any) -> bool:
+    """Whether the stream holds changes already fetched (read them without a getMore); ``False`` if unknown."""
+    has_next = getattr(getattr(stream, "_cursor", None), "_has_next", None)
+    try:
+        return bool(has_next()) if callable(has_next) else False
+    except Exception:  # a PyMongo without this internal: pause anyway
+        return False
 
 
 def _backoff(failures: int) -> float:

@@ -18,7 +18,12 @@ One :class:`Worker` per engine. ``run()`` loops until ``stop()``:
 
 Several workers draining one backlog spread their batch claims (see
 ``Store.claim``'s ``spread``) once they see each other take their
-candidates, so that they do not all race for the head of the queue.
+candidates, so that they do not all race for the head of the queue. Several
+idle workers with change streams do not all claim each start either: its
+owner (:mod:`bluestreak.peers`) claims it by ``_id`` at once, the others
+only if it is still there ``SPILL`` later; and their own reads of the claim
+order (after a slot opens, say) leave alone what became due in the last
+``SPILL``, which is its owner's to take.
 
 Beside it, one task renews every held lease in one bulk write per
 ``lease_duration / 3`` — queue slots first, then the leases of the
@@ -53,6 +58,7 @@ from .errors import InvalidArgument
 from .execution import Execution
 from .handlers import HandlerSpec
 from .metrics import Metrics
+from .peers import SPILL, Peers, group_key
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
 from .starting import Starter
@@ -66,6 +72,10 @@ log = logging.getLogger("bluestreak.worker")
 
 MAX_SPREAD = 8
 """At most how many batch-sized slices from the head of the queue a contended claim chooses among."""
+ROUTED_MAX = 1000
+"""At most this many workflow ids a change stream routed to the worker wait for a claim by ``_id``; past it, a read."""
+RECENT = 1000
+"""How many ids of workflows this worker claimed it remembers, so that their late stream reports cost no claim."""
 STREAM_IDLE_POLL = 5.0
 """With a live change stream, an idle worker re-reads the next due time at most this often (see below)."""
 
@@ -121,6 +131,14 @@ class Worker:
         self._spread: dict[str | None, int] = {}
         self._due: tuple[float, int, tuple[str | None, ...], Any] | None = None
         self.waker: ChangeStreamWaker | None = None
+        self.peers: Peers | None = None
+        """This worker's view of the other live workers of its group (``None`` before ``run()``)."""
+        self._directed: dict[str, None] = {}
+        self._spilled: dict[str, float] = {}
+        self._spill_timer: asyncio.TimerHandle | None = None
+        self._recent: dict[str, None] = {}
+        self._scan = True
+        self._fresh = True
         """The change stream waker of the running loop (``None`` before ``run()``)."""
         self.starter = Starter(lambda: store, settings, handlers, self.queues)
         """How executions start child workflows (bluestreak.children)."""
@@ -132,6 +150,62 @@ class Worker:
 
     def wake(self) -> None:
         """Look for due workflows now (a workflow was started or woken in this process)."""
+        self._scan = True
+        self._fresh = True
+        self._wake.set()
+
+    # -- the change stream's routing (wakeups.Router) ----------------------------------
+
+    def _directing(self) -> bool:
+        """Peers are known and the stream is live: claims are routed (see :mod:`bluestreak.peers`)."""
+        return self.peers is not None and not self.peers.alone and self.waker is not None and self.waker.live
+
+    def routing(self) -> bool:
+        """Whether this worker knows peers, so that the change stream routes its changes."""
+        return self.peers is not None and not self.peers.alone
+
+    def owns(self, workflow_id: str) -> bool | None:
+        """Whether this worker claims ``workflow_id`` first; ``None`` when it knows no peers."""
+        if self.peers is None or self.peers.alone:
+            return None
+        return self.peers.owns(workflow_id)
+
+    def direct(self, workflow_id: str) -> None:
+        """The change stream reports a runnable workflow this worker owns: claim it by ``_id`` now."""
+        if workflow_id in self._recent:
+            return
+        if len(self._directed) >= ROUTED_MAX:
+            self._wake_scan()
+            return
+        self._directed[workflow_id] = None
+        self._wake.set()
+
+    def spill(self, workflow_id: str) -> None:
+        """A runnable workflow a peer owns: claim it by ``_id`` after ``SPILL`` if the owner has not."""
+        if workflow_id in self._recent:
+            return
+        if len(self._spilled) >= ROUTED_MAX:
+            loop = asyncio.get_running_loop()
+            loop.call_later(SPILL, self.wake_stale)
+            return
+        self._spilled.setdefault(workflow_id, time.monotonic() + SPILL)
+        if self._spill_timer is None:
+            self._spill_timer = asyncio.get_running_loop().call_later(SPILL, self._spill_due)
+
+    def claimed(self, workflow_id: str) -> None:
+        """The change stream saw a claim of this workflow (this worker's or a peer's): no spill claim for it."""
+        self._spilled.pop(workflow_id, None)
+
+    def wake_stale(self) -> None:
+        """Read the claim order for what has waited ``SPILL`` (a peer's due time came and went)."""
+        self._wake_scan()
+
+    def _wake_scan(self) -> None:
+        self._scan = True
+        self._wake.set()
+
+    def _spill_due(self) -> None:
+        self._spill_timer = None
         self._wake.set()
 
     def stop(self) -> None:
@@ -181,16 +255,28 @@ class Worker:
             handlers=handlers,
             queues=self.listen,
             max_await=min(1.0, stream_idle_poll(self.settings)),
+            router=self,
+            direct_queues=self._direct_queues(),
+            spill=SPILL,
         )
+        self.peers = Peers(
+            self.store,
+            self.clock,
+            self.settings.worker_id,
+            group_key(handlers, self.listen),
+            self.settings.lease_duration,
+        )
+        waker = self.waker
         helpers = [
             asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
             asyncio.create_task(self.waker.run(), name="bluestreak-watch"),
+            asyncio.create_task(self.peers.run(lambda: waker.live), name="bluestreak-peers"),
         ]
         if self.schedules is not None:
             helpers.append(
                 asyncio.create_task(
-                    self.schedules.run(self.handlers, self._should_stop, self._wake.set), name="bluestreak-schedules"
+                    self.schedules.run(self.handlers, self._should_stop, self.wake), name="bluestreak-schedules"
                 )
             )
         failures = 0
@@ -201,25 +287,70 @@ class Worker:
                     await self._idle(self.settings.poll_interval)
                     continue
                 try:
-                    busy = await self._claim_round(handlers)
+                    busy = await self._claim_routed(handlers)
+                    if self._scan or not self._directing():
+                        fresh, self._scan, self._fresh = self._fresh, False, False
+                        scanned = await self._claim_round(handlers, fresh)
+                        self._scan = self._scan or scanned
+                        busy = busy or scanned
                     failures = 0
                 except PyMongoError as exc:
+                    self._scan = True
                     failures += 1
                     pause = backoff_delay(timedelta(seconds=0.5), failures, cap=timedelta(seconds=30)).total_seconds()
                     log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, pause)
                     await self._idle(pause)
                     continue
-                if not busy:
-                    await self._wait_for_work(handlers)
+                if not busy and await self._wait_for_work(handlers):
+                    self._scan = True
         finally:
             await self._shutdown()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if self._spill_timer is not None:
+                self._spill_timer.cancel()
+            await self.peers.leave()
             self.finished.set()
 
-    async def _claim_round(self, handlers: list[str]) -> bool:
-        """Claim from every listened queue while there is room; whether any claim came back full (look again)."""
+    def _direct_queues(self) -> list[str | None]:
+        """The listened queues whose workflows may be claimed by ``_id`` (without limits: no admission)."""
+        return [q for q in self.listen if q is None or not (q in self.queues and self.queues[q].limited)]
+
+    async def _claim_routed(self, handlers: list[str]) -> bool:
+        """Claim by ``_id`` what the stream routed here (owned: now; a peer's: after ``SPILL``); whether to go on."""
+        if not self._directed and not self._spilled:
+            return False
+        free = self.settings.max_concurrency - len(self._running)
+        now_m = time.monotonic()
+        ids = list(self._directed)[:free]
+        ripe = [wid for wid, at in self._spilled.items() if at <= now_m]
+        ids.extend(ripe[: max(0, free - len(ids))])
+        for wid in ids:
+            self._directed.pop(wid, None)
+            self._spilled.pop(wid, None)
+        if self._spilled and self._spill_timer is None:
+            wait = max(0.0, min(self._spilled.values()) - now_m)
+            self._spill_timer = asyncio.get_running_loop().call_later(wait, self._spill_due)
+        if not ids:
+            return False
+        started = time.perf_counter()
+        now = self.clock.now()
+        claimed = await self.store.claim_ids(
+            ids, handlers, self._direct_queues(), now, now + self._lease, uuid.uuid4().hex, self.settings.worker_id
+        )
+        self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
+        for doc in claimed:
+            self._spawn(doc)
+        return bool(self._directed) and len(self._running) < self.settings.max_concurrency  # room: claim the rest
+
+    async def _claim_round(self, handlers: list[str], fresh: bool = True) -> bool:
+        """Claim from every listened queue while there is room; whether any claim came back full (look again).
+
+        Not ``fresh`` while claims are routed: only what has waited ``SPILL``
+        (the rest is its owner's, and reaches it through the change stream).
+        """
+        stale = not fresh and self._directing()
         busy = False
         for name in self.listen:
             free = self.settings.max_concurrency - len(self._running)
@@ -250,7 +381,15 @@ class Worker:
                 now = self.clock.now()
                 token = uuid.uuid4().hex
                 claimed = await self.store.claim(
-                    handlers, now, now + self._lease, token, self.settings.worker_id, limit, queue=name, spread=spread
+                    handlers,
+                    now,
+                    now + self._lease,
+                    token,
+                    self.settings.worker_id,
+                    limit,
+                    queue=name,
+                    spread=spread,
+                    due_before=now - timedelta(seconds=SPILL) if stale else None,
                 )
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 for doc in claimed:
@@ -278,11 +417,12 @@ class Worker:
             self._stopping = True
         return self._stopping
 
-    async def _wait_for_work(self, handlers: list[str]) -> None:
+    async def _wait_for_work(self, handlers: list[str]) -> bool:
         """Idle until something may be claimable: a wake-up, a due time, or a read that finds work due.
 
         Each tick costs one query (the next due time), never a claim; the
-        change stream waker reads only meanwhile.
+        change stream waker reads only meanwhile. Whether a due time came
+        (read the claim order; a wake-up says for itself what to claim).
         """
         waker = self.waker
         if waker is not None:
@@ -290,8 +430,11 @@ class Worker:
         try:
             while not self._should_stop():
                 seconds, claim_after = await self._idle_time(handlers)
-                if await self._idle(seconds) or claim_after:
-                    return
+                if await self._idle(seconds):
+                    return False
+                if claim_after:
+                    return True
+            return False
         finally:
             if waker is not None:
                 waker.disarm()
@@ -339,7 +482,9 @@ class Worker:
                 return longest, True
             fired = 0 if self.waker is None else self.waker.timers_fired
             self._due = (time.monotonic(), fired, tuple(open_queues), due)
-        wait = tick if due is None else (due - self.clock.now()).total_seconds()
+        # While claims are routed, what became due in the last SPILL is its owner's: claim it only after.
+        late = SPILL if self._directing() else 0.0
+        wait = tick if due is None else (due - self.clock.now()).total_seconds() + late
         if wait < tick:  # at least 5 ms: a due workflow that admission holds back must not make the loop spin
             return max(0.005, wait), True
         return tick, blocked
@@ -359,7 +504,7 @@ class Worker:
             return False
         if fired != self.waker.timers_fired:  # a due time the stream reported came: it may have moved since
             return False
-        if due is not None and due <= self.clock.now():
+        if due is not None and due + timedelta(seconds=SPILL if self._directing() else 0.0) <= self.clock.now():
             return False
         return due
 
@@ -406,6 +551,12 @@ class Worker:
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
         )
         key = execution.key
+        wid = key[0]
+        self._directed.pop(wid, None)
+        self._spilled.pop(wid, None)
+        self._recent[wid] = None
+        if len(self._recent) > RECENT:
+            del self._recent[next(iter(self._recent))]
         self._running[key] = execution
         self.metrics.in_flight = len(self._running)
         task = asyncio.create_task(execution.run(), name=f"bluestreak:{key[0]}:{key[1][:8]}")
@@ -424,9 +575,9 @@ class Worker:
                 self._releases.add(task)
                 task.add_done_callback(self._releases.discard)
         elif execution is not None and execution.doc.get("queue") in self.queues:
-            self._wake.set()  # a place of this worker's share of its queue opened
+            self._wake_scan()  # a place of this worker's share of its queue opened
         if len(self._running) == self.settings.max_concurrency - 1:
-            self._wake.set()  # a slot opened on a full worker: claim again now
+            self._wake_scan()  # a slot opened on a full worker: claim again now
         if execution is not None and execution.doc.get("schedule") is not None and self.schedules is not None:
             self.schedules.changed.set()  # a run of a schedule ended: a buffered tick may start now
 
@@ -438,7 +589,7 @@ class Worker:
             return
         if queue is not None:
             self.admission.unblock(queue)
-        self._wake.set()
+        self._wake_scan()
 
     # -- helpers beside the loop ---------------------------------------------------------
 
@@ -514,7 +665,6 @@ class Worker:
                 execution.ctx.pause_requested = controls.get(key) == "pause"
                 if controls.get(key) == "cancel":
                     execution.ctx.request_cancel()
-
 
     def _deferred(self, execution: Any, now: datetime) -> bool:
         """Skip this round for an execution inside a transactional step while its lease outlasts the next round.

@@ -163,8 +163,8 @@ def streams(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     opened: list[Any] = []
     real = Store.watch_due
 
-    async def watch_due(self: Store, *args: Any) -> Any:
-        stream = await real(self, *args)
+    async def watch_due(self: Store, *args: Any, **kwargs: Any) -> Any:
+        stream = await real(self, *args, **kwargs)
         opened.append(stream)
         return stream
 
@@ -178,7 +178,7 @@ async def test_a_server_without_change_streams_falls_back_to_polling(
 ) -> None:
     from bluestreak.store import Store
 
-    async def standalone(self: Store, *args: Any) -> Any:
+    async def standalone(self: Store, *args: Any, **kwargs: Any) -> Any:
         raise OperationFailure("The $changeStream stage is only supported on replica sets", 40573)
 
     monkeypatch.setattr(Store, "watch_due", standalone)

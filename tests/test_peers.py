@@ -1,0 +1,236 @@
+"""Several idle workers and one start (issue 15): its owner claims it, by ``_id``; the others only if it waits.
+
+Without routing, every idle worker's change stream woke its loop for every
+start, and each ran a claim: one won, the rest were wasted commands (the
+herd that made a second worker *lower* throughput). ``bluestreak.peers``
+gives each workflow one owner among the live workers of a group; the others
+claim it ``SPILL`` later if it is still there (a full, slow or dead owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from bluestreak import Bluestreak, WorkflowContext
+from bluestreak.peers import SPILL, group_key, owner
+
+from .conftest import FAST, eventually, running
+
+LEASE = timedelta(seconds=30)
+
+
+def test_each_workflow_has_one_owner_shared_evenly_and_a_new_worker_takes_only_its_own_share() -> None:
+    ids = [f"wf-{i}" for i in range(2000)]
+    four = ["a", "b", "c", "d"]
+    owners = {wid: owner(wid, four) for wid in ids}
+    assert owners == {wid: owner(wid, list(reversed(four))) for wid in ids}  # order of the view does not matter
+    shares = Counter(owners.values())
+    assert set(shares) == set(four) and min(shares.values()) > 400, shares
+    five = {wid: owner(wid, [*four, "e"]) for wid in ids}
+    moved = [wid for wid in ids if five[wid] != owners[wid]]
+    assert moved and all(five[wid] == "e" for wid in moved)  # only the newcomer's share moves
+    assert len(moved) < 600
+
+
+def test_workers_of_other_handlers_or_queues_form_other_groups() -> None:
+    assert group_key(["h", "g"], [None]) == group_key(["g", "h"], [None])
+    assert group_key(["h"], [None]) != group_key(["h", "g"], [None])
+    assert group_key(["h"], [None]) != group_key(["h"], [None, "q"])
+
+
+def _register(engine: Bluestreak) -> None:
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        return "ok"
+
+    @engine.handler("other")
+    async def other(ctx: WorkflowContext, input: Any) -> str:
+        return "ok"
+
+
+async def _claim_ids(engine: Bluestreak, ids: list[str], token: str | None = None) -> list[str]:
+    now = engine.settings.clock.now()
+    got = await engine.store.claim_ids(ids, ["h"], [None], now, now + LEASE, token or uuid.uuid4().hex, "w")
+    return sorted(d["_id"] for d in got)
+
+
+async def test_a_claim_by_id_takes_only_what_a_claim_could_take(engine: Bluestreak) -> None:
+    _register(engine)
+    engine.queue("limited", concurrency=1)
+    await engine.start("due", "h")
+    await engine.start("later", "h", delay=timedelta(hours=1))
+    await engine.start("not-mine", "other")
+    await engine.start("queued", "h", queue="limited")
+    await engine.start("paused", "h")
+    await engine.pause("paused")
+    ids = ["due", "later", "not-mine", "queued", "paused", "missing"]
+    assert await _claim_ids(engine, ids) == ["due"]
+    assert await _claim_ids(engine, ["due"]) == []  # its lease is live: one claim wins
+    assert await _claim_ids(engine, ids) == []
+    doc = await engine.store.workflows.find_one({"_id": "due"})
+    assert doc is not None and doc["status"] == "running" and doc["attempt"] == 1
+
+
+async def test_a_claim_of_many_ids_returns_the_claimed_documents_and_leaves_the_rest(engine: Bluestreak) -> None:
+    _register(engine)
+    await engine.start_many([(f"w{i}", "h") for i in range(6)])
+    first = await _claim_ids(engine, ["w0", "w1"])
+    assert first == ["w0", "w1"]
+    assert await _claim_ids(engine, [f"w{i}" for i in range(6)]) == ["w2", "w3", "w4", "w5"]
+    assert await _claim_ids(engine, []) == []
+
+
+async def test_the_registry_lists_live_workers_of_a_group_and_forgets_the_stopped_and_the_expired(
+    engine: Bluestreak,
+) -> None:
+    store = engine.store
+    now = engine.settings.clock.now()
+    soon, gone = now + timedelta(seconds=15), now - timedelta(seconds=1)
+    await store.heartbeat("a", "g1", now, soon)
+    await store.heartbeat("b", "g1", now, soon)
+    await store.heartbeat("c", "g2", now, soon)
+    await store.heartbeat("dead", "g1", now - timedelta(seconds=20), gone)
+    assert await store.live_workers("g1", now) == ["a", "b"]
+    await store.heartbeat("a", "g1", now, soon)  # a heartbeat rewrites, never duplicates
+    assert await store.live_workers("g1", now) == ["a", "b"]
+    await store.forget_worker("b")
+    assert await store.live_workers("g1", now) == ["a"]
+    assert await store.live_workers("g2", now) == ["c"]
+
+
+# -- with real change streams: several worker engines on one server ------------------------------------------
+
+
+class _Claims(monitoring.CommandListener):
+    """Counts the claims a client sends: writes to ``workflows`` that ``$inc`` the attempt."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        cmd = event.command
+        if event.command_name == "findAndModify" and cmd.get("findAndModify") == "workflows":
+            updates = [cmd.get("update") or {}]
+        elif event.command_name == "update" and cmd.get("update") == "workflows":
+            updates = [u.get("u") or {} for u in cmd.get("updates") or []]
+        else:
+            return
+        self.count += sum(1 for u in updates if isinstance(u, dict) and "attempt" in (u.get("$inc") or {}))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def server_db(server_url: str) -> AsyncIterator[str]:
+    name = f"bst_peers_{uuid.uuid4().hex[:10]}"
+    yield name
+    client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
+    await client.drop_database(name)
+    await client.close()
+
+
+async def _workers(
+    server_url: str, server_db: str, n: int, listener: monitoring.CommandListener
+) -> tuple[list[Bluestreak], list[AsyncMongoClient[Any]]]:
+    clients: list[AsyncMongoClient[Any]] = []
+    engines: list[Bluestreak] = []
+    for i in range(n):
+        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, event_listeners=[listener], tz_aware=True)
+        clients.append(client)
+        # poll_interval 30: only the change stream (and the spill after it) can explain a prompt pickup.
+        engine = Bluestreak(database=client[server_db], **{**FAST, "poll_interval": 30, "worker_id": f"worker-{i}"})
+        _register(engine)
+        await engine.init()
+        engines.append(engine)
+    return engines, clients
+
+
+async def _know_each_other(engines: list[Bluestreak], n: int) -> None:
+    async def check() -> bool:
+        for e in engines:
+            w = e._worker
+            if w is None or w.waker is None or not w.waker.live or w.peers is None or len(w.peers.workers) < n:
+                return False
+        return True
+
+    await eventually(check, timeout=15)
+
+
+@pytest.mark.server
+async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once_promptly(
+    server_url: str, server_db: str
+) -> None:
+    claims = _Claims()
+    engines, clients = await _workers(server_url, server_db, 3, claims)
+    submitter = Bluestreak(server_url, server_db)
+    _register(submitter)
+    try:
+        async with submitter, running(engines[0]), running(engines[1]), running(engines[2]):
+            await _know_each_other(engines, 3)
+            await asyncio.sleep(0.3)
+            claims.count = 0
+            n = 24
+            took: list[float] = []
+            for i in range(n):
+                started = time.monotonic()
+                await submitter.start(f"s{i}", "h")
+                assert await submitter.wait(f"s{i}", timeout=15) == "ok"
+                took.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)  # the workers idle again between starts
+            per_workflow = claims.count / n
+            docs = await submitter.store.workflows.find({"_id": {"$regex": "^s"}}).to_list(None)
+            workers = {d["worker"] for d in docs}
+    finally:
+        for c in clients:
+            await c.close()
+    assert all(d["attempt"] == 1 for d in docs) and len(docs) == n
+    assert per_workflow <= 1.5, f"{per_workflow:.2f} claims per workflow: the idle workers still herd"
+    assert len(workers) >= 2  # the work is shared, not all taken by one worker
+    assert sorted(took)[n // 2] < SPILL, took  # owners claim at once: most starts do not wait for a spill
+
+
+@pytest.mark.server
+async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_spill(
+    server_url: str, server_db: str
+) -> None:
+    claims = _Claims()
+    engines, clients = await _workers(server_url, server_db, 1, claims)
+    worker = engines[0]
+    submitter = Bluestreak(server_url, server_db)
+    _register(submitter)
+    try:
+        async with submitter, running(worker):
+            await _know_each_other(engines, 1)
+            assert worker._worker is not None and worker._worker.peers is not None
+            peers = worker._worker.peers
+            now = submitter.settings.clock.now()
+            # A worker that registered and died (its document has not expired yet): it owns part of the work.
+            await submitter.store.heartbeat("ghost", peers.group, now, now + timedelta(minutes=5))
+            await eventually(lambda: _true("ghost" in peers.workers), timeout=15)
+            wid = next(f"g{i}" for i in range(1000) if owner(f"g{i}", ["ghost", "worker-0"]) == "ghost")
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            await submitter.start(wid, "h")
+            assert await submitter.wait(wid, timeout=15) == "ok"
+            took = time.monotonic() - started
+    finally:
+        for c in clients:
+            await c.close()
+    assert SPILL * 0.8 <= took < 5, took  # not at once (not its to take), and long before the 30 s poll
+
+
+async def _true(value: bool) -> bool:
+    return value

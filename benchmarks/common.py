@@ -105,6 +105,8 @@ class CommandCounter(monitoring.CommandListener):
             return
         t = time.perf_counter()
         target = event.command.get(event.command_name)
+        if event.command_name == "getMore":  # its target is a cursor id: name the collection instead
+            target = event.command.get("collection")
         self.counts[f"{event.command_name} {target if isinstance(target, str) else ''}".strip()] += 1
         if self.measure_bytes:
             self.sent += len(bson.encode(event.command))

@@ -106,6 +106,7 @@ async def load_phase(
         "server_cpu_ms_per_workflow": None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) / n * 1000, 3),
         "start_to_claim": percentiles([first[w] - submitted[w] for w in submitted if w in first]),
         "claimed_more_than_once": sum(1 for d in docs if int(d.get("attempt") or 0) > 1),
+        "change_streams": [w.get("waker") for w in workers],
     }
 
 

@@ -42,6 +42,7 @@ async def _main(conn: Any, url: str, db_name: str, settings: dict[str, Any], com
             "cpu_seconds": now - mark,
             "peak_rss_mb": peak_rss_mb(),
             "rss_mb": current_rss_mb(),
+            "waker": _waker_stats(engine),
         }
         mark = now
         counter.reset(on=True)
@@ -64,3 +65,18 @@ async def _main(conn: Any, url: str, db_name: str, settings: dict[str, Any], com
             await client.close()
             conn.send(("stopped", final))
             return
+
+
+def _waker_stats(engine: Bluestreak) -> dict[str, int]:
+    """What this worker's change stream did (cumulative): how often it woke the loop, routed, fired a timer."""
+    worker = engine._worker
+    waker = worker.waker if worker is not None else None
+    if waker is None:
+        return {}
+    return {
+        "woken": waker.woken,
+        "routed": waker.routed,
+        "reads": waker.reads,
+        "timers_fired": waker.timers_fired,
+        "peers": len(worker.peers.workers) if worker is not None and worker.peers is not None else 0,
+    }

@@ -75,7 +75,7 @@ MAX_SPREAD = 8
 ROUTED_MAX = 1000
 """At most this many workflow ids a change stream routed to the worker wait for a claim by ``_id``; past it, a read."""
 RECENT = 1000
-"""How many ids of workflows this worker claimed it remembers, so that their late stream reports cost no claim."""
+"""At most how many ids of workflows this worker runs it remembers, so that their late stream reports cost no claim."""
 STREAM_IDLE_POLL = 5.0
 """With a live change stream, an idle worker re-reads the next due time at most this often (see below)."""
 
@@ -566,6 +566,8 @@ class Worker:
     def _ended(self, key: Lease, _task: object = None) -> None:
         execution = self._running.pop(key, None)
         self._tasks.pop(key, None)
+        if not self.executions(key[0]):  # it may become runnable again (an event, a retry): route its changes
+            self._recent.pop(key[0], None)
         self.metrics.in_flight = len(self._running)
         slots = self._slots.pop(key, None)
         if slots and execution is not None:

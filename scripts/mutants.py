@@ -307,6 +307,14 @@ MUTANTS = [
         ("tests/test_peers.py::test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once_promptly",),
     ),
     Mutant(
+        "p04",
+        "a workflow this worker ran once is never routed to it again (an event for it waits for a peer's spill)",
+        "bluestreak/worker.py",
+        "            self._recent.pop(key[0], None)\n",
+        "            pass\n",
+        ("tests/test_peers.py::test_an_event_for_a_workflow_its_owner_ran_before_is_claimed_by_the_owner_at_once",),
+    ),
+    Mutant(
         "q01",
         "queue slots freed when an execution ends, even if its lease was not released",
         "bluestreak/worker.py",

@@ -52,6 +52,10 @@ def _register(engine: Bluestreak) -> None:
     async def h(ctx: WorkflowContext, input: Any) -> str:
         return "ok"
 
+    @engine.handler("waits")
+    async def waits(ctx: WorkflowContext, input: Any) -> Any:
+        return await ctx.wait_for_event("go", "go")
+
     @engine.handler("other")
     async def other(ctx: WorkflowContext, input: Any) -> str:
         return "ok"
@@ -200,6 +204,38 @@ async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once
     assert per_workflow <= 1.5, f"{per_workflow:.2f} claims per workflow: the idle workers still herd"
     assert len(workers) >= 2  # the work is shared, not all taken by one worker
     assert sorted(took)[n // 2] < SPILL, took  # owners claim at once: most starts do not wait for a spill
+
+
+@pytest.mark.server
+async def test_an_event_for_a_workflow_its_owner_ran_before_is_claimed_by_the_owner_at_once(
+    server_url: str, server_db: str
+) -> None:
+    """The owner ran it up to its wait; the event makes it runnable again, and the owner takes it without a spill."""
+    claims = _Claims()
+    engines, clients = await _workers(server_url, server_db, 2, claims)
+    submitter = Bluestreak(server_url, server_db)
+    _register(submitter)
+    took: list[float] = []
+    try:
+        async with submitter, running(engines[0]), running(engines[1]):
+            await _know_each_other(engines, 2)
+            for i in range(5):
+                wid = f"e{i}"
+                await submitter.start(wid, "waits")
+                await eventually(lambda wid=wid: _status(submitter, wid, "waiting"))
+                await asyncio.sleep(0.3)  # idle again
+                started = time.monotonic()
+                await submitter.send_event(wid, "go", i)
+                assert await submitter.wait(wid, timeout=15) == i
+                took.append(time.monotonic() - started)
+    finally:
+        for c in clients:
+            await c.close()
+    assert sorted(took)[2] < SPILL * 0.8, took  # not left to the other worker's spill claim
+
+
+async def _status(engine: Bluestreak, wid: str, status: str) -> bool:
+    return (await engine.get_workflow(wid)).status == status
 
 
 @pytest.mark.server

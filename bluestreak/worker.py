@@ -136,6 +136,7 @@ class Worker:
         self._directed: dict[str, None] = {}
         self._spilled: dict[str, float] = {}
         self._spill_timer: asyncio.TimerHandle | None = None
+        self._stale_timer: asyncio.TimerHandle | None = None
         self._recent: dict[str, None] = {}
         self._scan = True
         self._fresh = True
@@ -184,9 +185,9 @@ class Worker:
         """A runnable workflow a peer owns: claim it by ``_id`` after ``SPILL`` if the owner has not."""
         if workflow_id in self._recent:
             return
-        if len(self._spilled) >= ROUTED_MAX:
-            loop = asyncio.get_running_loop()
-            loop.call_later(SPILL, self.wake_stale)
+        if len(self._spilled) >= ROUTED_MAX:  # too many to track: read the claim order after SPILL instead
+            if self._stale_timer is None:
+                self._stale_timer = asyncio.get_running_loop().call_later(SPILL, self._stale_due)
             return
         self._spilled.setdefault(workflow_id, time.monotonic() + SPILL)
         if self._spill_timer is None:
@@ -203,6 +204,10 @@ class Worker:
     def _wake_scan(self) -> None:
         self._scan = True
         self._wake.set()
+
+    def _stale_due(self) -> None:
+        self._stale_timer = None
+        self._wake_scan()
 
     def _spill_due(self) -> None:
         self._spill_timer = None
@@ -308,8 +313,9 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            if self._spill_timer is not None:
-                self._spill_timer.cancel()
+            for timer in (self._spill_timer, self._stale_timer):
+                if timer is not None:
+                    timer.cancel()
             await self.peers.leave()
             self.finished.set()
 

@@ -270,3 +270,23 @@ async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_sp
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_past_its_cap_a_worker_tracks_no_more_peer_workflows_and_reads_the_claim_order_after_the_spill(
+    engine: Bluestreak,
+) -> None:
+    """Memory stays bounded under a flood of peers' starts; what it did not track is found by one read later."""
+    from bluestreak.worker import ROUTED_MAX, Worker
+
+    _register(engine)
+    worker = Worker(engine.store, engine.settings, engine._handlers)
+    for i in range(ROUTED_MAX + 50):
+        worker.spill(f"x{i}")
+    assert len(worker._spilled) == ROUTED_MAX
+    worker._scan = False
+    worker._wake.clear()
+    await asyncio.sleep(SPILL + 0.2)
+    assert worker._scan and worker._wake.is_set()  # one claim-order read, not one timer per change
+    for timer in (worker._spill_timer, worker._stale_timer):
+        if timer is not None:
+            timer.cancel()

@@ -156,7 +156,8 @@ class ChangeStreamWaker:
         try:
             while True:
                 try:
-                    stream = await self.store.watch_due(self._resume, self.max_await, claims=self.router is not None)
+                    claims = self._routing()  # claims are reported only to a worker that routes: it needs them
+                    stream = await self.store.watch_due(self._resume, self.max_await, claims=claims)
                 except NotImplementedError:  # the in-memory backend has none
                     self._give_up("this backend has no change streams", None)
                     return
@@ -179,7 +180,11 @@ class ChangeStreamWaker:
                         if failures:  # changes may have been missed while it was down
                             self._wake_now()
                         failures = 0
-                        await self._read(stream)
+                        reopen = await self._read(stream, claims)
+                    if reopen:  # routing began or ended: the same stream from its resume token, other filter
+                        if self._resume is None:
+                            self._wake_now()  # no point to resume from: a change may fall in between
+                        continue
                     failures = self._failed(None, failures)  # closed under it (invalidated, or closed)
                 except OperationFailure as exc:
                     if exc.code == CHANGE_STREAM_HISTORY_LOST:
@@ -192,12 +197,21 @@ class ChangeStreamWaker:
             self.live = False
             self.close()
 
-    async def _read(self, stream: Any) -> None:
-        """Read while armed, until the stream dies (an error raises; a closed stream returns)."""
+    def _routing(self) -> bool:
+        return self.router is not None and self.router.routing()
+
+    async def _read(self, stream: Any, claims: bool) -> bool:
+        """Read while armed, until the stream dies (an error raises; a closed stream returns ``False``).
+
+        ``True``: routing began or ended since the stream was opened (with or
+        without claims): reopen it with the other filter.
+        """
         while True:
             await self._armed.wait()
             if not _buffered(stream):
-                if self.router is not None and self.router.routing():
+                if self._routing() != claims:
+                    return True
+                if claims:
                     # Routed changes do not wake the loop, and every peer's stream returns every change:
                     # read at most once a pause, so that changes gather (one getMore for many).
                     pause = self._last_read + self.route_pause - time.monotonic()
@@ -212,10 +226,10 @@ class ChangeStreamWaker:
             if change is not None:
                 if change.get("operationType") == "invalidate":
                     self._resume = None
-                    return
+                    return False
                 self._consider(change)
             elif not stream.alive:
-                return
+                return False
 
     def _consider(self, change: dict[str, Any]) -> None:
         """Wake the loop, or direct or spill the workflow, for one change."""

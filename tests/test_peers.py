@@ -290,3 +290,41 @@ async def test_past_its_cap_a_worker_tracks_no_more_peer_workflows_and_reads_the
     for timer in (worker._spill_timer, worker._stale_timer):
         if timer is not None:
             timer.cancel()
+
+
+@pytest.mark.server
+async def test_claims_are_in_the_stream_only_while_a_worker_routes(
+    server_url: str, server_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone worker's stream leaves claims out (they would cost it reads for nothing); a routing one's has them."""
+    from bluestreak.store import Store
+
+    opened: list[bool] = []
+    real = Store.watch_due
+
+    async def watch_due(self: Store, *args: Any, claims: bool = False, **kwargs: Any) -> Any:
+        opened.append(claims)
+        return await real(self, *args, claims=claims, **kwargs)
+
+    monkeypatch.setattr(Store, "watch_due", watch_due)
+    claims = _Claims()
+    engines, clients = await _workers(server_url, server_db, 1, claims)
+    worker = engines[0]
+    submitter = Bluestreak(server_url, server_db)
+    _register(submitter)
+    try:
+        async with submitter, running(worker):
+            await _know_each_other(engines, 1)
+            assert opened == [False]
+            assert worker._worker is not None and worker._worker.peers is not None
+            peers = worker._worker.peers
+            now = submitter.settings.clock.now()
+            await submitter.store.heartbeat("peer", peers.group, now, now + timedelta(minutes=5))
+            await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)
+            await asyncio.sleep(0.3)
+            wid = next(f"c{i}" for i in range(1000) if owner(f"c{i}", ["peer", "worker-0"]) == "worker-0")
+            await submitter.start(wid, "h")  # still woken through the reopened stream
+            assert await submitter.wait(wid, timeout=10) == "ok"
+    finally:
+        for c in clients:
+            await c.close()

@@ -73,6 +73,7 @@ class Peers:
         """The live workers of the group as last read (always including this one)."""
         self._read_at = 0.0
         self.registered = False
+        self._about = {"host": socket.gethostname(), "pid": os.getpid()}
 
     @property
     def alone(self) -> bool:
@@ -87,17 +88,18 @@ class Peers:
         """Rewrite this worker's registry document and read the group's (two commands)."""
         now = self.clock.now()
         expire = now + timedelta(seconds=3 * self.interval)
-        await self.store.heartbeat(
-            self.worker_id, self.group, now, expire, {"host": socket.gethostname(), "pid": os.getpid()}
-        )
+        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about)
         self.registered = True
         live = await self.store.live_workers(self.group, now)
         self.workers = tuple(sorted(set(live) | {self.worker_id}))
         self._read_at = time.monotonic()
 
-    async def run(self, active: Callable[[], bool]) -> None:
-        """Beat every interval while ``active()`` (this worker's change stream is live), until cancelled."""
-        while True:
+    async def run(self, active: Callable[[], bool], given_up: Callable[[], bool]) -> None:
+        """Beat every interval while ``active()`` (this worker's change stream is live), until cancelled.
+
+        Returns once ``given_up()`` (no change streams here: nothing to route, so no registry).
+        """
+        while not given_up():
             if not active():
                 await asyncio.sleep(min(0.2, self.interval))
                 continue

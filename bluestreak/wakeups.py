@@ -63,8 +63,8 @@ class Router(Protocol):
     def routing(self) -> bool:
         """Whether peers are known (changes are routed; else each wakes the loop)."""
 
-    def owns(self, workflow_id: str) -> bool | None:
-        """``True``: claim it first; ``False``: a peer does; ``None``: no peers known (wake the loop instead)."""
+    def owns(self, workflow_id: str) -> bool:
+        """Whether this worker claims it first (``False``: a peer does); asked only while routing."""
 
     def direct(self, workflow_id: str) -> None:
         """Claim this workflow by ``_id`` now."""
@@ -109,8 +109,8 @@ class ChangeStreamWaker:
         """The queues whose workflows may be claimed by ``_id`` (those without limits)."""
         self.spill_after = spill
         self.route_pause = route_pause
+        """While routing, read at most this often (at most one getMore per pause)."""
         self._last_read = 0.0
-        """After routing a change, wait this long before the next read (at most one getMore per pause)."""
         self.live = False
         """The stream is open and has not failed since: the worker may idle without polling often."""
         self.unavailable = False
@@ -120,11 +120,11 @@ class ChangeStreamWaker:
         self.woken = 0
         """How many times a change woke the worker."""
         self.timers_fired = 0
+        """How many scheduled wake-ups (a change's future ``due_at``) came: a due time read before is stale."""
         self.routed = 0
         """How many changes went to the router (directed or spilled) instead of waking the loop."""
         self.reads = 0
         """How many reads of the stream found nothing fetched already (each one ``getMore``)."""
-        """How many scheduled wake-ups (a change's future ``due_at``) came: a due time read before is stale."""
         self._armed = asyncio.Event()
         self._resume: Any = None
         self._timers: dict[bool, tuple[asyncio.TimerHandle, datetime]] = {}
@@ -248,30 +248,29 @@ class ChangeStreamWaker:
                 return
             due = fields.get("due_at")
             directable = self.direct_queues >= self.queues  # its queue is unknown: only if none has limits
-        owned: bool | None = None
-        if self.router is not None and directable and isinstance(wid, str):
-            owned = self.router.owns(wid)
+        router = self.router if directable and isinstance(wid, str) and self._routing() else None
+        owned = router is None or router.owns(str(wid))
         if isinstance(due, datetime):
             wait = (due - self.clock.now()).total_seconds()
             if wait > 0.001:
-                if owned is False:
-                    self._wake_at(due + timedelta(seconds=self.spill_after), wait + self.spill_after, own=False)
-                else:
+                if owned:
                     self._wake_at(due, wait, own=True)
+                else:
+                    self._wake_at(due + timedelta(seconds=self.spill_after), wait + self.spill_after, own=False)
                 return
-        if owned is None or self.router is None or not isinstance(wid, str):
+        if router is None:
             self._wake_now()
             return
         self.routed += 1
         if owned:
-            self.router.direct(wid)  # stays armed: the changes already fetched are routed too
+            router.direct(str(wid))  # stays armed: the changes already fetched are routed too
         else:
-            self.router.spill(wid)
+            router.spill(str(wid))
 
-    def _wake_now(self) -> None:
+    def _wake_now(self, wake: Callable[[], None] | None = None) -> None:
         self.woken += 1
         self._armed.clear()  # read again only when the worker next idles: no getMore while it claims
-        self._wake()
+        (wake or self._wake)()
 
     def _wake_at(self, due: datetime, wait: float, *, own: bool) -> None:
         """Wake the worker when ``due`` comes (keeping only the earliest such moment of each kind)."""
@@ -286,12 +285,7 @@ class ChangeStreamWaker:
     def _timer_fired(self, own: bool) -> None:
         self._timers.pop(own, None)
         self.timers_fired += 1
-        if own or self.router is None:
-            self._wake_now()
-        else:
-            self.woken += 1
-            self._armed.clear()
-            self.router.wake_stale()
+        self._wake_now(None if own or self.router is None else self.router.wake_stale)
 
     def _give_up(self, why: str, code: int | None) -> None:
         self.unavailable = True

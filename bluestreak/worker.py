@@ -74,8 +74,6 @@ MAX_SPREAD = 8
 """At most how many batch-sized slices from the head of the queue a contended claim chooses among."""
 ROUTED_MAX = 1000
 """At most this many workflow ids a change stream routed to the worker wait for a claim by ``_id``; past it, a read."""
-RECENT = 1000
-"""At most how many ids of workflows this worker runs it remembers, so that their late stream reports cost no claim."""
 STREAM_IDLE_POLL = 5.0
 """With a live change stream, an idle worker re-reads the next due time at most this often (see below)."""
 
@@ -131,16 +129,21 @@ class Worker:
         self._spread: dict[str | None, int] = {}
         self._due: tuple[float, int, tuple[str | None, ...], Any] | None = None
         self.waker: ChangeStreamWaker | None = None
+        """The change stream waker of the running loop (``None`` before ``run()``)."""
         self.peers: Peers | None = None
         """This worker's view of the other live workers of its group (``None`` before ``run()``)."""
+        self._direct_queues = [q for q in self.listen if q is None or not self.queues[q].limited]
+        """The listened queues whose workflows may be claimed by ``_id`` (without limits: no admission)."""
         self._directed: dict[str, None] = {}
+        """Ids the change stream reported for this worker to claim now (it owns them)."""
         self._spilled: dict[str, float] = {}
+        """Ids a peer owns, with when this worker may claim them itself (``time.monotonic()``)."""
         self._spill_timer: asyncio.TimerHandle | None = None
         self._stale_timer: asyncio.TimerHandle | None = None
-        self._recent: dict[str, None] = {}
         self._scan = True
+        """The next round reads the claim order (a start here, a slot freed, a due time came...)."""
         self._fresh = True
-        """The change stream waker of the running loop (``None`` before ``run()``)."""
+        """...and takes what became due in the last ``SPILL`` too (a start in this process: nobody else's)."""
         self.starter = Starter(lambda: store, settings, handlers, self.queues)
         """How executions start child workflows (bluestreak.children)."""
         self.finished = asyncio.Event()
@@ -157,23 +160,25 @@ class Worker:
 
     # -- the change stream's routing (wakeups.Router) ----------------------------------
 
-    def _directing(self) -> bool:
-        """Peers are known and the stream is live: claims are routed (see :mod:`bluestreak.peers`)."""
-        return self.peers is not None and not self.peers.alone and self.waker is not None and self.waker.live
-
     def routing(self) -> bool:
         """Whether this worker knows peers, so that the change stream routes its changes."""
         return self.peers is not None and not self.peers.alone
 
-    def owns(self, workflow_id: str) -> bool | None:
-        """Whether this worker claims ``workflow_id`` first; ``None`` when it knows no peers."""
-        if self.peers is None or self.peers.alone:
-            return None
-        return self.peers.owns(workflow_id)
+    def _directing(self) -> bool:
+        """Routing with a live stream: what became due in the last ``SPILL`` is left to its owner."""
+        return self.routing() and self.waker is not None and self.waker.live
+
+    def _grace(self) -> timedelta:
+        """How long a due workflow is its owner's alone before this worker's reads of the claim order take it."""
+        return timedelta(seconds=SPILL if self._directing() else 0.0)
+
+    def owns(self, workflow_id: str) -> bool:
+        """Whether this worker claims ``workflow_id`` first (every workflow, when it knows no peers)."""
+        return self.peers is None or self.peers.owns(workflow_id)
 
     def direct(self, workflow_id: str) -> None:
         """The change stream reports a runnable workflow this worker owns: claim it by ``_id`` now."""
-        if workflow_id in self._recent:
+        if self.executions(workflow_id):  # the report of a claim it made itself
             return
         if len(self._directed) >= ROUTED_MAX:
             self._wake_scan()
@@ -183,7 +188,7 @@ class Worker:
 
     def spill(self, workflow_id: str) -> None:
         """A runnable workflow a peer owns: claim it by ``_id`` after ``SPILL`` if the owner has not."""
-        if workflow_id in self._recent:
+        if self.executions(workflow_id):
             return
         if len(self._spilled) >= ROUTED_MAX:  # too many to track: read the claim order after SPILL instead
             if self._stale_timer is None:
@@ -207,7 +212,7 @@ class Worker:
 
     def _stale_due(self) -> None:
         self._stale_timer = None
-        self._wake_scan()
+        self.wake_stale()
 
     def _spill_due(self) -> None:
         self._spill_timer = None
@@ -261,7 +266,7 @@ class Worker:
             queues=self.listen,
             max_await=min(1.0, stream_idle_poll(self.settings)),
             router=self,
-            direct_queues=self._direct_queues(),
+            direct_queues=self._direct_queues,
             spill=SPILL,
         )
         self.peers = Peers(
@@ -276,7 +281,7 @@ class Worker:
             asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
             asyncio.create_task(self.waker.run(), name="bluestreak-watch"),
-            asyncio.create_task(self.peers.run(lambda: waker.live), name="bluestreak-peers"),
+            asyncio.create_task(self.peers.run(lambda: waker.live, lambda: waker.unavailable), name="bluestreak-peers"),
         ]
         if self.schedules is not None:
             helpers.append(
@@ -319,10 +324,6 @@ class Worker:
             await self.peers.leave()
             self.finished.set()
 
-    def _direct_queues(self) -> list[str | None]:
-        """The listened queues whose workflows may be claimed by ``_id`` (without limits: no admission)."""
-        return [q for q in self.listen if q is None or not (q in self.queues and self.queues[q].limited)]
-
     async def _claim_routed(self, handlers: list[str]) -> bool:
         """Claim by ``_id`` what the stream routed here (owned: now; a peer's: after ``SPILL``); whether to go on."""
         if not self._directed and not self._spilled:
@@ -343,7 +344,7 @@ class Worker:
         started = time.perf_counter()
         now = self.clock.now()
         claimed = await self.store.claim_ids(
-            ids, handlers, self._direct_queues(), now, now + self._lease, uuid.uuid4().hex, self.settings.worker_id
+            ids, handlers, self._direct_queues, now, now + self._lease, uuid.uuid4().hex, self.settings.worker_id
         )
         self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
         for doc in claimed:
@@ -395,7 +396,7 @@ class Worker:
                     limit,
                     queue=name,
                     spread=spread,
-                    due_before=now - timedelta(seconds=SPILL) if stale else None,
+                    due_before=now - self._grace() if stale else None,
                 )
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 for doc in claimed:
@@ -488,9 +489,7 @@ class Worker:
                 return longest, True
             fired = 0 if self.waker is None else self.waker.timers_fired
             self._due = (time.monotonic(), fired, tuple(open_queues), due)
-        # While claims are routed, what became due in the last SPILL is its owner's: claim it only after.
-        late = SPILL if self._directing() else 0.0
-        wait = tick if due is None else (due - self.clock.now()).total_seconds() + late
+        wait = tick if due is None else (due + self._grace() - self.clock.now()).total_seconds()
         if wait < tick:  # at least 5 ms: a due workflow that admission holds back must not make the loop spin
             return max(0.005, wait), True
         return tick, blocked
@@ -510,7 +509,7 @@ class Worker:
             return False
         if fired != self.waker.timers_fired:  # a due time the stream reported came: it may have moved since
             return False
-        if due is not None and due + timedelta(seconds=SPILL if self._directing() else 0.0) <= self.clock.now():
+        if due is not None and due + self._grace() <= self.clock.now():
             return False
         return due
 
@@ -557,12 +556,8 @@ class Worker:
             "claimed workflow %r (attempt %s)", execution.workflow_id, doc.get("attempt"), extra=execution.fields()
         )
         key = execution.key
-        wid = key[0]
-        self._directed.pop(wid, None)
-        self._spilled.pop(wid, None)
-        self._recent[wid] = None
-        if len(self._recent) > RECENT:
-            del self._recent[next(iter(self._recent))]
+        self._directed.pop(key[0], None)
+        self._spilled.pop(key[0], None)
         self._running[key] = execution
         self.metrics.in_flight = len(self._running)
         task = asyncio.create_task(execution.run(), name=f"bluestreak:{key[0]}:{key[1][:8]}")
@@ -572,8 +567,6 @@ class Worker:
     def _ended(self, key: Lease, _task: object = None) -> None:
         execution = self._running.pop(key, None)
         self._tasks.pop(key, None)
-        if not self.executions(key[0]):  # it may become runnable again (an event, a retry): route its changes
-            self._recent.pop(key[0], None)
         self.metrics.in_flight = len(self._running)
         slots = self._slots.pop(key, None)
         if slots and execution is not None:

@@ -123,9 +123,8 @@ MUTANTS = [
         (R + "test_04_a_batched_claim_runs_the_workflow_as_claimed_not_as_read_before",),
         more=(
             (
-                "        return _claimed(sorted(mine, key=lambda d: order[d[\"_id\"]]), "
-                "backlog=backlog, contended=contended)",
-                "        return _claimed(stale, backlog=backlog, contended=contended)",
+                "        return _claimed(mine, backlog=backlog, contended=len(mine) < len(ids))",
+                "        return _claimed(stale, backlog=backlog, contended=len(mine) < len(ids))",
             ),
         ),
     ),
@@ -308,10 +307,10 @@ MUTANTS = [
     ),
     Mutant(
         "p04",
-        "a workflow this worker ran once is never routed to it again (an event for it waits for a peer's spill)",
+        "the owner leaves its own workflows to the spill (an event for a workflow it ran waits SPILL)",
         "bluestreak/worker.py",
-        "            self._recent.pop(key[0], None)\n",
-        "            pass\n",
+        "        self._directed[workflow_id] = None\n        self._wake.set()\n",
+        "        self._spilled.setdefault(workflow_id, time.monotonic() + SPILL)\n        self._wake.set()\n",
         ("tests/test_peers.py::test_an_event_for_a_workflow_its_owner_ran_before_is_claimed_by_the_owner_at_once",),
     ),
     Mutant(

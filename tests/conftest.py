@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from bluestreak import Bluestreak
+from bluestreak import Bluestreak, WorkflowContext
 from bluestreak.memory import reset_memory
 
 from .mongo_server import SecantusServer, require_secantus
@@ -100,6 +100,27 @@ async def make_engine(db_url: str, db_name: str) -> AsyncIterator[EngineFactory]
 async def engine(make_engine: EngineFactory) -> Bluestreak:
     """One engine with the fast test settings."""
     return await make_engine()
+
+
+@pytest.fixture
+async def server_db(server_url: str) -> AsyncIterator[str]:
+    """A fresh database name on the test server (server-only tests), dropped afterwards."""
+    name = f"bst_srv_{uuid.uuid4().hex[:10]}"
+    yield name
+    client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
+    await client.drop_database(name)
+    await client.close()
+
+
+def register_h_and_waits(engine: Bluestreak) -> None:
+    """Two handlers the wake-up tests share: ``h`` returns ``"ok"``; ``waits`` returns the ``go`` event's value."""
+    @engine.handler("h")
+    async def h(ctx: WorkflowContext, input: Any) -> str:
+        return "ok"
+
+    @engine.handler("waits")
+    async def waits(ctx: WorkflowContext, input: Any) -> Any:
+        return await ctx.wait_for_event("go", "go")
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ claim it ``SPILL`` later if it is still there (a full, slow or dead owner).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -23,7 +24,7 @@ from pymongo import AsyncMongoClient, monitoring
 from bluestreak import Bluestreak, WorkflowContext
 from bluestreak.peers import SPILL, group_key, owner
 
-from .conftest import FAST, eventually, running
+from .conftest import FAST, eventually, register_h_and_waits, running
 
 LEASE = timedelta(seconds=30)
 
@@ -48,13 +49,7 @@ def test_workers_of_other_handlers_or_queues_form_other_groups() -> None:
 
 
 def _register(engine: Bluestreak) -> None:
-    @engine.handler("h")
-    async def h(ctx: WorkflowContext, input: Any) -> str:
-        return "ok"
-
-    @engine.handler("waits")
-    async def waits(ctx: WorkflowContext, input: Any) -> Any:
-        return await ctx.wait_for_event("go", "go")
+    register_h_and_waits(engine)
 
     @engine.handler("other")
     async def other(ctx: WorkflowContext, input: Any) -> str:
@@ -137,29 +132,52 @@ class _Claims(monitoring.CommandListener):
         pass
 
 
-@pytest.fixture
-async def server_db(server_url: str) -> AsyncIterator[str]:
-    name = f"bst_peers_{uuid.uuid4().hex[:10]}"
-    yield name
-    client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
-    await client.drop_database(name)
-    await client.close()
+class _Cluster:
+    """Worker engines on one server database (ids ``worker-0``...), their claim counter, and a client engine."""
+
+    def __init__(self, workers: list[Bluestreak], submitter: Bluestreak, claims: _Claims) -> None:
+        self.workers = workers
+        self.submitter = submitter
+        self.claims = claims
+
+    def peers(self, i: int = 0) -> Any:
+        worker = self.workers[i]._worker
+        assert worker is not None and worker.peers is not None
+        return worker.peers
+
+    async def add_peer(self, name: str) -> None:
+        """Register a worker that does not run (one that died, its document not expired yet); wait until seen."""
+        peers = self.peers()
+        now = self.submitter.settings.clock.now()
+        await self.submitter.store.heartbeat(name, peers.group, now, now + timedelta(minutes=5))
+        await eventually(lambda: _true(name in peers.workers), timeout=15)
 
 
-async def _workers(
-    server_url: str, server_db: str, n: int, listener: monitoring.CommandListener
-) -> tuple[list[Bluestreak], list[AsyncMongoClient[Any]]]:
+@contextlib.asynccontextmanager
+async def _cluster(server_url: str, server_db: str, n: int) -> AsyncIterator[_Cluster]:
+    """``n`` polling worker engines that know each other, with live change streams; stopped and closed after."""
+    claims = _Claims()
     clients: list[AsyncMongoClient[Any]] = []
-    engines: list[Bluestreak] = []
+    workers: list[Bluestreak] = []
     for i in range(n):
-        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, event_listeners=[listener], tz_aware=True)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, event_listeners=[claims], tz_aware=True)
         clients.append(client)
         # poll_interval 30: only the change stream (and the spill after it) can explain a prompt pickup.
         engine = Bluestreak(database=client[server_db], **{**FAST, "poll_interval": 30, "worker_id": f"worker-{i}"})
         _register(engine)
         await engine.init()
-        engines.append(engine)
-    return engines, clients
+        workers.append(engine)
+    submitter = Bluestreak(server_url, server_db)
+    _register(submitter)
+    try:
+        async with submitter, contextlib.AsyncExitStack() as stack:
+            for engine in workers:
+                await stack.enter_async_context(running(engine))
+            await _know_each_other(workers, n)
+            yield _Cluster(workers, submitter, claims)
+    finally:
+        for c in clients:
+            await c.close()
 
 
 async def _know_each_other(engines: list[Bluestreak], n: int) -> None:
@@ -177,29 +195,21 @@ async def _know_each_other(engines: list[Bluestreak], n: int) -> None:
 async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once_promptly(
     server_url: str, server_db: str
 ) -> None:
-    claims = _Claims()
-    engines, clients = await _workers(server_url, server_db, 3, claims)
-    submitter = Bluestreak(server_url, server_db)
-    _register(submitter)
-    try:
-        async with submitter, running(engines[0]), running(engines[1]), running(engines[2]):
-            await _know_each_other(engines, 3)
-            await asyncio.sleep(0.3)
-            claims.count = 0
-            n = 24
-            took: list[float] = []
-            for i in range(n):
-                started = time.monotonic()
-                await submitter.start(f"s{i}", "h")
-                assert await submitter.wait(f"s{i}", timeout=15) == "ok"
-                took.append(time.monotonic() - started)
-                await asyncio.sleep(0.05)  # the workers idle again between starts
-            per_workflow = claims.count / n
-            docs = await submitter.store.workflows.find({"_id": {"$regex": "^s"}}).to_list(None)
-            workers = {d["worker"] for d in docs}
-    finally:
-        for c in clients:
-            await c.close()
+    n = 24
+    took: list[float] = []
+    async with _cluster(server_url, server_db, 3) as cluster:
+        submitter = cluster.submitter
+        await asyncio.sleep(0.3)
+        cluster.claims.count = 0
+        for i in range(n):
+            started = time.monotonic()
+            await submitter.start(f"s{i}", "h")
+            assert await submitter.wait(f"s{i}", timeout=15) == "ok"
+            took.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)  # the workers idle again between starts
+        per_workflow = cluster.claims.count / n
+        docs = await submitter.store.workflows.find({"_id": {"$regex": "^s"}}).to_list(None)
+    workers = {d["worker"] for d in docs}
     assert all(d["attempt"] == 1 for d in docs) and len(docs) == n
     assert per_workflow <= 1.5, f"{per_workflow:.2f} claims per workflow: the idle workers still herd"
     assert len(workers) >= 2  # the work is shared, not all taken by one worker
@@ -211,26 +221,18 @@ async def test_an_event_for_a_workflow_its_owner_ran_before_is_claimed_by_the_ow
     server_url: str, server_db: str
 ) -> None:
     """The owner ran it up to its wait; the event makes it runnable again, and the owner takes it without a spill."""
-    claims = _Claims()
-    engines, clients = await _workers(server_url, server_db, 2, claims)
-    submitter = Bluestreak(server_url, server_db)
-    _register(submitter)
     took: list[float] = []
-    try:
-        async with submitter, running(engines[0]), running(engines[1]):
-            await _know_each_other(engines, 2)
-            for i in range(5):
-                wid = f"e{i}"
-                await submitter.start(wid, "waits")
-                await eventually(lambda wid=wid: _status(submitter, wid, "waiting"))
-                await asyncio.sleep(0.3)  # idle again
-                started = time.monotonic()
-                await submitter.send_event(wid, "go", i)
-                assert await submitter.wait(wid, timeout=15) == i
-                took.append(time.monotonic() - started)
-    finally:
-        for c in clients:
-            await c.close()
+    async with _cluster(server_url, server_db, 2) as cluster:
+        submitter = cluster.submitter
+        for i in range(5):
+            wid = f"e{i}"
+            await submitter.start(wid, "waits")
+            await eventually(lambda wid=wid: _status(submitter, wid, "waiting"))
+            await asyncio.sleep(0.3)  # idle again
+            started = time.monotonic()
+            await submitter.send_event(wid, "go", i)
+            assert await submitter.wait(wid, timeout=15) == i
+            took.append(time.monotonic() - started)
     assert sorted(took)[2] < SPILL * 0.8, took  # not left to the other worker's spill claim
 
 
@@ -242,30 +244,20 @@ async def _status(engine: Bluestreak, wid: str, status: str) -> bool:
 async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_spill(
     server_url: str, server_db: str
 ) -> None:
-    claims = _Claims()
-    engines, clients = await _workers(server_url, server_db, 1, claims)
-    worker = engines[0]
-    submitter = Bluestreak(server_url, server_db)
-    _register(submitter)
-    try:
-        async with submitter, running(worker):
-            await _know_each_other(engines, 1)
-            assert worker._worker is not None and worker._worker.peers is not None
-            peers = worker._worker.peers
-            now = submitter.settings.clock.now()
-            # A worker that registered and died (its document has not expired yet): it owns part of the work.
-            await submitter.store.heartbeat("ghost", peers.group, now, now + timedelta(minutes=5))
-            await eventually(lambda: _true("ghost" in peers.workers), timeout=15)
-            wid = next(f"g{i}" for i in range(1000) if owner(f"g{i}", ["ghost", "worker-0"]) == "ghost")
-            await asyncio.sleep(0.3)
-            started = time.monotonic()
-            await submitter.start(wid, "h")
-            assert await submitter.wait(wid, timeout=15) == "ok"
-            took = time.monotonic() - started
-    finally:
-        for c in clients:
-            await c.close()
+    async with _cluster(server_url, server_db, 1) as cluster:
+        await cluster.add_peer("ghost")  # it owns part of the work
+        wid = next(f"g{i}" for i in range(1000) if owner(f"g{i}", ["ghost", "worker-0"]) == "ghost")
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await cluster.submitter.start(wid, "h")
+        assert await cluster.submitter.wait(wid, timeout=15) == "ok"
+        took = time.monotonic() - started
     assert SPILL * 0.8 <= took < 5, took  # not at once (not its to take), and long before the 30 s poll
+    client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
+    try:  # the stopped worker left the registry; the dead one's document waits for its expiry
+        assert [d["_id"] async for d in client[server_db]["workers"].find({}, {"_id": 1})] == ["ghost"]
+    finally:
+        await client.close()
 
 
 async def _true(value: bool) -> bool:
@@ -307,24 +299,11 @@ async def test_claims_are_in_the_stream_only_while_a_worker_routes(
         return await real(self, *args, claims=claims, **kwargs)
 
     monkeypatch.setattr(Store, "watch_due", watch_due)
-    claims = _Claims()
-    engines, clients = await _workers(server_url, server_db, 1, claims)
-    worker = engines[0]
-    submitter = Bluestreak(server_url, server_db)
-    _register(submitter)
-    try:
-        async with submitter, running(worker):
-            await _know_each_other(engines, 1)
-            assert opened == [False]
-            assert worker._worker is not None and worker._worker.peers is not None
-            peers = worker._worker.peers
-            now = submitter.settings.clock.now()
-            await submitter.store.heartbeat("peer", peers.group, now, now + timedelta(minutes=5))
-            await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)
-            await asyncio.sleep(0.3)
-            wid = next(f"c{i}" for i in range(1000) if owner(f"c{i}", ["peer", "worker-0"]) == "worker-0")
-            await submitter.start(wid, "h")  # still woken through the reopened stream
-            assert await submitter.wait(wid, timeout=10) == "ok"
-    finally:
-        for c in clients:
-            await c.close()
+    async with _cluster(server_url, server_db, 1) as cluster:
+        assert opened == [False]
+        await cluster.add_peer("peer")
+        await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)
+        await asyncio.sleep(0.3)
+        wid = next(f"c{i}" for i in range(1000) if owner(f"c{i}", ["peer", "worker-0"]) == "worker-0")
+        await cluster.submitter.start(wid, "h")  # still woken through the reopened stream
+        assert await cluster.submitter.wait(wid, timeout=10) == "ok"

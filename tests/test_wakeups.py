@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,19 +17,10 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from bluestreak import Bluestreak, WorkflowContext
+from bluestreak import Bluestreak
 from bluestreak.wakeups import ChangeStreamWaker
 
-from .conftest import FAST, eventually, running
-
-
-@pytest.fixture
-async def server_db(server_url: str) -> AsyncIterator[str]:
-    name = f"bst_wake_{uuid.uuid4().hex[:10]}"
-    yield name
-    client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
-    await client.drop_database(name)
-    await client.close()
+from .conftest import FAST, eventually, register_h_and_waits, running
 
 
 def _waker(engine: Bluestreak) -> ChangeStreamWaker:
@@ -45,14 +35,7 @@ async def _live(engine: Bluestreak) -> None:
     await eventually(check, timeout=10)
 
 
-def _register(engine: Bluestreak) -> None:
-    @engine.handler("h")
-    async def h(ctx: WorkflowContext, input: Any) -> str:
-        return "ok"
-
-    @engine.handler("waits")
-    async def waits(ctx: WorkflowContext, input: Any) -> Any:
-        return await ctx.wait_for_event("go", "go")
+_register = register_h_and_waits
 
 
 async def _picked_up_within(client: Bluestreak, worker: Bluestreak, wid: str, seconds: float) -> float:

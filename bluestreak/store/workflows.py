@@ -202,13 +202,20 @@ class WorkflowQueries(Collections):
         if len(ids) > limit:
             first = random.randrange(-(-len(ids) // limit)) * limit
             ids = ids[first : first + limit]
-        result = await self.workflows.update_many({**query, "_id": {"$in": ids}}, update)
-        contended = result.modified_count < len(ids)
+        mine = await self._claim_many(query, ids, update, token)
+        return _claimed(mine, backlog=backlog, contended=len(mine) < len(ids))
+
+    async def _claim_many(self, query: Doc, ids: Sequence[str], update: Doc, token: str) -> list[Doc]:
+        """The claim ``update`` on those of ``ids`` that ``query`` still matches; the ones taken, in ``ids``' order.
+
+        An ``update_many``, then (if it took any) a read of what now carries ``token``.
+        """
+        result = await self.workflows.update_many({**query, "_id": {"$in": list(ids)}}, update)
         if result.modified_count == 0:
-            return _claimed([], backlog=backlog, contended=contended)
-        mine: list[Doc] = await self.workflows.find({"_id": {"$in": ids}, "lease": token}).to_list(None)
+            return []
+        mine: list[Doc] = await self.workflows.find({"_id": {"$in": list(ids)}, "lease": token}).to_list(None)
         order = {wid: i for i, wid in enumerate(ids)}
-        return _claimed(sorted(mine, key=lambda d: order[d["_id"]]), backlog=backlog, contended=contended)
+        return sorted(mine, key=lambda d: order[d["_id"]])
 
     async def claim_ids(
         self,
@@ -230,9 +237,9 @@ class WorkflowQueries(Collections):
         an ``update_many`` and a read of what now carries ``token``. An id
         another worker took, or that is not due, is left alone.
         """
-        args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
         if not ids:
             return []
+        args = {"now": now, "token": token, "worker": worker_id, "lease_until": lease_until}
         query = tr.CLAIM.filter(ids[0], None, args)
         query.update({"handler": {"$in": list(handlers)}, "queue": {"$in": list(queues)}})
         update = tr.CLAIM.update(args)
@@ -241,11 +248,7 @@ class WorkflowQueries(Collections):
                 query, update, return_document=ReturnDocument.AFTER
             )
             return [] if doc is None else [doc]
-        result = await self.workflows.update_many({**query, "_id": {"$in": list(ids)}}, update)
-        if result.modified_count == 0:
-            return []
-        mine: list[Doc] = await self.workflows.find({"_id": {"$in": list(ids)}, "lease": token}).to_list(None)
-        return mine
+        return await self._claim_many(query, ids, update, token)
 
     async def queue_candidates(
         self, queue: str, handlers: Sequence[str], now: datetime, skip_partitions: Sequence[str], limit: int

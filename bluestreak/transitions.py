@@ -437,6 +437,18 @@ PURGE = Transition(
     "here on, so its history can be deleted before the document without racing retry or restart.",
 )
 
+KEEP_CHILD = Transition(
+    "keep_child",
+    FINAL_STATUSES,
+    None,
+    fenced=False,
+    guard=lambda a: {"expire_at": {"$lte": a["now"]}},
+    update=lambda a: {"$set": {"expire_at": a["until"]}},
+    doc="Postpone the purge of an ended child while its parent's document is in the run that started it: that "
+    "parent may wait for its result or replay its start (purged, the child's id would be free and the replay, "
+    "or a zombie of the parent, would run it a second time).",
+)
+
 # -- cancellation (bluestreak/cancellation.py) ---------------------------------------------
 # ``cancel`` ({reason, by, requested_at}) marks a workflow whose cancellation was asked for: it stays until
 # the workflow ends (a restart removes it). A running execution learns of it through ``control: "cancel"``
@@ -510,9 +522,7 @@ RERUN_CANCELLING = Transition(
     Status.SLEEPING,
     fenced=True,
     guard=lambda a: {**_logged(a), "control": "cancel"},
-    update=lambda a: _with_pull(
-        _set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a
-    ),
+    update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a),
     doc="An execution ending (failure, suspension) finds a cancellation it was not told of: run again now, "
     "so the next run delivers it (the cancel field says so; a control is only ever on a running workflow).",
 )
@@ -526,8 +536,7 @@ CANCELLED = Transition(
     update=lambda a: _set(
         {**_outcome_fields(a, Status.CANCELLED), "control": None, "taken": []}, unset=("due_at", "dedup")
     ),
-    doc="The handler of a cancelled workflow ended by raising (WorkflowCancelled, or an error in its clean-up). "
-    "Final.",
+    doc="The handler of a cancelled workflow ended by raising (WorkflowCancelled, or an error in its clean-up). Final.",
 )
 
 PUBLISH = Transition(
@@ -584,6 +593,7 @@ OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     WAKE_WAITING,
     HISTORY_COLLECTED,
     PURGE,
+    KEEP_CHILD,
     CANCEL,
     CANCEL_PAUSED,
     REQUEST_CANCEL,

@@ -464,7 +464,14 @@ MUTANTS = [
         "    await store.insert_event(event)\n",
         ("tests/test_signal_fork.py::test_signal_with_start_starts_once_and_delivers_every_event",),
     ),
-
+    Mutant(
+        "c08",
+        "the purge deletes a finished child its open parent still uses (a replayed start runs it again)",
+        "bluestreak/store/children.py",
+        "        if not children:\n            return []\n        parents",
+        "        if True:\n            return []\n        parents",
+        ("tests/test_children.py::test_a_child_is_kept_from_the_purge_while_its_open_parent_may_use_it",),
+    ),
 ]
 
 

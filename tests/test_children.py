@@ -439,3 +439,102 @@ async def test_a_parent_whose_finish_reply_was_lost_still_closes_its_children(en
         await eventually(_is(engine, "p/t", Status.TERMINATED), timeout=5)
         await eventually(_is(engine, "p/c", Status.CANCELLED), timeout=5)
     assert lost == ["finish p"]
+
+
+async def test_a_child_is_kept_from_the_purge_while_its_open_parent_may_use_it(make_engine: EngineFactory) -> None:
+    """The parent of a finished child past its retention (a short ``retention_finished``) still needs it:
+    ``p`` lost its lease between starting its child and recording the start, so its replay starts it again
+    and must adopt it (purged, the id would be free and the child would run a second time); ``q`` recorded
+    the start and asks for the result later (purged, the handle would find no child)."""
+    engine = await make_engine(retention_finished="100ms")
+    bodies: list[str] = []
+    gate = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        bodies.append(ctx.workflow_id)
+        return "done"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, later: bool) -> Any:
+        handle = await ctx.start_child("a", "child")
+        if later:
+            await ctx.wait_for_event("go", "go")
+        return await handle.result()
+
+    store = engine.store
+    records = store._records["steps"]
+    flush = records._flush
+
+    async def lost(docs: list[dict[str, Any]]) -> Any:
+        if not gate.is_set() and any((d.get("workflow_id"), d.get("step_id")) == ("p", "a") for d in docs):
+            raise ConnectionError("the parent's record of its child's start is lost")  # its execution ends here
+        return await flush(docs)
+
+    async def lost_twice() -> bool:
+        return (await engine.get_workflow("p")).failures >= 2
+
+    records._flush = lost
+    await engine.start("p", "parent", False)
+    await engine.start("q", "parent", True)
+    async with running(engine):
+        for cid in ("p/a", "q/a"):
+            await eventually(_is(engine, cid, Status.FINISHED))
+        await eventually(lost_twice)  # and each retry replays the start, adopting the child
+        await eventually(_is(engine, "q", Status.WAITING))
+    assert await store.steps.find_one({"workflow_id": "p", "step_id": "a"}) is None
+    await asyncio.sleep(0.2)  # the children are past their retention
+    assert await engine.purge_expired() == 0
+    for cid in ("p/a", "q/a"):
+        kept = await store.workflows.find_one({"_id": cid})
+        assert kept is not None and kept["status"] == "finished"
+        assert kept["expire_at"] > engine.settings.clock.now()  # postponed, so later batches are not stuck on it
+
+    gate.set()  # the record can be written now
+    now = engine.settings.clock.now
+    await store.workflows.update_one({"_id": "p", "status": "failed"}, {"$set": {"due_at": now()}})
+    await engine.send_event("q", "go")
+    async with running(engine):
+        assert await engine.wait("p", timeout=20) == "done"
+        assert await engine.wait("q", timeout=20) == "done"
+    assert sorted(bodies) == ["p/a", "q/a"]  # p's child adopted on replay, not run again
+    record = await store.steps.find_one({"workflow_id": "p", "run": 0, "step_id": "a"})
+    assert record is not None and record["output"] == {"id": "p/a"}
+
+    # The parents finished: their children go with them, in the same batch (a zombie of a parent could still
+    # start one again while the parent is there).
+    await store.workflows.update_many({"parent": {"$exists": True}}, {"$set": {"expire_at": now()}})
+    await asyncio.sleep(0.2)
+    assert await engine.purge_expired() == 4
+    for wid in ("p", "p/a", "q", "q/a"):
+        with pytest.raises(WorkflowNotFound):
+            await engine.get_workflow(wid)
+
+
+async def test_the_purge_does_not_keep_a_child_whose_parent_moved_on_or_is_gone(make_engine: EngineFactory) -> None:
+    engine = await make_engine(retention_finished="100ms")
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        return "done"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> Any:
+        await ctx.start_child("a", "child", parent_close="abandon")
+        await ctx.wait_for_event("go", "go")
+        return "ok"
+
+    parents = ("moved", "gone")
+    for pid in parents:
+        await engine.start(pid, "parent")
+    async with running(engine):
+        for pid in parents:
+            await eventually(_is(engine, f"{pid}/a", Status.FINISHED))
+            await eventually(_is(engine, pid, Status.WAITING))
+    await engine.store.workflows.update_one({"_id": "moved"}, {"$set": {"run": 1}})  # a restart's next run
+    await engine.store.workflows.delete_one({"_id": "gone"})
+    await asyncio.sleep(0.2)
+    assert await engine.purge_expired() == 2
+    for pid in parents:
+        with pytest.raises(WorkflowNotFound):
+            await engine.get_workflow(f"{pid}/a")

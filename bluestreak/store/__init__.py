@@ -94,7 +94,7 @@ class Store(
         """
         return await self._outcomes.submit((t, workflow_id, token, args))
 
-    async def purge_expired(self, now: datetime, limit: int = 500) -> int:
+    async def purge_expired(self, now: datetime, limit: int = 500, keep_for: float = 60.0) -> int:
         """Delete up to ``limit`` ended workflows whose ``expire_at`` has passed, with their history.
 
         Seven commands per batch, whatever its size: one read; one write that
@@ -103,11 +103,32 @@ class Store(
         steps, naps, events and published state; one of the documents. A purge that dies
         halfway leaves marked workflows that the next purge finishes: never
         orphans, and never a workflow that lives on without its history.
+
+        A batch with child workflows in it reads their parents (one more read): a child its parent may still
+        use (:meth:`children_in_use`) goes only with its parent, marked after it in the same batch (one more
+        write); one whose parent stays is kept, its expiry moved ``keep_for`` seconds on
+        (:data:`~bluestreak.transitions.KEEP_CHILD`, one more write), and if nothing else was in the batch
+        the next one is read.
         """
-        ids = await self.expired_ids(now, limit)
-        if not ids:
+        for _ in range(8):  # bounded: a kept child leaves the expired set, but never loop on one that did not
+            docs = await self.expired(now, limit)
+            if not docs:
+                return 0
+            children = {d["_id"]: d for d in docs if d.get("parent") and d.get("parent_step")}
+            in_use = set(await self.children_in_use(list(children.values())))
+            ids = [d["_id"] for d in docs if d["_id"] not in in_use]
+            marked = await self.mark_purging(ids, now) if ids else []
+            if in_use:  # those whose parent is marked in this batch go with it; the others wait
+                going = [c for c in sorted(in_use) if children[c]["parent"] in set(marked)]
+                if going:
+                    marked += await self.mark_purging(going, now)
+                kept = sorted(in_use - set(going))
+                if kept:
+                    await self.keep_children(kept, now, now + timedelta(seconds=keep_for))
+            if marked or ids:
+                break
+        else:
             return 0
-        marked = await self.mark_purging(ids, now)
         if not marked:
             return 0
         await self.delete_all_history(marked)

@@ -415,14 +415,25 @@ class WorkflowQueries(Collections):
 
     # -- retention ---------------------------------------------------------------------------
 
-    async def expired_ids(self, now: datetime, limit: int) -> list[str]:
-        """Ids of ended workflows past their retention (one read, one batch)."""
-        docs = (
-            await self.workflows.find({"expire_at": {"$lte": now}}, {"_id": 1}, batch_size=limit)
+    async def expired(self, now: datetime, limit: int) -> list[Doc]:
+        """Ended workflows past their retention (one read, one batch): ids, and a child's parent fields."""
+        docs: list[Doc] = (
+            await self.workflows.find(
+                {"expire_at": {"$lte": now}},
+                {"_id": 1, "parent": 1, "parent_run": 1, "parent_step": 1},
+                batch_size=limit,
+            )
             .limit(limit)
             .to_list(None)
         )
-        return [d["_id"] for d in docs]
+        return docs
+
+    async def keep_children(self, ids: list[str], now: datetime, until: datetime) -> None:
+        """Move the expiry of these ended children to ``until`` (:data:`~bluestreak.transitions.KEEP_CHILD`)."""
+        args = {"now": now, "until": until}
+        t = tr.KEEP_CHILD
+        query = {"purging": {"$exists": False}, "status": {"$in": FINAL}, **t.guard(args), "_id": {"$in": ids}}
+        await self.workflows.update_many(query, t.update(args))
 
     async def mark_purging(self, ids: list[str], now: datetime) -> list[str]:
         """Mark ended, expired workflows for deletion (:data:`~bluestreak.transitions.PURGE`); the ids marked.

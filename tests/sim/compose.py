@@ -81,6 +81,7 @@ class Composer:
         self.seen: dict[str, dict[str, Any]] = {}  # the last state seen of each workflow composition tracks
         self.versions: dict[tuple[Any, ...], dict[tuple[str, Any], dict[str, Any]]] = {}  # published docs seen
         self.aimed: set[str] = set()
+        self.orphans: set[tuple[Any, ...]] = set()  # published versions first seen after their workflow's purge
         self.counts: dict[str, int] = {
             "parents": 0,
             "parent_cancels": 0,
@@ -91,6 +92,7 @@ class Composer:
             "stream_items_read": 0,
             "close_excused": 0,
             "aimed_freezes": 0,
+            "orphans_after_purge": 0,
         }
 
     # -- hooks the world calls ----------------------------------------------------------------
@@ -319,17 +321,32 @@ class Composer:
                 *(i for f in self.forks for i in (f.source, f.new_id)),
             }
             query = {"$or": [{"parent": {"$exists": True}}, {"_id": {"$in": sorted(tracked)}}]}
+            present = set()
             for doc in await shared["workflows"].find(query).to_list(None):
+                present.add(doc["_id"])
                 self.seen[doc["_id"]] = doc
                 if doc.get("parent"):
                     self.world.started.setdefault(doc["_id"], doc["handler"])
-            for d in await shared["published"].find({}).to_list(None):
-                key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
-                self.versions.setdefault(key, {}).setdefault((repr(d.get("value")), d.get("seq")), d)
+            self._versions(await shared["published"].find({}).to_list(None), present)
             for name, engine in list(self.world.workers.items()):
                 if name not in self.aimed and engine._store is not None and engine._worker is not None:
                     self._aim(name, engine)
             await asyncio.sleep(0.2)
+
+    def _versions(self, docs: list[dict[str, Any]], present: set[str]) -> None:
+        """Keep every version of every published document, except those first seen after their workflow was
+        purged (read after ``present``, the workflows found just before): a zombie that passed its fence before
+        the workflow ended wrote them after the purge — garbage of a workflow that is gone, like the records a
+        zombie of a restarted run leaves (docs/composition.md, "Limits")."""
+        for d in docs:
+            key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
+            version = (repr(d.get("value")), d.get("seq"))
+            if d["workflow_id"] in self.seen and d["workflow_id"] not in present:
+                if version not in self.versions.get(key, {}):
+                    self.orphans.add((key, version))
+                    self.counts["orphans_after_purge"] = len(self.orphans)
+                continue
+            self.versions.setdefault(key, {}).setdefault(version, d)
 
     def _aim(self, name: str, engine: Bluestreak) -> None:
         """Freeze worker ``name`` now and then right before one of the calls a zombie must not get through:
@@ -401,9 +418,8 @@ class Composer:
             records[(d["workflow_id"], d["run"], d["step_id"])] = d
         naps = await shared["naps"].find({}).to_list(None)
         nap_records = {(d["workflow_id"], d["run"], d["nap_id"]): d for d in naps}
-        for d in await shared["published"].find({}).to_list(None):
-            key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
-            self.versions.setdefault(key, {}).setdefault((repr(d.get("value")), d.get("seq")), d)
+        present = {d["_id"] for d in await shared["workflows"].find({}, {"_id": 1}).to_list(None)}
+        self._versions(await shared["published"].find({}).to_list(None), present)
         published = [d for versions in self.versions.values() for d in versions.values()]
         slack = timedelta(seconds=2 * TOLERANCE)
         v = self.world.violations

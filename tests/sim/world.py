@@ -128,6 +128,9 @@ class World:
         self.refused: list[str] = []  # payloads whose send_event raised
         self.live_keys: dict[str, set[Key]] = {}  # workflow id -> final records of its current run last seen
         self.zombie_orphans = 0
+        self.known: set[str] = set()  # workflow ids a snapshot has seen
+        self.gone: set[str] = set()  # ... and a later one no longer found (purged)
+        self.reborn = 0  # purged ids started again (signal_with_start creates one anew)
         self.counts: dict[str, int] = {
             "kills": 0,
             "freezes": 0,
@@ -396,8 +399,18 @@ class World:
 
     async def _snapshot_records(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
-        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1}
+        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1, "parent": 1}
         wf = await self.shared["workflows"].find({}, fields).to_list(None)
+        ids = {d["_id"] for d in wf}
+        self.gone |= self.known - ids
+        for d in wf:
+            if d["_id"] in self.gone:  # a new workflow of a purged id: its records are its own
+                self.gone.discard(d["_id"])
+                self.reborn += 1
+                self.records = {k: v for k, v in self.records.items() if k[0] != d["_id"]}
+                if d.get("parent"):  # its parent started it again (replaying a start it had not recorded)
+                    self.violations.append(f"child_started_once: {d['_id']} was started again after its purge")
+        self.known = ids
         self.ticks_seen.update({d["_id"]: d["scheduled_at"] for d in wf if d.get("schedule") == TICKS})
         runs = {d["_id"]: d.get("run", 0) for d in wf if not d.get("purging")}  # one being purged is gone already
         present: dict[str, set[Key]] = {}
@@ -728,6 +741,7 @@ def simulate(seed: int, config: Config | None = None, *, trace: bool = False) ->
             "virtual_seconds": round(loop.time(), 1),
             "dead_rewrites": world.dead_rewrites,
             "zombie_orphans": world.zombie_orphans,
+            "reborn": world.reborn,
             "queued": len(world.queued),
             "queue_peak": world.queue_peak,
             "ticks": getattr(world, "tick_count", 0),

@@ -36,6 +36,8 @@ class Body:
     actor: str
     started: float
     ended: float | None = None
+    raised: bool = False
+    """It raised by design (``fail_first``, ``rude``'s first attempt)."""
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Ledger:
     returned: list[tuple[Key, Any]] = field(default_factory=list)
     attempts: dict[Key, int] = field(default_factory=dict)
     nonce: int = 0
+    tx_bodies: list[Body] = field(default_factory=list)
+    """Attempts of transactional steps, and ``rude``'s first (apart: ``bodies`` are plain steps' bodies)."""
 
 
 class Workflows:
@@ -81,6 +85,7 @@ class Workflows:
             await self._gate()
             self.ledger.attempts[key] = self.ledger.attempts.get(key, 0) + 1
             if self.ledger.attempts[key] <= fail_first:
+                body.raised = True
                 raise ConnectionError(f"attempt {self.ledger.attempts[key]} of {key} fails")
             self.ledger.nonce += 1
             return f"{key[2]}#{self.ledger.nonce}"
@@ -111,6 +116,8 @@ class Workflows:
 
         async def fn(session: Any) -> str:
             actor = ACTOR.get()
+            body = Body(key, actor, asyncio.get_running_loop().time())
+            self.ledger.tx_bodies.append(body)
             attempt = self.ledger.attempts[key] = self.ledger.attempts.get(key, 0) + 1
             self.in_transaction(actor, ctx.workflow_id, "before")
             await self._gate()
@@ -120,6 +127,7 @@ class Workflows:
             self.in_transaction(actor, ctx.workflow_id, "after")
             await self._gate()
             if attempt <= fail_first:
+                body.raised = True
                 raise ConnectionError(f"attempt {attempt} of {key} fails after its write")
             self.ledger.nonce += 1
             return f"{sid}#{self.ledger.nonce}"
@@ -203,6 +211,7 @@ class Workflows:
         async def rude() -> str:
             self.ledger.attempts[key] = self.ledger.attempts.get(key, 0) + 1
             if self.ledger.attempts[key] == 1:
+                self.ledger.tx_bodies.append(Body(key, ACTOR.get(), asyncio.get_running_loop().time(), raised=True))
                 raise asyncio.CancelledError()
             return await self._body(key)
 

@@ -14,7 +14,9 @@ import contextvars
 import hashlib
 import itertools
 import logging
+import math
 import random
+import re
 import time as real_time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -540,6 +542,38 @@ class World:
 
     # -- the checks ------------------------------------------------------------------------------
 
+    def _lost_to_chaos(self, failed: list[dict[str, Any]], message: str) -> bool:
+        """Whether an abort by a step's attempts running out, the last lost with its worker, is the chaos's
+        doing: each of the step's attempts (the ledger's bodies of ``failed``, the failed step records of the
+        run) raised by design or had its worker killed, or frozen longer than a lease, before the next attempt
+        began — all but one, which the chaos may have struck after the attempt was counted and before its
+        body ran.
+
+        An execution that loses its lease loses its attempt (counted as ``WorkerLost``): a step that kills
+        or hangs its worker every time must end, not loop. So enough chaos aimed at one step aborts it,
+        as its retry policy says."""
+        found = re.search(r"failed after (\d+) attempts; last error WorkerLost", message)
+        if found is None:
+            return False
+        for record in failed:
+            if "WorkerLost" not in str((record.get("error") or {}).get("message")):
+                continue
+            key = (record["workflow_id"], record["run"], record["step_id"])
+            bodies = sorted(
+                (b for b in [*self.ledger.bodies, *self.ledger.tx_bodies] if b.key == key), key=lambda b: b.started
+            )
+            lost = 0
+            for i, body in enumerate(bodies):
+                until = bodies[i + 1].started if i + 1 < len(bodies) else math.inf
+                died = self.died.get(body.actor)
+                frozen = any(
+                    b - a >= self.config.lease and body.started - 0.01 <= a <= until
+                    for a, b in self.frozen_time.get(body.actor, [])
+                )
+                lost += (died is not None and body.started - 0.01 <= died <= until) or frozen or body.raised
+            return lost >= int(found.group(1)) - 1
+        return False
+
     async def _check(self) -> None:
         v = self.violations
         workflows = {d["_id"]: d for d in await self.shared["workflows"].find({}).to_list(None)}
@@ -571,7 +605,14 @@ class World:
             if doc.get("history_gc"):
                 v.append(f"no_half_applied_restart: {wid} still has history_gc={doc['history_gc']}")
             if status == "aborted":
-                v.append(f"no_spurious_abort: {wid} aborted: {(doc.get('error') or {}).get('message')}")
+                message = str((doc.get("error") or {}).get("message"))
+                failed = [
+                    d for k, d in current.items() if k[:2] == (wid, doc.get("run", 0)) and d["status"] == "failed"
+                ]
+                if self._lost_to_chaos(failed, message):
+                    self.counts["worker_lost_aborts"] = self.counts.get("worker_lost_aborts", 0) + 1
+                else:
+                    v.append(f"no_spurious_abort: {wid} aborted: {message}")
             if status == "finished" and self.started.get(wid) != "flaky" and doc.get("failures"):
                 v.append(
                     f"no_spurious_failure: {wid} finished after {doc['failures']} failures: "

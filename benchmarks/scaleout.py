@@ -67,6 +67,7 @@ async def _first_steps(h: ServerHarness, step: str, prefix: str) -> dict[str, fl
 async def load_phase(
     h: ServerHarness, n: int, submitters: int, server_pid: int | None, timeout: float
 ) -> dict[str, Any]:
+    await asyncio.sleep(2.0)  # the workers' first heartbeats (0.5 s, 1 s...): they know each other, as when they run
     await h.snap_workers()
     h.take_starter()
     submitted: dict[str, float] = {}

@@ -3,21 +3,36 @@
 Every idle worker's change stream reports every start. Without this, all of
 them would run a claim for it at once, one would win, and the others' claims
 would be wasted commands on the database — the herd that made a second worker
-*lower* throughput. Instead each workflow id has one **owner** among the live
-workers of a group (the workers claiming the same handlers from the same
-queues): the worker whose ``blake2b(worker_id, workflow_id)`` is highest
-(rendezvous hashing, so a worker joining or leaving moves only its own
-share). The owner claims the workflow at once, by ``_id``; the others wait
-:data:`SPILL` and then claim by ``_id`` what is still unclaimed — the work of
-an owner that is full, slow or dead.
+*lower* throughput. And spreading the work evenly is not free either: each
+worker groups its own executions' writes (step records, outcomes) into one
+command, so four workers sharing a light load write four times as many,
+smaller batches. So work goes to as few workers as keep up with it:
 
-Membership comes from the worker registry (:mod:`bluestreak.store.workers`):
-each worker with a live change stream rewrites its document every
-:func:`heartbeat_interval` and reads its group's. It is advisory: two
-workers with different views of it may both claim a workflow (one claim
-wins, as always) or both wait :data:`SPILL`; no view of it can make a
-workflow run twice or wait for longer than :data:`SPILL` for a live worker.
-A worker whose registry reads fail, or that is alone, owns everything.
+- The live workers of a group (the workers claiming the same handlers from
+  the same queues) are in one **preference order**, the same for all of them
+  (``blake2b(group, worker_id)``). The **active** workers are a prefix of it:
+  the first, and each next one while the one before it reported itself
+  busy: its slots nearly all taken (:data:`FULL`) or its event loop late
+  (:data:`LAG`, its CPU the limit), at their worst since its last heartbeat.
+- Each workflow id has one **owner** among the active workers: the one whose
+  ``blake2b(worker_id, workflow_id)`` is highest (rendezvous hashing, so a
+  worker joining or leaving moves only its own share). A worker that is the
+  only active one owns everything and claims as if alone. The owner claims a
+  workflow at once, by ``_id``; each other worker waits — :data:`SPILL` if
+  the owner reported itself busy, else :data:`RESCUE`, plus :data:`SPILL`
+  per worker ranked before it for that workflow (rendezvous order again,
+  so one of them tries first) — and then claims by ``_id`` what is still
+  unclaimed: the work of an owner that is full, CPU-bound or dead. An owner
+  that is neither full nor late but slow to claim is waiting for the
+  database, which more workers would only load more.
+
+Membership and loads come from the worker registry
+(:mod:`bluestreak.store.workers`): each worker with a live change stream
+rewrites its document every :func:`heartbeat_interval` and reads its
+group's. It is advisory: two workers with different views of it may both
+claim a workflow (one claim wins, as always) or both wait; no view of it can
+make a workflow run twice or keep it from a live worker for long. A worker
+whose registry reads fail, or that is alone, owns everything.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
 from pymongo.errors import PyMongoError
@@ -42,6 +57,19 @@ SPILL = 0.5
 """Seconds a worker that does not own a runnable workflow waits before claiming it itself."""
 HEARTBEAT = 5.0
 """At most how often (seconds) a worker rewrites its registry document and reads its peers'."""
+ROUTE_PAUSE = 0.1
+"""While routing, an active worker reads its change stream at most this often (seconds)."""
+FOLLOW_PAUSE = 0.25
+"""...and a worker that owns nothing (it only spills) at most this often."""
+FULL = 0.9
+"""A worker whose peak share of its slots in use since its last heartbeat reached this is busy..."""
+LAG = 0.1
+"""...and so is one whose event loop ran this many seconds late at its worst since then (its CPU is the
+limit). A busy worker brings the next one in the preference order into the active set, and its peers take
+its work after :data:`SPILL`; an owner that is not busy is slow only because the database is (more workers
+would not help), so its peers wait :data:`RESCUE` for what it has not claimed — the work of a dead one."""
+RESCUE = 2.0
+"""Seconds a worker waits before claiming a runnable workflow whose owner reported itself not busy."""
 
 
 def heartbeat_interval(lease_duration: float) -> float:
@@ -55,15 +83,43 @@ def group_key(handlers: Sequence[str], queues: Sequence[str | None]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def _score(worker: str, key: str) -> bytes:
+    return hashlib.blake2b(f"{worker}\0{key}".encode(), digest_size=8).digest()
+
+
 def owner(workflow_id: str, workers: Sequence[str]) -> str:
     """The worker among ``workers`` (non-empty) that claims ``workflow_id`` first (rendezvous hashing)."""
-    return max(workers, key=lambda w: hashlib.blake2b(f"{w}\0{workflow_id}".encode(), digest_size=8).digest())
+    return max(workers, key=lambda w: _score(w, workflow_id))
+
+
+def preference(group: str, workers: Sequence[str]) -> list[str]:
+    """The order in which the workers of ``group`` become active as the load grows (the same for all)."""
+    return sorted(workers, key=lambda w: _score(w, "\1" + group), reverse=True)
+
+
+def active(group: str, busy: Mapping[str, bool]) -> tuple[str, ...]:
+    """The workers that own work: the first in the preference order, then each next one while the one before
+    reported itself busy (:data:`FULL`, :data:`LAG`)."""
+    taken: list[str] = []
+    for w in preference(group, list(busy)):
+        taken.append(w)
+        if not busy[w]:
+            break
+    return tuple(taken)
 
 
 class Peers:
     """This worker's view of its group's live workers, kept fresh by :meth:`run`."""
 
-    def __init__(self, store: Store, clock: Clock, worker_id: str, group: str, lease_duration: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        worker_id: str,
+        group: str,
+        lease_duration: float,
+        load: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.worker_id = worker_id
@@ -71,6 +127,13 @@ class Peers:
         self.interval = heartbeat_interval(lease_duration)
         self.workers: tuple[str, ...] = (worker_id,)
         """The live workers of the group as last read (always including this one)."""
+        self.active: tuple[str, ...] = (worker_id,)
+        """Those of them that own work (see the module docstring)."""
+        self.busy: dict[str, bool] = {}
+        """Whether each of them reported itself busy in its last heartbeat."""
+        self._load = load
+        self._peak = 0.0
+        self._lag = 0.0
         self._read_at = 0.0
         self.registered = False
         self._about = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -80,25 +143,69 @@ class Peers:
         """No peer is known (or the view is too old to trust): this worker owns every workflow."""
         return len(self.workers) < 2 or time.monotonic() - self._read_at > 3 * self.interval
 
+    @property
+    def sole(self) -> bool:
+        """This worker owns every workflow: it is alone, or the only active worker (it claims as if alone)."""
+        return self.alone or self.active == (self.worker_id,)
+
     def owns(self, workflow_id: str) -> bool:
         """Whether this worker claims ``workflow_id`` at once when a change stream reports it runnable."""
-        return self.alone or owner(workflow_id, self.workers) == self.worker_id
+        if self.sole:
+            return True
+        return self.worker_id in self.active and owner(workflow_id, self.active) == self.worker_id
+
+    def spill_after(self, workflow_id: str) -> float:
+        """How long this worker leaves a runnable workflow it does not own to the others: :data:`SPILL` if its
+        owner reported itself busy, else :data:`RESCUE`; and :data:`SPILL` more for each non-owner ranked before
+        this one for that workflow (rendezvous order), so that one of them claims first, not all at once."""
+        if self.sole:
+            return 0.0
+        first = owner(workflow_id, self.active)
+        others = sorted((w for w in self.workers if w != first), key=lambda w: _score(w, workflow_id), reverse=True)
+        rank = others.index(self.worker_id) if self.worker_id in others else 0
+        return (SPILL if self.busy.get(first, False) else RESCUE) + SPILL * rank
+
+    def grace(self) -> float:
+        """How long a runnable workflow is its owners' alone before this worker's reads of the claim order take
+        it (0 when this worker owns everything): :data:`SPILL` if an active worker reported itself busy, else
+        :data:`RESCUE`."""
+        if self.sole:
+            return 0.0
+        return SPILL if any(self.busy.get(w, False) for w in self.active) else RESCUE
+
+    def note(self, load: float) -> None:
+        """This worker's share of its slots in use now (its peak since the last heartbeat is reported)."""
+        self._peak = max(self._peak, load)
 
     async def beat(self) -> None:
         """Rewrite this worker's registry document and read the group's (two commands)."""
         now = self.clock.now()
         expire = now + timedelta(seconds=3 * self.interval)
-        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about)
+        busy = max(self._peak, self._load()) >= FULL or self._lag >= LAG
+        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, float(busy))
+        self._peak = self._lag = 0.0
         self.registered = True
-        live = await self.store.live_workers(self.group, now)
-        self.workers = tuple(sorted(set(live) | {self.worker_id}))
+        loads = {**await self.store.live_loads(self.group, now), self.worker_id: float(busy)}
+        self.workers = tuple(sorted(loads))
+        self.busy = {w: load >= 1.0 for w, load in loads.items()}
+        self.active = active(self.group, self.busy)
         self._read_at = time.monotonic()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, measuring how late the event loop wakes this task (its worst lag since the last beat)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            tick = min(0.1, left)
+            before = time.monotonic()
+            await asyncio.sleep(tick)
+            self._lag = max(self._lag, time.monotonic() - before - tick)
 
     async def run(self, active: Callable[[], bool], given_up: Callable[[], bool]) -> None:
         """Beat every interval while ``active()`` (this worker's change stream is live), until cancelled.
 
         Returns once ``given_up()`` (no change streams here: nothing to route, so no registry).
         """
+        beats = 0
         while not given_up():
             if not active():
                 await asyncio.sleep(min(0.2, self.interval))
@@ -107,7 +214,8 @@ class Peers:
                 await self.beat()
             except PyMongoError as exc:
                 log.info("worker registry unavailable (%s); claiming as if alone", type(exc).__name__)
-            await asyncio.sleep(self.interval)
+            await self._sleep(min(self.interval, 0.5 * 2**beats))  # 0.5 s, 1 s, 2 s...: peers meet at once
+            beats += 1
 
     async def leave(self) -> None:
         """This worker stops: take its document out at once (else it expires by itself), within two seconds."""

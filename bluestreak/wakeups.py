@@ -78,6 +78,9 @@ class Router(Protocol):
     def wake_stale(self) -> None:
         """Claim what has waited ``SPILL`` (a peer's future due time came, and ``SPILL`` since)."""
 
+    def read_pause(self) -> float:
+        """While routing, read the stream at most this often (seconds)."""
+
 
 class ChangeStreamWaker:
     """Watches the workflows collection for runnable work and calls ``wake`` (see the module docstring)."""
@@ -214,7 +217,8 @@ class ChangeStreamWaker:
                 if claims:
                     # Routed changes do not wake the loop, and every peer's stream returns every change:
                     # read at most once a pause, so that changes gather (one getMore for many).
-                    pause = self._last_read + self.route_pause - time.monotonic()
+                    every = self.route_pause if self.router is None else self.router.read_pause()
+                    pause = self._last_read + every - time.monotonic()
                     if pause > 0:
                         await asyncio.sleep(pause)
                 self._last_read = time.monotonic()

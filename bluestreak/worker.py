@@ -58,7 +58,7 @@ from .errors import InvalidArgument
 from .execution import Execution
 from .handlers import HandlerSpec
 from .metrics import Metrics
-from .peers import SPILL, Peers, group_key
+from .peers import FOLLOW_PAUSE, ROUTE_PAUSE, SPILL, Peers, group_key
 from .queues import DEFAULT_QUEUE, Admission, Queue
 from .retry import backoff_delay
 from .starting import Starter
@@ -162,7 +162,7 @@ class Worker:
 
     def routing(self) -> bool:
         """Whether this worker knows peers, so that the change stream routes its changes."""
-        return self.peers is not None and not self.peers.alone
+        return self.peers is not None and not self.peers.sole
 
     def _directing(self) -> bool:
         """Routing with a live stream: what became due in the last ``SPILL`` is left to its owner."""
@@ -170,7 +170,9 @@ class Worker:
 
     def _grace(self) -> timedelta:
         """How long a due workflow is its owner's alone before this worker's reads of the claim order take it."""
-        return timedelta(seconds=SPILL if self._directing() else 0.0)
+        if not self._directing() or self.peers is None:
+            return timedelta(0)
+        return timedelta(seconds=self.peers.grace())
 
     def owns(self, workflow_id: str) -> bool:
         """Whether this worker claims ``workflow_id`` first (every workflow, when it knows no peers)."""
@@ -194,9 +196,8 @@ class Worker:
             if self._stale_timer is None:
                 self._stale_timer = asyncio.get_running_loop().call_later(SPILL, self._stale_due)
             return
-        self._spilled.setdefault(workflow_id, time.monotonic() + SPILL)
-        if self._spill_timer is None:
-            self._spill_timer = asyncio.get_running_loop().call_later(SPILL, self._spill_due)
+        after = SPILL if self.peers is None else self.peers.spill_after(workflow_id)
+        self._arm_spill(self._spilled.setdefault(workflow_id, time.monotonic() + after))
 
     def claimed(self, workflow_id: str) -> None:
         """The change stream saw a claim of this workflow (this worker's or a peer's): no spill claim for it."""
@@ -217,6 +218,21 @@ class Worker:
     def _spill_due(self) -> None:
         self._spill_timer = None
         self._wake.set()
+
+    def _arm_spill(self, at: float) -> None:
+        """Wake the loop at ``at`` (monotonic) for the spills due then, unless a wake-up is set before."""
+        timer = self._spill_timer
+        if timer is not None:
+            if timer.when() - asyncio.get_running_loop().time() <= at - time.monotonic():
+                return
+            timer.cancel()
+        self._spill_timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._spill_due)
+
+    def read_pause(self) -> float:
+        """How often (at most) the change stream is read while routing: less often by a worker that owns nothing."""
+        if self.peers is None or self.settings.worker_id in self.peers.active:
+            return ROUTE_PAUSE
+        return FOLLOW_PAUSE
 
     def stop(self) -> None:
         """Stop claiming; ``run()`` then lets in-flight handlers finish (up to the grace period)."""
@@ -275,6 +291,7 @@ class Worker:
             self.settings.worker_id,
             group_key(handlers, self.listen),
             self.settings.lease_duration,
+            load=lambda: len(self._running) / self.settings.max_concurrency,
         )
         waker = self.waker
         helpers = [
@@ -336,9 +353,8 @@ class Worker:
         for wid in ids:
             self._directed.pop(wid, None)
             self._spilled.pop(wid, None)
-        if self._spilled and self._spill_timer is None:
-            wait = max(0.0, min(self._spilled.values()) - now_m)
-            self._spill_timer = asyncio.get_running_loop().call_later(wait, self._spill_due)
+        if self._spilled:
+            self._arm_spill(min(self._spilled.values()))
         if not ids:
             return False
         started = time.perf_counter()
@@ -560,6 +576,8 @@ class Worker:
         self._spilled.pop(key[0], None)
         self._running[key] = execution
         self.metrics.in_flight = len(self._running)
+        if self.peers is not None:
+            self.peers.note(len(self._running) / self.settings.max_concurrency)
         task = asyncio.create_task(execution.run(), name=f"bluestreak:{key[0]}:{key[1][:8]}")
         self._tasks[key] = task
         task.add_done_callback(functools.partial(self._ended, key))

@@ -3,8 +3,11 @@
 Without routing, every idle worker's change stream woke its loop for every
 start, and each ran a claim: one won, the rest were wasted commands (the
 herd that made a second worker *lower* throughput). ``bluestreak.peers``
-gives each workflow one owner among the live workers of a group; the others
-claim it ``SPILL`` later if it is still there (a full, slow or dead owner).
+gives each workflow one owner among the *active* workers of a group — the
+first in a preference order, and more only while those before are busy, so
+that one worker's batches carry a light load — and the others claim it
+later if it is still there (``SPILL`` after a busy owner, ``RESCUE`` after a
+dead one).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from bluestreak import Bluestreak, WorkflowContext
-from bluestreak.peers import SPILL, group_key, owner
+from bluestreak.peers import LAG, RESCUE, SPILL, Peers, active, group_key, owner, preference
 
 from .conftest import FAST, eventually, register_h_and_waits, running
 
@@ -40,6 +43,55 @@ def test_each_workflow_has_one_owner_shared_evenly_and_a_new_worker_takes_only_i
     moved = [wid for wid in ids if five[wid] != owners[wid]]
     assert moved and all(five[wid] == "e" for wid in moved)  # only the newcomer's share moves
     assert len(moved) < 600
+
+
+def test_the_first_worker_in_the_preference_order_owns_everything_until_it_reports_itself_busy() -> None:
+    workers = ["a", "b", "c", "d"]
+    order = preference("g", workers)
+    assert order == preference("g", list(reversed(workers))) and sorted(order) == workers  # the same everywhere
+    assert preference("other group", workers) != order or preference("third", workers) != order  # not by name
+    idle = dict.fromkeys(workers, False)
+    assert active("g", idle) == (order[0],)
+    assert active("g", {**idle, order[0]: True}) == tuple(order[:2])
+    assert active("g", {**idle, order[0]: True, order[1]: True}) == tuple(order[:3])
+    assert active("g", {**idle, order[1]: True}) == (order[0],)  # a busy one further down changes nothing
+    assert active("g", dict.fromkeys(workers, True)) == tuple(order)
+
+
+def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_take_turns() -> None:
+    workers = ("a", "b", "c")
+    views = {}
+    for me in workers:
+        p = Peers(None, None, me, "g", 30.0)  # type: ignore[arg-type]
+        p.workers, p._read_at = workers, time.monotonic()
+        p.busy = dict.fromkeys(workers, False)
+        p.active = active("g", p.busy)
+        views[me] = p
+    leader = views["a"].active[0]
+    assert views[leader].sole and views[leader].owns("x") and views[leader].spill_after("x") == 0.0
+    followers = [w for w in workers if w != leader]
+    assert not any(views[w].owns("x") or views[w].sole for w in followers)
+    waits = sorted(views[w].spill_after("x") for w in followers)
+    assert waits == [RESCUE, RESCUE + SPILL]  # one follower tries first
+    assert all(views[w].grace() == RESCUE for w in followers)
+    for w in followers:
+        views[w].busy[leader] = True
+    assert sorted(views[w].spill_after("x") for w in followers) == [SPILL, 2 * SPILL]
+    assert all(views[w].grace() == SPILL for w in followers)
+
+
+async def test_a_worker_whose_event_loop_runs_late_reports_itself_busy() -> None:
+    p = Peers(None, None, "a", "g", 30.0)  # type: ignore[arg-type]
+
+    async def hog() -> None:
+        await asyncio.sleep(0.05)
+        time.sleep(LAG + 0.05)  # noqa: ASYNC251 -- CPU-bound work on the loop: the peers' sleep wakes late
+
+    await asyncio.gather(p._sleep(0.4), hog())
+    assert p._lag >= LAG
+    quiet = Peers(None, None, "b", "g", 30.0)  # type: ignore[arg-type]
+    await quiet._sleep(0.3)
+    assert quiet._lag < LAG
 
 
 def test_workers_of_other_handlers_or_queues_form_other_groups() -> None:
@@ -106,14 +158,49 @@ async def test_the_registry_lists_live_workers_of_a_group_and_forgets_the_stoppe
     assert await store.live_workers("g2", now) == ["c"]
 
 
+async def test_heartbeats_carry_whether_a_worker_is_busy_and_a_busy_leader_brings_the_next_one_in(
+    engine: Bluestreak,
+) -> None:
+    """Both ways a worker is busy (its slots nearly all taken, at their peak since its last beat; its loop
+    late) reach its peers through the registry, and widen the active set by one."""
+    clock = engine.settings.clock
+    order = preference("g", ["a", "b", "c"])
+    load = {w: 0.0 for w in order}
+    peers = {w: Peers(engine.store, clock, w, "g", 30.0, load=lambda w=w: load[w]) for w in order}
+    for p in peers.values():
+        await p.beat()
+    for p in peers.values():
+        await p.beat()  # each has now read the others' documents
+    assert all(p.active == (order[0],) for p in peers.values())
+    assert peers[order[0]].sole and not peers[order[1]].sole
+
+    peers[order[0]].note(0.95)  # a peak since its last beat, gone by now
+    await peers[order[0]].beat()
+    await peers[order[1]].beat()
+    assert peers[order[1]].busy[order[0]] and peers[order[1]].active == tuple(order[:2])
+    assert peers[order[1]].owns("x") == (owner("x", order[:2]) == order[1])
+
+    await peers[order[0]].beat()  # the peak was reported once; nothing was noted since
+    peers[order[0]]._lag = LAG  # its loop ran late since
+    await peers[order[0]].beat()
+    await peers[order[2]].beat()
+    assert peers[order[2]].busy[order[0]] and peers[order[2]].active == tuple(order[:2])
+    await peers[order[0]].beat()
+    await peers[order[2]].beat()
+    assert not peers[order[2]].busy[order[0]] and peers[order[2]].active == (order[0],)
+
+
 # -- with real change streams: several worker engines on one server ------------------------------------------
 
 
 class _Claims(monitoring.CommandListener):
-    """Counts the claims a client sends: writes to ``workflows`` that ``$inc`` the attempt."""
+    """Counts the claims a client sends: writes to ``workflows`` that ``$inc`` the attempt (all the cluster's
+    clients in ``count``; this one's in ``own``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: _Claims | None = None) -> None:
         self.count = 0
+        self.own = 0
+        self.total = total
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         cmd = event.command
@@ -123,7 +210,9 @@ class _Claims(monitoring.CommandListener):
             updates = [u.get("u") or {} for u in cmd.get("updates") or []]
         else:
             return
-        self.count += sum(1 for u in updates if isinstance(u, dict) and "attempt" in (u.get("$inc") or {}))
+        n = sum(1 for u in updates if isinstance(u, dict) and "attempt" in (u.get("$inc") or {}))
+        self.own += n
+        (self.total or self).count += n
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -135,10 +224,14 @@ class _Claims(monitoring.CommandListener):
 class _Cluster:
     """Worker engines on one server database (ids ``worker-0``...), their claim counter, and a client engine."""
 
-    def __init__(self, workers: list[Bluestreak], submitter: Bluestreak, claims: _Claims) -> None:
+    def __init__(
+        self, workers: list[Bluestreak], submitter: Bluestreak, claims: _Claims, each: list[_Claims]
+    ) -> None:
         self.workers = workers
         self.submitter = submitter
         self.claims = claims
+        self.each = each
+        """Each worker's own claims."""
 
     def peers(self, i: int = 0) -> Any:
         worker = self.workers[i]._worker
@@ -157,10 +250,11 @@ class _Cluster:
 async def _cluster(server_url: str, server_db: str, n: int) -> AsyncIterator[_Cluster]:
     """``n`` polling worker engines that know each other, with live change streams; stopped and closed after."""
     claims = _Claims()
+    each = [_Claims(claims) for _ in range(n)]
     clients: list[AsyncMongoClient[Any]] = []
     workers: list[Bluestreak] = []
     for i in range(n):
-        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, event_listeners=[claims], tz_aware=True)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, event_listeners=[each[i]], tz_aware=True)
         clients.append(client)
         # poll_interval 30: only the change stream (and the spill after it) can explain a prompt pickup.
         engine = Bluestreak(database=client[server_db], **{**FAST, "poll_interval": 30, "worker_id": f"worker-{i}"})
@@ -174,7 +268,7 @@ async def _cluster(server_url: str, server_db: str, n: int) -> AsyncIterator[_Cl
             for engine in workers:
                 await stack.enter_async_context(running(engine))
             await _know_each_other(workers, n)
-            yield _Cluster(workers, submitter, claims)
+            yield _Cluster(workers, submitter, claims, each)
     finally:
         for c in clients:
             await c.close()
@@ -199,21 +293,29 @@ async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once
     took: list[float] = []
     async with _cluster(server_url, server_db, 3) as cluster:
         submitter = cluster.submitter
+        group = cluster.peers().group
         await asyncio.sleep(0.3)
         cluster.claims.count = 0
+        for c in cluster.each:
+            c.own = 0
         for i in range(n):
             started = time.monotonic()
             await submitter.start(f"s{i}", "h")
             assert await submitter.wait(f"s{i}", timeout=15) == "ok"
             took.append(time.monotonic() - started)
             await asyncio.sleep(0.05)  # the workers idle again between starts
+        await asyncio.sleep(RESCUE + 2 * SPILL + 0.5)  # long enough for the others' claims after their wait
         per_workflow = cluster.claims.count / n
+        by_worker = {f"worker-{i}": c.own for i, c in enumerate(cluster.each)}
         docs = await submitter.store.workflows.find({"_id": {"$regex": "^s"}}).to_list(None)
     workers = {d["worker"] for d in docs}
     assert all(d["attempt"] == 1 for d in docs) and len(docs) == n
     assert per_workflow <= 1.5, f"{per_workflow:.2f} claims per workflow: the idle workers still herd"
-    assert len(workers) >= 2  # the work is shared, not all taken by one worker
-    assert sorted(took)[n // 2] < SPILL, took  # owners claim at once: most starts do not wait for a spill
+    # A light load stays with one worker (the first in the preference order): its batches carry all of it.
+    leader = preference(group, [f"worker-{i}" for i in range(3)])[0]
+    assert workers == {leader}, workers
+    assert all(n == 0 for w, n in by_worker.items() if w != leader), by_worker  # the others claimed nothing
+    assert sorted(took)[n // 2] < SPILL, took  # the owner claims at once: most starts do not wait for a spill
 
 
 @pytest.mark.server
@@ -241,21 +343,22 @@ async def _status(engine: Bluestreak, wid: str, status: str) -> bool:
 
 
 @pytest.mark.server
-async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_spill(
+async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_rescue_wait(
     server_url: str, server_db: str
 ) -> None:
     async with _cluster(server_url, server_db, 1) as cluster:
-        await cluster.add_peer("ghost")  # it owns part of the work
-        wid = next(f"g{i}" for i in range(1000) if owner(f"g{i}", ["ghost", "worker-0"]) == "ghost")
+        group = cluster.peers().group
+        ghost = next(f"g-{i}" for i in range(1000) if preference(group, [f"g-{i}", "worker-0"])[0] != "worker-0")
+        await cluster.add_peer(ghost)  # first in the order, so it owns the work; it reported itself not busy
         await asyncio.sleep(0.3)
         started = time.monotonic()
-        await cluster.submitter.start(wid, "h")
-        assert await cluster.submitter.wait(wid, timeout=15) == "ok"
+        await cluster.submitter.start("g", "h")
+        assert await cluster.submitter.wait("g", timeout=15) == "ok"
         took = time.monotonic() - started
-    assert SPILL * 0.8 <= took < 5, took  # not at once (not its to take), and long before the 30 s poll
+    assert RESCUE * 0.8 <= took < RESCUE + 3, took  # not at once (not its to take), long before the 30 s poll
     client: AsyncMongoClient[Any] = AsyncMongoClient(server_url)
     try:  # the stopped worker left the registry; the dead one's document waits for its expiry
-        assert [d["_id"] async for d in client[server_db]["workers"].find({}, {"_id": 1})] == ["ghost"]
+        assert [d["_id"] async for d in client[server_db]["workers"].find({}, {"_id": 1})] == [ghost]
     finally:
         await client.close()
 
@@ -301,9 +404,14 @@ async def test_claims_are_in_the_stream_only_while_a_worker_routes(
     monkeypatch.setattr(Store, "watch_due", watch_due)
     async with _cluster(server_url, server_db, 1) as cluster:
         assert opened == [False]
-        await cluster.add_peer("peer")
+        group = cluster.peers().group
+        after = next(f"a-{i}" for i in range(1000) if preference(group, [f"a-{i}", "worker-0"])[0] == "worker-0")
+        await cluster.add_peer(after)  # a peer after it in the order: worker-0 still owns everything, no claims
+        await asyncio.sleep(1.0)
+        assert opened == [False] and cluster.peers().sole
+        peer = next(f"peer-{i}" for i in range(1000) if preference(group, [f"peer-{i}", "worker-0"])[0] != "worker-0")
+        await cluster.add_peer(peer)  # it owns the work now: worker-0 routes
         await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)
         await asyncio.sleep(0.3)
-        wid = next(f"c{i}" for i in range(1000) if owner(f"c{i}", ["peer", "worker-0"]) == "worker-0")
-        await cluster.submitter.start(wid, "h")  # still woken through the reopened stream
-        assert await cluster.submitter.wait(wid, timeout=10) == "ok"
+        await cluster.submitter.start("c", "h")  # still woken through the reopened stream (after the rescue wait)
+        assert await cluster.submitter.wait("c", timeout=10) == "ok"

@@ -78,5 +78,6 @@ def _waker_stats(engine: Bluestreak) -> dict[str, int]:
         "routed": waker.routed,
         "reads": waker.reads,
         "timers_fired": waker.timers_fired,
+        "dormancies": waker.dormancies,
         "peers": len(worker.peers.workers) if worker is not None and worker.peers is not None else 0,
     }

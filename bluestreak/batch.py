@@ -42,6 +42,8 @@ class GroupCommit(Generic[T, R]):
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
+        self.waiting = 0
+        """Callers awaiting their batch now."""
 
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result once its batch is written."""
@@ -50,7 +52,11 @@ class GroupCommit(Generic[T, R]):
         self._pending.append((item, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        return await asyncio.shield(future)
+        self.waiting += 1
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self.waiting -= 1
 
     async def _run(self) -> None:
         await asyncio.sleep(0)  # let the tasks that are ready in this loop tick join the first batch

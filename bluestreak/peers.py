@@ -12,14 +12,17 @@ smaller batches. So work goes to as few workers as keep up with it:
   the same queues) are in one **preference order**, the same for all of them
   (``blake2b(group, worker_id)``). The **active** workers are a prefix of it:
   the first, and each next one while the one before it reported itself
-  busy: its slots nearly all taken (:data:`FULL`) or its event loop late
-  (:data:`LAG`, its CPU the limit), at their worst since its last heartbeat.
+  busy: its slots nearly all taken (:data:`FULL`) by executions that were
+  not mostly waiting for the database, or its event loop late (:data:`LAG`,
+  its CPU the limit), at their worst since its last heartbeat.
 - Each workflow id has one **owner** among the active workers: the one whose
   ``blake2b(worker_id, workflow_id)`` is highest (rendezvous hashing, so a
   worker joining or leaving moves only its own share). A worker that is the
   only active one owns everything and claims as if alone. The owner claims a
   workflow at once, by ``_id``; each other worker waits — :data:`SPILL` if
-  the owner reported itself busy, else :data:`RESCUE`, plus :data:`SPILL`
+  the owner reported itself busy, else :attr:`Peers.rescue` (three heartbeat
+  intervals: 15 s by default, when a dead owner's registry entry expires
+  and the next worker takes its place), plus :data:`SPILL`
   per worker ranked before it for that workflow (rendezvous order again,
   so one of them tries first) — and then claims by ``_id`` what is still
   unclaimed: the work of an owner that is full, CPU-bound or dead. An owner
@@ -62,14 +65,15 @@ ROUTE_PAUSE = 0.1
 FOLLOW_PAUSE = 0.25
 """...and a worker that owns nothing (it only spills) at most this often."""
 FULL = 0.9
-"""A worker whose peak share of its slots in use since its last heartbeat reached this is busy..."""
+"""A worker whose peak share of its slots in use since its last heartbeat reached this is busy, unless its
+executions were mostly (:data:`DB_BOUND`) waiting for their writes: then the database is the limit, and more
+workers would only split its batches..."""
+DB_BOUND = 0.5
 LAG = 0.1
 """...and so is one whose event loop ran this many seconds late at its worst since then (its CPU is the
 limit). A busy worker brings the next one in the preference order into the active set, and its peers take
 its work after :data:`SPILL`; an owner that is not busy is slow only because the database is (more workers
-would not help), so its peers wait :data:`RESCUE` for what it has not claimed — the work of a dead one."""
-RESCUE = 2.0
-"""Seconds a worker waits before claiming a runnable workflow whose owner reported itself not busy."""
+would not help), so its peers wait :attr:`Peers.rescue` for what it has not claimed (the work of a dead one)."""
 
 
 def heartbeat_interval(lease_duration: float) -> float:
@@ -119,6 +123,7 @@ class Peers:
         group: str,
         lease_duration: float,
         load: Callable[[], float] = lambda: 0.0,
+        db_share: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -132,8 +137,10 @@ class Peers:
         self.busy: dict[str, bool] = {}
         """Whether each of them reported itself busy in its last heartbeat."""
         self._load = load
+        self._db_share = db_share
         self._peak = 0.0
         self._lag = 0.0
+        self._shares: list[float] = []
         self._read_at = 0.0
         self.registered = False
         self._about = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -144,9 +151,27 @@ class Peers:
         return len(self.workers) < 2 or time.monotonic() - self._read_at > 3 * self.interval
 
     @property
+    def rescue(self) -> float:
+        """Seconds this worker leaves a runnable workflow to an owner that reported itself not busy: three
+        heartbeat intervals, by when a dead owner's registry entry has expired (and a live one that is not
+        busy but slow to claim is waiting for the database: more claimers would not help it)."""
+        return 3 * self.interval
+
+    @property
     def sole(self) -> bool:
         """This worker owns every workflow: it is alone, or the only active worker (it claims as if alone)."""
         return self.alone or self.active == (self.worker_id,)
+
+    @property
+    def dormant(self) -> bool:
+        """This worker owns nothing and no active worker is busy: it has nothing to route, so it need not
+        follow the change stream (every change it would decode and the server would send it for nothing);
+        it reads the claim order for what waited :attr:`rescue` instead, and keeps its heartbeat."""
+        return (
+            not self.sole
+            and self.worker_id not in self.active
+            and not any(self.busy.get(w, False) for w in self.active)
+        )
 
     def owns(self, workflow_id: str) -> bool:
         """Whether this worker claims ``workflow_id`` at once when a change stream reports it runnable."""
@@ -156,22 +181,22 @@ class Peers:
 
     def spill_after(self, workflow_id: str) -> float:
         """How long this worker leaves a runnable workflow it does not own to the others: :data:`SPILL` if its
-        owner reported itself busy, else :data:`RESCUE`; and :data:`SPILL` more for each non-owner ranked before
+        owner reported itself busy, else :attr:`rescue`; and :data:`SPILL` more for each non-owner ranked before
         this one for that workflow (rendezvous order), so that one of them claims first, not all at once."""
         if self.sole:
             return 0.0
         first = owner(workflow_id, self.active)
         others = sorted((w for w in self.workers if w != first), key=lambda w: _score(w, workflow_id), reverse=True)
         rank = others.index(self.worker_id) if self.worker_id in others else 0
-        return (SPILL if self.busy.get(first, False) else RESCUE) + SPILL * rank
+        return (SPILL if self.busy.get(first, False) else self.rescue) + SPILL * rank
 
     def grace(self) -> float:
         """How long a runnable workflow is its owners' alone before this worker's reads of the claim order take
         it (0 when this worker owns everything): :data:`SPILL` if an active worker reported itself busy, else
-        :data:`RESCUE`."""
+        :attr:`rescue`."""
         if self.sole:
             return 0.0
-        return SPILL if any(self.busy.get(w, False) for w in self.active) else RESCUE
+        return SPILL if any(self.busy.get(w, False) for w in self.active) else self.rescue
 
     def note(self, load: float) -> None:
         """This worker's share of its slots in use now (its peak since the last heartbeat is reported)."""
@@ -181,9 +206,12 @@ class Peers:
         """Rewrite this worker's registry document and read the group's (two commands)."""
         now = self.clock.now()
         expire = now + timedelta(seconds=3 * self.interval)
-        busy = max(self._peak, self._load()) >= FULL or self._lag >= LAG
+        shares = self._shares
+        db_bound = bool(shares) and sum(shares) / len(shares) >= DB_BOUND
+        busy = (max(self._peak, self._load()) >= FULL and not db_bound) or self._lag >= LAG
         await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, float(busy))
         self._peak = self._lag = 0.0
+        self._shares = []
         self.registered = True
         loads = {**await self.store.live_loads(self.group, now), self.worker_id: float(busy)}
         self.workers = tuple(sorted(loads))
@@ -199,6 +227,9 @@ class Peers:
             before = time.monotonic()
             await asyncio.sleep(tick)
             self._lag = max(self._lag, time.monotonic() - before - tick)
+            share = self._db_share()
+            if share is not None and len(self._shares) < 1000:
+                self._shares.append(share)
 
     async def run(self, active: Callable[[], bool], given_up: Callable[[], bool]) -> None:
         """Beat every interval while ``active()`` (this worker's change stream is live), until cancelled.

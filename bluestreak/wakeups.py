@@ -81,6 +81,9 @@ class Router(Protocol):
     def read_pause(self) -> float:
         """While routing, read the stream at most this often (seconds)."""
 
+    def dormant(self) -> bool:
+        """Nothing to route here now: close the stream until that changes (the worker reads the claim order)."""
+
 
 class ChangeStreamWaker:
     """Watches the workflows collection for runnable work and calls ``wake`` (see the module docstring)."""
@@ -118,6 +121,10 @@ class ChangeStreamWaker:
         """The stream is open and has not failed since: the worker may idle without polling often."""
         self.unavailable = False
         """The server (or backend) has no change streams: the worker polls."""
+        self.dormant = False
+        """The stream is closed because the router has nothing to route (:meth:`Router.dormant`)."""
+        self.dormancies = 0
+        """How many times it was closed for that."""
         self.opened = 0
         """How many times a stream was opened (the first time, and after each error)."""
         self.woken = 0
@@ -158,6 +165,8 @@ class ChangeStreamWaker:
         failures = 0
         try:
             while True:
+                if self._dormant():
+                    await self._sleep_while_dormant()
                 try:
                     claims = self._routing()  # claims are reported only to a worker that routes: it needs them
                     stream = await self.store.watch_due(self._resume, self.max_await, claims=claims)
@@ -203,6 +212,27 @@ class ChangeStreamWaker:
     def _routing(self) -> bool:
         return self.router is not None and self.router.routing()
 
+    def _dormant(self) -> bool:
+        return self.router is not None and self.router.dormant()
+
+    async def _sleep_while_dormant(self) -> None:
+        """No stream while the router is dormant; then one from now (what came meanwhile, a scan finds)."""
+        self.live = False
+        self.dormant = True
+        self.dormancies += 1
+        for handle, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self.router is not None:
+            self.router.wake_stale()  # the worker idles by the claim order's due times from now: let it re-plan
+        try:
+            while self._dormant():  # noqa: ASYNC110 -- the peers' task changes it; a local look, no command
+                await asyncio.sleep(0.5)
+        finally:
+            self.dormant = False
+        self._resume = None
+        self._wake_now(None if self.router is None else self.router.wake_stale)
+
     async def _read(self, stream: Any, claims: bool) -> bool:
         """Read while armed, until the stream dies (an error raises; a closed stream returns ``False``).
 
@@ -212,7 +242,7 @@ class ChangeStreamWaker:
         while True:
             await self._armed.wait()
             if not _buffered(stream):
-                if self._routing() != claims:
+                if self._routing() != claims or self._dormant():
                     return True
                 if claims:
                     # Routed changes do not wake the loop, and every peer's stream returns every change:

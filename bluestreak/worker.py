@@ -166,7 +166,7 @@ class Worker:
 
     def _directing(self) -> bool:
         """Routing with a live stream: what became due in the last ``SPILL`` is left to its owner."""
-        return self.routing() and self.waker is not None and self.waker.live
+        return self.routing() and self.waker is not None and (self.waker.live or self.waker.dormant)
 
     def _grace(self) -> timedelta:
         """How long a due workflow is its owner's alone before this worker's reads of the claim order take it."""
@@ -227,6 +227,10 @@ class Worker:
                 return
             timer.cancel()
         self._spill_timer = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._spill_due)
+
+    def dormant(self) -> bool:
+        """Whether this worker owns nothing and its owners are not busy (it closes its stream meanwhile)."""
+        return self.peers is not None and self.peers.dormant
 
     def read_pause(self) -> float:
         """How often (at most) the change stream is read while routing: less often by a worker that owns nothing."""
@@ -292,13 +296,16 @@ class Worker:
             group_key(handlers, self.listen),
             self.settings.lease_duration,
             load=lambda: len(self._running) / self.settings.max_concurrency,
+            db_share=lambda: self.store.waiting_writes() / len(self._running) if self._running else None,
         )
         waker = self.waker
         helpers = [
             asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
             asyncio.create_task(self.waker.run(), name="bluestreak-watch"),
-            asyncio.create_task(self.peers.run(lambda: waker.live, lambda: waker.unavailable), name="bluestreak-peers"),
+            asyncio.create_task(
+                self.peers.run(lambda: waker.live or waker.dormant, lambda: waker.unavailable), name="bluestreak-peers"
+            ),
         ]
         if self.schedules is not None:
             helpers.append(
@@ -465,6 +472,8 @@ class Worker:
     def _tick(self) -> float:
         """How long an idle worker waits before reading the next due time again (see the module docstring)."""
         limited = any(q is not None and q in self.queues and self.queues[q].limited for q in self.listen)
+        if self.waker is not None and self.waker.dormant and self.peers is not None and not limited:
+            return self.peers.rescue / 2 * random.uniform(0.9, 1.1)  # the scan takes only what waited that long
         if self.waker is not None and self.waker.live and not limited:
             return stream_idle_poll(self.settings)
         half = self.settings.poll_interval / 2

@@ -287,7 +287,10 @@ MUTANTS = [
         "bluestreak/peers.py",
         "        return self.worker_id in self.active and owner(workflow_id, self.active) == self.worker_id\n",
         "        return True\n",
-        ("tests/test_peers.py::test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once_promptly",),
+        (
+            "tests/test_peers.py::test_a_busy_owners_workflow_is_taken_by_a_peer_after_the_spill_and_the_peer_takes"
+            "_its_own_at_once",
+        ),
     ),
     Mutant(
         "p02",
@@ -295,7 +298,10 @@ MUTANTS = [
         "bluestreak/worker.py",
         "        ripe = [wid for wid, at in self._spilled.items() if at <= now_m]\n",
         "        ripe: list[str] = []\n",
-        ("tests/test_peers.py::test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_rescue_wait",),
+        (
+            "tests/test_peers.py::test_a_busy_owners_workflow_is_taken_by_a_peer_after_the_spill_and_the_peer_takes"
+            "_its_own_at_once",
+        ),
     ),
     Mutant(
         "p03",
@@ -303,7 +309,7 @@ MUTANTS = [
         "bluestreak/worker.py",
         "        self._spilled.pop(workflow_id, None)\n\n    def wake_stale",
         "        pass\n\n    def wake_stale",
-        ("tests/test_peers.py::test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once_promptly",),
+        ("tests/test_peers.py::test_a_claim_seen_in_the_stream_cancels_the_spill_of_that_workflow",),
     ),
     Mutant(
         "p04",
@@ -328,7 +334,7 @@ MUTANTS = [
         "p06",
         "followers take an owner's work after SPILL even when it is not busy (they load a saturated database)",
         "bluestreak/peers.py",
-        "        return (SPILL if self.busy.get(first, False) else RESCUE) + SPILL * rank\n",
+        "        return (SPILL if self.busy.get(first, False) else self.rescue) + SPILL * rank\n",
         "        return SPILL + SPILL * rank\n",
         (
             "tests/test_peers.py::test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_take_turns",

@@ -6,7 +6,7 @@ herd that made a second worker *lower* throughput). ``bluestreak.peers``
 gives each workflow one owner among the *active* workers of a group — the
 first in a preference order, and more only while those before are busy, so
 that one worker's batches carry a light load — and the others claim it
-later if it is still there (``SPILL`` after a busy owner, ``RESCUE`` after a
+later if it is still there (``SPILL`` after a busy owner, ``Peers.rescue`` after a
 dead one).
 """
 
@@ -25,11 +25,13 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from bluestreak import Bluestreak, WorkflowContext
-from bluestreak.peers import LAG, RESCUE, SPILL, Peers, active, group_key, owner, preference
+from bluestreak.peers import LAG, SPILL, Peers, active, group_key, heartbeat_interval, owner, preference
 
 from .conftest import FAST, eventually, register_h_and_waits, running
 
 LEASE = timedelta(seconds=30)
+RESCUE = 3 * heartbeat_interval(FAST["lease_duration"])
+"""How long a worker leaves an owner that is not busy its work, with the tests' settings (2 s)."""
 
 
 def test_each_workflow_has_one_owner_shared_evenly_and_a_new_worker_takes_only_its_own_share() -> None:
@@ -72,8 +74,9 @@ def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_t
     followers = [w for w in workers if w != leader]
     assert not any(views[w].owns("x") or views[w].sole for w in followers)
     waits = sorted(views[w].spill_after("x") for w in followers)
-    assert waits == [RESCUE, RESCUE + SPILL]  # one follower tries first
-    assert all(views[w].grace() == RESCUE for w in followers)
+    rescue = 3 * heartbeat_interval(30.0)
+    assert waits == [rescue, rescue + SPILL]  # one follower tries first
+    assert all(views[w].grace() == rescue for w in followers)
     for w in followers:
         views[w].busy[leader] = True
     assert sorted(views[w].spill_after("x") for w in followers) == [SPILL, 2 * SPILL]
@@ -278,7 +281,9 @@ async def _know_each_other(engines: list[Bluestreak], n: int) -> None:
     async def check() -> bool:
         for e in engines:
             w = e._worker
-            if w is None or w.waker is None or not w.waker.live or w.peers is None or len(w.peers.workers) < n:
+            if w is None or w.waker is None or w.peers is None or len(w.peers.workers) < n:
+                return False
+            if not (w.waker.live or w.waker.dormant):
                 return False
         return True
 
@@ -298,6 +303,7 @@ async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once
         cluster.claims.count = 0
         for c in cluster.each:
             c.own = 0
+        began = time.monotonic()
         for i in range(n):
             started = time.monotonic()
             await submitter.start(f"s{i}", "h")
@@ -305,8 +311,10 @@ async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once
             took.append(time.monotonic() - started)
             await asyncio.sleep(0.05)  # the workers idle again between starts
         await asyncio.sleep(RESCUE + 2 * SPILL + 0.5)  # long enough for the others' claims after their wait
+        elapsed = time.monotonic() - began
         per_workflow = cluster.claims.count / n
         by_worker = {f"worker-{i}": c.own for i, c in enumerate(cluster.each)}
+        dormancies = {e.settings.worker_id: e._worker.waker.dormancies for e in cluster.workers}  # type: ignore[union-attr]
         docs = await submitter.store.workflows.find({"_id": {"$regex": "^s"}}).to_list(None)
     workers = {d["worker"] for d in docs}
     assert all(d["attempt"] == 1 for d in docs) and len(docs) == n
@@ -314,7 +322,10 @@ async def test_idle_workers_do_not_all_claim_each_start_and_each_start_runs_once
     # A light load stays with one worker (the first in the preference order): its batches carry all of it.
     leader = preference(group, [f"worker-{i}" for i in range(3)])[0]
     assert workers == {leader}, workers
-    assert all(n == 0 for w, n in by_worker.items() if w != leader), by_worker  # the others claimed nothing
+    # The others (dormant: no stream) read the claim order for what waited RESCUE, at most about once per
+    # RESCUE whatever the number of starts, and find nothing.
+    assert all(c <= elapsed / RESCUE + 1 for w, c in by_worker.items() if w != leader), (by_worker, elapsed)
+    assert all(d >= 1 for w, d in dormancies.items() if w != leader) and dormancies[leader] == 0, dormancies
     assert sorted(took)[n // 2] < SPILL, took  # the owner claims at once: most starts do not wait for a spill
 
 
@@ -363,8 +374,49 @@ async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_re
         await client.close()
 
 
+@pytest.mark.server
+async def test_a_busy_owners_workflow_is_taken_by_a_peer_after_the_spill_and_the_peer_takes_its_own_at_once(
+    server_url: str, server_db: str
+) -> None:
+    """An owner that reports itself busy brings the next worker in: that one claims its own share at once
+    and the busy (here: dead) owner's share after ``SPILL``, long before the rescue wait."""
+    async with _cluster(server_url, server_db, 1) as cluster:
+        group = cluster.peers().group
+        ghost = next(f"b-{i}" for i in range(1000) if preference(group, [f"b-{i}", "worker-0"])[0] != "worker-0")
+        now = cluster.submitter.settings.clock.now()
+        await cluster.submitter.store.heartbeat(ghost, group, now, now + timedelta(minutes=5), load=1.0)
+        peers = cluster.peers()
+        await eventually(lambda: _true(peers.active == (ghost, "worker-0")), timeout=15)
+        both = [ghost, "worker-0"]
+        theirs = next(f"t{i}" for i in range(1000) if owner(f"t{i}", both) == ghost)
+        mine = next(f"m{i}" for i in range(1000) if owner(f"m{i}", both) == "worker-0")
+        await asyncio.sleep(0.3)
+        took = {}
+        for wid in (theirs, mine):
+            started = time.monotonic()
+            await cluster.submitter.start(wid, "h")
+            assert await cluster.submitter.wait(wid, timeout=15) == "ok"
+            took[wid] = time.monotonic() - started
+            await asyncio.sleep(0.3)
+    assert SPILL * 0.8 <= took[theirs] < RESCUE * 0.8, took  # after the spill, not at once nor after the rescue
+    assert took[mine] < SPILL * 0.8, took  # its own share: at once
+
+
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_claim_seen_in_the_stream_cancels_the_spill_of_that_workflow(engine: Bluestreak) -> None:
+    from bluestreak.worker import Worker
+
+    _register(engine)
+    worker = Worker(engine.store, engine.settings, engine._handlers)
+    worker.spill("x")
+    worker.spill("y")
+    worker.claimed("x")  # its owner took it: no claim of it here after the wait
+    assert list(worker._spilled) == ["y"]
+    if worker._spill_timer is not None:
+        worker._spill_timer.cancel()
 
 
 async def test_past_its_cap_a_worker_tracks_no_more_peer_workflows_and_reads_the_claim_order_after_the_spill(
@@ -391,7 +443,9 @@ async def test_past_its_cap_a_worker_tracks_no_more_peer_workflows_and_reads_the
 async def test_claims_are_in_the_stream_only_while_a_worker_routes(
     server_url: str, server_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A lone worker's stream leaves claims out (they would cost it reads for nothing); a routing one's has them."""
+    """A lone worker's stream leaves claims out (they would cost it reads for nothing), and so does that of the
+    first in the order; one that owns nothing closes its stream while its owner is not busy; a routing one's
+    stream has them."""
     from bluestreak.store import Store
 
     opened: list[bool] = []
@@ -410,8 +464,17 @@ async def test_claims_are_in_the_stream_only_while_a_worker_routes(
         await asyncio.sleep(1.0)
         assert opened == [False] and cluster.peers().sole
         peer = next(f"peer-{i}" for i in range(1000) if preference(group, [f"peer-{i}", "worker-0"])[0] != "worker-0")
-        await cluster.add_peer(peer)  # it owns the work now: worker-0 routes
-        await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)
-        await asyncio.sleep(0.3)
-        await cluster.submitter.start("c", "h")  # still woken through the reopened stream (after the rescue wait)
+        await cluster.add_peer(peer)  # it owns the work now, and is not busy: worker-0 closes its stream
+        waker = cluster.workers[0]._worker.waker  # type: ignore[union-attr]
+        assert waker is not None
+        await eventually(lambda: _true(waker.dormant), timeout=15)
+        assert opened == [False]
+        await cluster.submitter.start("c", "h")  # taken by its read of the claim order, after the rescue wait
         assert await cluster.submitter.wait("c", timeout=10) == "ok"
+        now = cluster.submitter.settings.clock.now()
+        await cluster.submitter.store.heartbeat(peer, group, now, now + timedelta(minutes=5), load=1.0)  # busy
+        await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)  # worker-0 routes: claims in its stream
+        assert not waker.dormant
+        await asyncio.sleep(0.3)
+        await cluster.submitter.start("d", "h")  # the busy owner's: spilled to worker-0, claimed after SPILL
+        assert await cluster.submitter.wait("d", timeout=10) == "ok"

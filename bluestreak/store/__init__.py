@@ -79,6 +79,10 @@ class Store(
             self.flush_outcomes, isolate=_isolate
         )
 
+    def waiting_writes(self) -> int:
+        """How many executions are waiting for their step records or outcomes to be written right now."""
+        return sum(g.waiting for g in self._records.values()) + self._outcomes.waiting
+
     async def insert_record(self, collection: str, doc: Doc) -> Doc | None:
         """First-writer-wins insert of a step or nap: ``None`` if ours won, else the record that did.
 

@@ -245,7 +245,9 @@ class Peers:
                 await self.beat()
             except PyMongoError as exc:
                 log.info("worker registry unavailable (%s); claiming as if alone", type(exc).__name__)
-            await self._sleep(min(self.interval, 0.5 * 2**beats))  # 0.5 s, 1 s, 2 s...: peers meet at once
+            except Exception:  # never end this task: without its beats the worker would claim as if alone
+                log.exception("worker registry heartbeat failed; claiming as if alone until the next one")
+            await self._sleep(min(self.interval, 0.5 * 2 ** min(beats, 8)))  # 0.5 s, 1 s, 2 s...: peers meet
             beats += 1
 
     async def leave(self) -> None:

@@ -125,6 +125,7 @@ class ChangeStreamWaker:
         """The stream is closed because the router has nothing to route (:meth:`Router.dormant`)."""
         self.dormancies = 0
         """How many times it was closed for that."""
+        self._woke = False
         self.opened = 0
         """How many times a stream was opened (the first time, and after each error)."""
         self.woken = 0
@@ -191,6 +192,9 @@ class ChangeStreamWaker:
                         self.live = True
                         if failures:  # changes may have been missed while it was down
                             self._wake_now()
+                        elif self._woke:  # back from dormancy: what came meanwhile waits for a read
+                            self._wake_now(None if self.router is None else self.router.wake_stale)
+                        self._woke = False
                         failures = 0
                         reopen = await self._read(stream, claims)
                     if reopen:  # routing began or ended: the same stream from its resume token, other filter
@@ -231,7 +235,7 @@ class ChangeStreamWaker:
         finally:
             self.dormant = False
         self._resume = None
-        self._wake_now(None if self.router is None else self.router.wake_stale)
+        self._woke = True  # once the new stream is open, the worker reads the claim order (see run)
 
     async def _read(self, stream: Any, claims: bool) -> bool:
         """Read while armed, until the stream dies (an error raises; a closed stream returns ``False``).

@@ -299,13 +299,14 @@ class Worker:
             db_share=lambda: self.store.waiting_writes() / len(self._running) if self._running else None,
         )
         waker = self.waker
+        heartbeat = asyncio.create_task(
+            self.peers.run(lambda: waker.live or waker.dormant, lambda: waker.unavailable), name="bluestreak-peers"
+        )
         helpers = [
             asyncio.create_task(self._renew_loop(), name="bluestreak-renew"),
             asyncio.create_task(self._janitor_loop(), name="bluestreak-janitor"),
             asyncio.create_task(self.waker.run(), name="bluestreak-watch"),
-            asyncio.create_task(
-                self.peers.run(lambda: waker.live or waker.dormant, lambda: waker.unavailable), name="bluestreak-peers"
-            ),
+            heartbeat,
         ]
         if self.schedules is not None:
             helpers.append(
@@ -338,6 +339,10 @@ class Worker:
                 if not busy and await self._wait_for_work(handlers):
                     self._scan = True
         finally:
+            # Out of the registry first: while its running handlers finish, the others take new work.
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self.peers.leave()
             await self._shutdown()
             for task in helpers:
                 task.cancel()
@@ -345,7 +350,6 @@ class Worker:
             for timer in (self._spill_timer, self._stale_timer):
                 if timer is not None:
                     timer.cancel()
-            await self.peers.leave()
             self.finished.set()
 
     async def _claim_routed(self, handlers: list[str]) -> bool:

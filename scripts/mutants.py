@@ -350,6 +350,24 @@ MUTANTS = [
         ("tests/test_peers.py::test_a_worker_whose_event_loop_runs_late_reports_itself_busy",),
     ),
     Mutant(
+        "p08",
+        "a stopping worker stays in the registry while its handlers finish (new starts wait for the rescue)",
+        "bluestreak/worker.py",
+        "            heartbeat.cancel()\n            await asyncio.gather(heartbeat, return_exceptions=True)\n"
+        "            await self.peers.leave()\n            await self._shutdown()\n",
+        "            await self._shutdown()\n            heartbeat.cancel()\n"
+        "            await asyncio.gather(heartbeat, return_exceptions=True)\n            await self.peers.leave()\n",
+        ("tests/test_peers.py::test_a_worker_that_stops_leaves_the_registry_before_its_handlers_finish",),
+    ),
+    Mutant(
+        "p09",
+        "the heartbeat's first intervals double for ever (the task dies of an OverflowError after 1024 beats)",
+        "bluestreak/peers.py",
+        "0.5 * 2 ** min(beats, 8)",
+        "0.5 * 2**beats",
+        ("tests/test_peers.py::test_the_heartbeat_goes_on_for_ever_through_any_error",),
+    ),
+    Mutant(
         "q01",
         "queue slots freed when an execution ends, even if its lease was not released",
         "bluestreak/worker.py",

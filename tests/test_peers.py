@@ -97,6 +97,28 @@ async def test_a_worker_whose_event_loop_runs_late_reports_itself_busy() -> None
     assert quiet._lag < LAG
 
 
+async def test_the_heartbeat_goes_on_for_ever_through_any_error() -> None:
+    """Thousands of beats (0.5 s, 1 s, 2 s... capped at the interval), and a beat that raises something
+    unexpected, do not end the task: without its beats the worker would claim as if alone."""
+    p = Peers(None, None, "a", "g", 30.0)  # type: ignore[arg-type]
+    beats: list[int] = []
+    sleeps: list[float] = []
+
+    async def beat() -> None:
+        beats.append(1)
+        if len(beats) == 3:
+            raise RuntimeError("a bug in a beat")
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    p.beat = beat  # type: ignore[method-assign]
+    p._sleep = sleep  # type: ignore[method-assign]
+    await p.run(lambda: True, lambda: len(beats) >= 3000)
+    assert len(beats) == 3000
+    assert sleeps[:4] == [0.5, 1.0, 2.0, 4.0] and set(sleeps[4:]) == {p.interval}
+
+
 def test_workers_of_other_handlers_or_queues_form_other_groups() -> None:
     assert group_key(["h", "g"], [None]) == group_key(["g", "h"], [None])
     assert group_key(["h"], [None]) != group_key(["h", "g"], [None])
@@ -400,6 +422,57 @@ async def test_a_busy_owners_workflow_is_taken_by_a_peer_after_the_spill_and_the
             await asyncio.sleep(0.3)
     assert SPILL * 0.8 <= took[theirs] < RESCUE * 0.8, took  # after the spill, not at once nor after the rescue
     assert took[mine] < SPILL * 0.8, took  # its own share: at once
+
+
+@pytest.mark.server
+async def test_a_worker_that_stops_leaves_the_registry_before_its_handlers_finish(
+    server_url: str, server_db: str
+) -> None:
+    """While the first worker waits out ``shutdown_grace`` for a running handler, the next one already
+    takes new starts: it does not wait for the stopping worker's rescue time (6 s with this lease)."""
+    settings = {**FAST, "lease_duration": 6, "shutdown_grace": 5, "poll_interval": 30}
+    clients: list[AsyncMongoClient[Any]] = []
+    engines: list[Bluestreak] = []
+    release = asyncio.Event()
+    for i in range(2):
+        client: AsyncMongoClient[Any] = AsyncMongoClient(server_url, tz_aware=True)
+        clients.append(client)
+        engine = Bluestreak(database=client[server_db], **{**settings, "worker_id": f"worker-{i}"})
+        _register(engine)
+
+        @engine.handler("long")
+        async def long(ctx: WorkflowContext, input: Any) -> str:
+            await ctx.step("wait", release.wait)
+            return "ok"
+
+        await engine.init()
+        engines.append(engine)
+    submitter = Bluestreak(server_url, server_db)  # a client: no handlers, it starts any
+    try:
+        async with submitter:
+            tasks = [asyncio.create_task(e.poll()) for e in engines]
+            await _know_each_other(engines, 2)
+            group = engines[0]._worker.peers.group  # type: ignore[union-attr]
+            leader = preference(group, ["worker-0", "worker-1"])[0]
+            first = next(e for e in engines if e.settings.worker_id == leader)
+            await submitter.start("busy", "long")
+            await eventually(lambda: _status(submitter, "busy", "running"))
+            first.stop()  # it waits up to 5 s for "busy"
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            await submitter.start("next", "h")
+            assert await submitter.wait("next", timeout=15) == "ok"
+            took = time.monotonic() - started
+            release.set()
+            for e in engines:
+                e.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            doc = await submitter.store.workflows.find_one({"_id": "next"})
+    finally:
+        for c in clients:
+            await c.close()
+    assert doc is not None and doc["worker"] != leader
+    assert took < 4.5, took  # the next worker's heartbeat (2 s) and a claim, not the 6 s rescue wait
 
 
 async def _true(value: bool) -> bool:

@@ -554,12 +554,25 @@ class Composer:
         entry = log[at]
         ends = [entry.get("ended_at")]
         if at + 1 < len(log):
-            ends.append(log[at + 1].get("claimed_at"))
+            ends.append(self._applied_by(log[at + 1]))
         for t in (doc.get("finished_at"), doc.get("run_started_at")):
             if isinstance(t, datetime) and t > entry["claimed_at"]:
                 ends.append(t)
         found = [t for t in ends if isinstance(t, datetime)]
         return min(found) if found else None
+
+    def _applied_by(self, entry: dict[str, Any]) -> datetime | None:
+        """When the claim of this attempt-log entry took effect, at the latest: its ``claimed_at``, unless its
+        worker froze right after taking that time (before its claim reached the database) — then when it
+        thawed. Until then the lease was still the previous holder's (expired, maybe, but nobody else's)."""
+        claimed = entry.get("claimed_at")
+        if not isinstance(claimed, datetime):
+            return None
+        at = (claimed - self.world.base).total_seconds()
+        for start, end in self.world.frozen_time.get(entry.get("worker"), []):
+            if start - 0.05 <= at <= end:
+                return self.world.base + timedelta(seconds=end)
+        return claimed
 
     def _check_published(
         self, v: list[str], workflows: dict[str, Any], published: list[dict[str, Any]], slack: timedelta

@@ -240,6 +240,21 @@ async def workflow_ended(
         log.warning("workflow %r: could not notify its parent or close its children (%s)", doc["_id"], exc)
 
 
+async def closed_by_parent(store: Store, settings: Settings, doc: Doc) -> Doc | None:
+    """A child's first execution: if its parent has ended (or is gone) — a parent
+    whose end closed its children before this one was inserted (by an execution of the parent that lost its
+    lease between its fence and the insert), or whose closer died — apply the parent-close policy now, as
+    that end would have. One read, for children with a ``terminate`` or ``cancel`` policy only; the child's
+    ``status`` and ``cancel`` afterwards, or ``None`` when its parent is still in the run that started it."""
+    parent_id = doc["parent"]
+    parent = await store.get_workflow(parent_id, {"status": 1})
+    if parent is not None and parent["status"] not in FINAL:
+        return None
+    log.info("child %r: its parent %r has ended; applying its parent-close policy", doc["_id"], parent_id)
+    await close_children(store, settings, parent_id)
+    return await store.get_workflow(doc["_id"], {"status": 1, "cancel": 1}) or {"status": Status.TERMINATED.value}
+
+
 async def close_children(store: Store, settings: Settings, parent_id: str, depth: int = 0) -> None:
     """Apply each open child's ``parent_close`` policy (terminated children pass theirs on to their own)."""
     from .cancellation import Canceller

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import bson
 
 from .cancellation import due_within_deadline, watch_deadline
-from .children import workflow_ended
+from .children import closed_by_parent, workflow_ended
 from .codec import CODEC_OPTIONS, MAX_DOCUMENT_BYTES, error_info, prepare_stored, restore, short
 from .config import Settings
 from .context import Stop, Suspension, WorkflowContext
@@ -65,6 +65,10 @@ _RETRIES = 6
 StopReason = Literal["lost", "release"]
 _ENDED_BY_EXECUTION = {Status.FINISHED.value, Status.ABORTED.value, Status.CANCELLED.value}
 """Final statuses an execution writes itself (keeping its lease token on the document)."""
+
+
+CLOSED_POLICIES = ("terminate", "cancel")
+"""Parent-close policies a child's first execution applies itself if its parent has already ended."""
 
 
 class Execution:
@@ -186,6 +190,13 @@ class Execution:
         if doc.get("control") == "pause":
             await self._suspend(Suspension(Status.PAUSED, None))
             return
+        if int(doc.get("attempt", 1)) == 1 and doc.get("parent") and doc.get("parent_close") in CLOSED_POLICIES:
+            closed = await closed_by_parent(self.store, self.settings, doc)
+            if closed is not None and closed.get("status") != Status.RUNNING.value:
+                self._cancelled_as_lost()  # terminated: not this execution's any more
+                return
+            if closed is not None and closed.get("cancel"):
+                doc["cancel"] = closed["cancel"]
         try:
             if int(doc.get("attempt", 1)) > 1:
                 steps, naps = await self.store.load_history(self.workflow_id, self.run_number)

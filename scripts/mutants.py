@@ -526,6 +526,14 @@ MUTANTS = [
         "        if True:\n            return []\n        parents",
         ("tests/test_children.py::test_a_child_is_kept_from_the_purge_while_its_open_parent_may_use_it",),
     ),
+    Mutant(
+        "c09",
+        "a child inserted after its parent ended (by the parent's zombie) runs, its parent-close policy unapplied",
+        "bluestreak/execution.py",
+        "        if int(doc.get(\"attempt\", 1)) == 1 and doc.get(\"parent\") and",
+        "        if False and doc.get(\"parent\") and",
+        ("tests/test_children.py::test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim",),
+    ),
 ]
 
 

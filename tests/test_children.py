@@ -538,3 +538,57 @@ async def test_the_purge_does_not_keep_a_child_whose_parent_moved_on_or_is_gone(
     for pid in parents:
         with pytest.raises(WorkflowNotFound):
             await engine.get_workflow(f"{pid}/a")
+
+
+@pytest.mark.parametrize("policy", ["terminate", "cancel"])
+async def test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim(
+    make_engine: EngineFactory, policy: str
+) -> None:
+    """An execution of the parent that lost its lease between its fence and the child's insert (a zombie)
+    inserts the child after the parent's end closed its children; or the parent's closer died. The child's
+    first execution finds its parent ended and applies the policy itself, before its handler runs."""
+    engine = await make_engine()
+    bodies: list[str] = []
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        bodies.append(ctx.workflow_id)
+        await ctx.step("work", lambda: "done")
+        return "done"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return "ended"
+
+    await engine.start("p", "parent")
+    async with running(engine):
+        assert await engine.wait("p", timeout=10) == "ended"
+        # the zombie's late insert, with the fields start_child gives a child
+        doc = engine._starter.new_doc("p/a", "child", None, queue=None, priority=0, timeout=None)
+        doc.update(parent="p", parent_run=0, parent_step="a", parent_close=policy)
+        await engine.store.workflows.insert_one(doc)
+        engine._wake_local("child")
+        status = Status.TERMINATED if policy == "terminate" else Status.CANCELLED
+        await eventually(_is(engine, "p/a", status))
+    assert bodies == ([] if policy == "terminate" else ["p/a"])  # cancelled: its handler runs to its first ctx call
+    # its step never ran: the only record, if any, is where the cancellation was delivered (at that step)
+    records = await engine.store.steps.find({"workflow_id": "p/a"}).to_list(None)
+    expected = [] if policy == "terminate" else [("bluestreak:cancel", "work")]
+    assert [(r["step_id"], r["output"]["at"]) for r in records] == expected
+
+
+async def test_a_child_of_a_running_parent_runs_as_usual_at_the_cost_of_one_read(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        return "done"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> Any:
+        return await ctx.run_child("a", "child")
+
+    await engine.start("p", "parent")
+    async with running(engine):
+        assert await engine.wait("p", timeout=10) == "done"
+    assert (await engine.get_workflow("p/a")).status is Status.FINISHED

@@ -700,6 +700,7 @@ async def test_a_cancellation_delivered_by_another_execution_stops_this_one_with
     sampler = Sampler(engine, "q")
     async with sampler.running(), running(engine):
         await entered.wait()
+        await sampler.sample()  # w1 holds its lease now (the periodic samples may miss so short a window)
         await engine.cancel("w1")
         now = engine.settings.clock.now()
         await engine.store.steps.insert_one(  # where the other execution delivered it: at "a"

@@ -245,7 +245,9 @@ async def closed_by_parent(store: Store, settings: Settings, doc: Doc) -> Doc | 
     whose end closed its children before this one was inserted (by an execution of the parent that lost its
     lease between its fence and the insert), or whose closer died — apply the parent-close policy now, as
     that end would have. One read, for children with a ``terminate`` or ``cancel`` policy only; the child's
-    ``status`` and ``cancel`` afterwards, or ``None`` when its parent is still in the run that started it."""
+    ``status`` and ``cancel`` afterwards, or ``None`` when there was nothing to apply."""
+    if doc.get("parent_close") not in ("terminate", "cancel"):
+        return None  # "abandon": the child is its own
     parent_id = doc["parent"]
     parent = await store.get_workflow(parent_id, {"status": 1})
     if parent is not None and parent["status"] not in FINAL:

@@ -67,10 +67,6 @@ _ENDED_BY_EXECUTION = {Status.FINISHED.value, Status.ABORTED.value, Status.CANCE
 """Final statuses an execution writes itself (keeping its lease token on the document)."""
 
 
-CLOSED_POLICIES = ("terminate", "cancel")
-"""Parent-close policies a child's first execution applies itself if its parent has already ended."""
-
-
 class Execution:
     """A claimed run of one workflow, held under one lease token."""
 
@@ -190,7 +186,7 @@ class Execution:
         if doc.get("control") == "pause":
             await self._suspend(Suspension(Status.PAUSED, None))
             return
-        if int(doc.get("attempt", 1)) == 1 and doc.get("parent") and doc.get("parent_close") in CLOSED_POLICIES:
+        if int(doc.get("attempt", 1)) == 1 and doc.get("parent"):  # a child's first execution
             closed = await closed_by_parent(self.store, self.settings, doc)
             if closed is not None and closed.get("status") != Status.RUNNING.value:
                 self._cancelled_as_lost()  # terminated: not this execution's any more

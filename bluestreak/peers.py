@@ -29,7 +29,7 @@ smaller batches. So work goes to as few workers as keep up with it:
   that is neither full nor late but slow to claim is waiting for the
   database, which more workers would only load more.
 
-Membership and loads come from the worker registry
+Membership and who is busy come from the worker registry
 (:mod:`bluestreak.store.workers`): each worker with a live change stream
 rewrites its document every :func:`heartbeat_interval` and reads its
 group's. It is advisory: two workers with different views of it may both
@@ -209,13 +209,12 @@ class Peers:
         shares = self._shares
         db_bound = bool(shares) and sum(shares) / len(shares) >= DB_BOUND
         busy = (max(self._peak, self._load()) >= FULL and not db_bound) or self._lag >= LAG
-        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, float(busy))
+        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, busy)
         self._peak = self._lag = 0.0
         self._shares = []
         self.registered = True
-        loads = {**await self.store.live_loads(self.group, now), self.worker_id: float(busy)}
-        self.workers = tuple(sorted(loads))
-        self.busy = {w: load >= 1.0 for w, load in loads.items()}
+        self.busy = {**await self.store.live_workers(self.group, now), self.worker_id: busy}
+        self.workers = tuple(sorted(self.busy))
         self.active = active(self.group, self.busy)
         self._read_at = time.monotonic()
 

@@ -522,7 +522,9 @@ RERUN_CANCELLING = Transition(
     Status.SLEEPING,
     fenced=True,
     guard=lambda a: {**_logged(a), "control": "cancel"},
-    update=lambda a: _with_pull(_set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a),
+    update=lambda a: _with_pull(
+        _set({**_outcome_fields(a, Status.SLEEPING), "due_at": a["now"], "control": None}), a
+    ),
     doc="An execution ending (failure, suspension) finds a cancellation it was not told of: run again now, "
     "so the next run delivers it (the cancel field says so; a control is only ever on a running workflow).",
 )
@@ -536,7 +538,8 @@ CANCELLED = Transition(
     update=lambda a: _set(
         {**_outcome_fields(a, Status.CANCELLED), "control": None, "taken": []}, unset=("due_at", "dedup")
     ),
-    doc="The handler of a cancelled workflow ended by raising (WorkflowCancelled, or an error in its clean-up). Final.",
+    doc="The handler of a cancelled workflow ended by raising (WorkflowCancelled, or an error in its clean-up). "
+    "Final.",
 )
 
 PUBLISH = Transition(

@@ -101,7 +101,6 @@ class ChangeStreamWaker:
         router: Router | None = None,
         direct_queues: Collection[str | None] = (),
         spill: float = 0.5,
-        route_pause: float = 0.1,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -114,8 +113,6 @@ class ChangeStreamWaker:
         self.direct_queues = set(direct_queues)
         """The queues whose workflows may be claimed by ``_id`` (those without limits)."""
         self.spill_after = spill
-        self.route_pause = route_pause
-        """While routing, read at most this often (at most one getMore per pause)."""
         self._last_read = 0.0
         self.live = False
         """The stream is open and has not failed since: the worker may idle without polling often."""
@@ -248,11 +245,10 @@ class ChangeStreamWaker:
             if not _buffered(stream):
                 if self._routing() != claims or self._dormant():
                     return True
-                if claims:
+                if claims and self.router is not None:  # claims are in a stream only while its router routes
                     # Routed changes do not wake the loop, and every peer's stream returns every change:
                     # read at most once a pause, so that changes gather (one getMore for many).
-                    every = self.route_pause if self.router is None else self.router.read_pause()
-                    pause = self._last_read + every - time.monotonic()
+                    pause = self._last_read + self.router.read_pause() - time.monotonic()
                     if pause > 0:
                         await asyncio.sleep(pause)
                 self._last_read = time.monotonic()

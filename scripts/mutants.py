@@ -530,8 +530,8 @@ MUTANTS = [
         "c09",
         "a child inserted after its parent ended (by the parent's zombie) runs, its parent-close policy unapplied",
         "bluestreak/execution.py",
-        "        if int(doc.get(\"attempt\", 1)) == 1 and doc.get(\"parent\") and",
-        "        if False and doc.get(\"parent\") and",
+        "        if int(doc.get(\"attempt\", 1)) == 1 and doc.get(\"parent\"):",
+        "        if False and doc.get(\"parent\"):",
         ("tests/test_children.py::test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim",),
     ),
 ]

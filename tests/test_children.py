@@ -577,7 +577,7 @@ async def test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_fi
     assert [(r["step_id"], r["output"]["at"]) for r in records] == expected
 
 
-async def test_a_child_of_a_running_parent_runs_as_usual_at_the_cost_of_one_read(make_engine: EngineFactory) -> None:
+async def test_a_child_of_a_running_parent_runs_as_usual(make_engine: EngineFactory) -> None:
     engine = await make_engine()
 
     @engine.handler("child")

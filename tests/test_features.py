@@ -342,7 +342,10 @@ async def test_pause_and_resume_a_sleeping_workflow(engine: Bluestreak) -> None:
         await asyncio.sleep(0.9)
         assert await _is(engine, "ps", "paused")  # its wake-up time passed while paused
         await engine.resume("ps")
-        assert await engine.resume("ps") in ("idle", "running", "finished")
+        try:  # resuming twice is harmless, unless the first resume's run has already finished it
+            assert await engine.resume("ps") in ("idle", "running", "finished")
+        except InvalidTransition:
+            assert await _is(engine, "ps", "finished")
         assert await engine.wait("ps", timeout=10) == "ok"
 
 

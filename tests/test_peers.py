@@ -175,12 +175,12 @@ async def test_the_registry_lists_live_workers_of_a_group_and_forgets_the_stoppe
     await store.heartbeat("b", "g1", now, soon)
     await store.heartbeat("c", "g2", now, soon)
     await store.heartbeat("dead", "g1", now - timedelta(seconds=20), gone)
-    assert await store.live_workers("g1", now) == ["a", "b"]
+    assert list(await store.live_workers("g1", now)) == ["a", "b"]
     await store.heartbeat("a", "g1", now, soon)  # a heartbeat rewrites, never duplicates
-    assert await store.live_workers("g1", now) == ["a", "b"]
+    assert list(await store.live_workers("g1", now)) == ["a", "b"]
     await store.forget_worker("b")
-    assert await store.live_workers("g1", now) == ["a"]
-    assert await store.live_workers("g2", now) == ["c"]
+    assert list(await store.live_workers("g1", now)) == ["a"]
+    assert list(await store.live_workers("g2", now)) == ["c"]
 
 
 async def test_heartbeats_carry_whether_a_worker_is_busy_and_a_busy_leader_brings_the_next_one_in(
@@ -406,7 +406,7 @@ async def test_a_busy_owners_workflow_is_taken_by_a_peer_after_the_spill_and_the
         group = cluster.peers().group
         ghost = next(f"b-{i}" for i in range(1000) if preference(group, [f"b-{i}", "worker-0"])[0] != "worker-0")
         now = cluster.submitter.settings.clock.now()
-        await cluster.submitter.store.heartbeat(ghost, group, now, now + timedelta(minutes=5), load=1.0)
+        await cluster.submitter.store.heartbeat(ghost, group, now, now + timedelta(minutes=5), busy=True)
         peers = cluster.peers()
         await eventually(lambda: _true(peers.active == (ghost, "worker-0")), timeout=15)
         both = [ghost, "worker-0"]
@@ -545,7 +545,7 @@ async def test_claims_are_in_the_stream_only_while_a_worker_routes(
         await cluster.submitter.start("c", "h")  # taken by its read of the claim order, after the rescue wait
         assert await cluster.submitter.wait("c", timeout=10) == "ok"
         now = cluster.submitter.settings.clock.now()
-        await cluster.submitter.store.heartbeat(peer, group, now, now + timedelta(minutes=5), load=1.0)  # busy
+        await cluster.submitter.store.heartbeat(peer, group, now, now + timedelta(minutes=5), busy=True)  # busy
         await eventually(lambda: _true(opened[-1:] == [True]), timeout=15)  # worker-0 routes: claims in its stream
         assert not waker.dormant
         await asyncio.sleep(0.3)

@@ -114,25 +114,22 @@ class Store(
         (:data:`~bluestreak.transitions.KEEP_CHILD`, one more write), and if nothing else was in the batch
         the next one is read.
         """
+        marked: list[str] = []
         for _ in range(8):  # bounded: a kept child leaves the expired set, but never loop on one that did not
             docs = await self.expired(now, limit)
             if not docs:
                 return 0
-            children = {d["_id"]: d for d in docs if d.get("parent") and d.get("parent_step")}
-            in_use = set(await self.children_in_use(list(children.values())))
+            in_use = set(await self.children_in_use([d for d in docs if d.get("parent")]))
             ids = [d["_id"] for d in docs if d["_id"] not in in_use]
             marked = await self.mark_purging(ids, now) if ids else []
-            if in_use:  # those whose parent is marked in this batch go with it; the others wait
-                going = [c for c in sorted(in_use) if children[c]["parent"] in set(marked)]
-                if going:
-                    marked += await self.mark_purging(going, now)
-                kept = sorted(in_use - set(going))
-                if kept:
-                    await self.keep_children(kept, now, now + timedelta(seconds=keep_for))
-            if marked or ids:
+            parents = set(marked)  # a child its parent may use goes with it (marked after it), or waits
+            going = [d["_id"] for d in docs if d["_id"] in in_use and d["parent"] in parents]
+            if going:
+                marked += await self.mark_purging(going, now)
+            if kept := sorted(in_use - set(going)):
+                await self.keep_children(kept, now, now + timedelta(seconds=keep_for))
+            if ids:
                 break
-        else:
-            return 0
         if not marked:
             return 0
         await self.delete_all_history(marked)

@@ -25,9 +25,13 @@ smaller batches. So work goes to as few workers as keep up with it:
   and the next worker takes its place), plus :data:`SPILL`
   per worker ranked before it for that workflow (rendezvous order again,
   so one of them tries first) — and then claims by ``_id`` what is still
-  unclaimed: the work of an owner that is full, CPU-bound or dead. An owner
-  that is neither full nor late but slow to claim is waiting for the
-  database, which more workers would only load more.
+  unclaimed: the work of an owner that is full, CPU-bound or dead.
+- An owner that is neither full nor late but slow to claim is waiting for
+  the database, which more workers would only load more. So while it reports
+  that it claimed something since its heartbeat before (it is *claiming*),
+  nobody rescues its work, however long a backlog waits for it: the others
+  wait until it stops claiming (stuck: they rescue after :attr:`Peers.rescue`)
+  or its registry entry expires (dead: the next worker takes its place).
 
 Membership and who is busy come from the worker registry
 (:mod:`bluestreak.store.workers`): each worker with a live change stream
@@ -136,6 +140,9 @@ class Peers:
         """Those of them that own work (see the module docstring)."""
         self.busy: dict[str, bool] = {}
         """Whether each of them reported itself busy in its last heartbeat."""
+        self.claiming: dict[str, bool] = {}
+        """Whether each of them reported in its last heartbeat that it had claimed a workflow since the one before."""
+        self._claims = 0
         self._load = load
         self._db_share = db_share
         self._peak = 0.0
@@ -179,28 +186,45 @@ class Peers:
             return True
         return self.worker_id in self.active and owner(workflow_id, self.active) == self.worker_id
 
-    def spill_after(self, workflow_id: str) -> float:
+    def _leaves(self, first: str) -> bool:
+        """Whether this worker leaves the work of ``first`` (an owner that is neither busy nor this worker) to it
+        for good: it is claiming (see the module docstring)."""
+        return self.claiming.get(first, False) and first != self.worker_id
+
+    def spill_after(self, workflow_id: str) -> float | None:
         """How long this worker leaves a runnable workflow it does not own to the others: :data:`SPILL` if its
         owner reported itself busy, else :attr:`rescue`; and :data:`SPILL` more for each non-owner ranked before
-        this one for that workflow (rendezvous order), so that one of them claims first, not all at once."""
+        this one for that workflow (rendezvous order), so that one of them claims first, not all at once.
+        ``None``: for as long as this view holds (its owner is not busy but claiming)."""
         if self.sole:
             return 0.0
         first = owner(workflow_id, self.active)
+        if not self.busy.get(first, False) and self._leaves(first):
+            return None
         others = sorted((w for w in self.workers if w != first), key=lambda w: _score(w, workflow_id), reverse=True)
         rank = others.index(self.worker_id) if self.worker_id in others else 0
         return (SPILL if self.busy.get(first, False) else self.rescue) + SPILL * rank
 
-    def grace(self) -> float:
+    def grace(self) -> float | None:
         """How long a runnable workflow is its owners' alone before this worker's reads of the claim order take
         it (0 when this worker owns everything): :data:`SPILL` if an active worker reported itself busy, else
-        :attr:`rescue`."""
+        :attr:`rescue`; ``None`` (for as long as this view holds) if no active worker is busy and every one of
+        them but this one is claiming."""
         if self.sole:
             return 0.0
-        return SPILL if any(self.busy.get(w, False) for w in self.active) else self.rescue
+        if any(self.busy.get(w, False) for w in self.active):
+            return SPILL
+        if all(self._leaves(w) for w in self.active if w != self.worker_id) and self.worker_id not in self.active:
+            return None
+        return self.rescue
 
     def note(self, load: float) -> None:
         """This worker's share of its slots in use now (its peak since the last heartbeat is reported)."""
         self._peak = max(self._peak, load)
+
+    def note_claim(self) -> None:
+        """This worker claimed a workflow (its next heartbeat reports it *claiming*)."""
+        self._claims += 1
 
     async def beat(self) -> None:
         """Rewrite this worker's registry document and read the group's (two commands)."""
@@ -209,11 +233,15 @@ class Peers:
         shares = self._shares
         db_bound = bool(shares) and sum(shares) / len(shares) >= DB_BOUND
         busy = (max(self._peak, self._load()) >= FULL and not db_bound) or self._lag >= LAG
-        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, busy)
+        claiming = self._claims > 0
+        await self.store.heartbeat(self.worker_id, self.group, now, expire, self._about, busy, claiming)
         self._peak = self._lag = 0.0
         self._shares = []
+        self._claims = 0
         self.registered = True
-        self.busy = {**await self.store.live_workers(self.group, now), self.worker_id: busy}
+        live = await self.store.live_workers(self.group, now)
+        self.busy = {**{w: r.busy for w, r in live.items()}, self.worker_id: busy}
+        self.claiming = {**{w: r.claiming for w, r in live.items()}, self.worker_id: claiming}
         self.workers = tuple(sorted(self.busy))
         self.active = active(self.group, self.busy)
         self._read_at = time.monotonic()

@@ -168,11 +168,13 @@ class Worker:
         """Routing with a live stream: what became due in the last ``SPILL`` is left to its owner."""
         return self.routing() and self.waker is not None and (self.waker.live or self.waker.dormant)
 
-    def _grace(self) -> timedelta:
-        """How long a due workflow is its owner's alone before this worker's reads of the claim order take it."""
+    def _grace(self) -> timedelta | None:
+        """How long a due workflow is its owner's alone before this worker's reads of the claim order take it
+        (``None``: for now, for good; its owner is claiming, see :mod:`bluestreak.peers`)."""
         if not self._directing() or self.peers is None:
             return timedelta(0)
-        return timedelta(seconds=self.peers.grace())
+        grace = self.peers.grace()
+        return None if grace is None else timedelta(seconds=grace)
 
     def owns(self, workflow_id: str) -> bool:
         """Whether this worker claims ``workflow_id`` first (every workflow, when it knows no peers)."""
@@ -197,6 +199,8 @@ class Worker:
                 self._stale_timer = asyncio.get_running_loop().call_later(SPILL, self._stale_due)
             return
         after = SPILL if self.peers is None else self.peers.spill_after(workflow_id)
+        if after is None:  # its owner is claiming: its to take (a read of the claim order finds it if not)
+            return
         self._arm_spill(self._spilled.setdefault(workflow_id, time.monotonic() + after))
 
     def claimed(self, workflow_id: str) -> None:
@@ -385,6 +389,7 @@ class Worker:
         (the rest is its owner's, and reaches it through the change stream).
         """
         stale = not fresh and self._directing()
+        grace = self._grace() if stale else None
         busy = False
         for name in self.listen:
             free = self.settings.max_concurrency - len(self._running)
@@ -405,6 +410,8 @@ class Worker:
                     self._slots[(item.doc["_id"], item.doc["lease"])] = item.slots
                     self._spawn(item.doc)
                 docs_count = len(got)
+            elif stale and grace is None:  # what is due is its owners' (they are claiming): not this worker's
+                continue
             else:
                 # Claim one at a time while work trickles in (one find_one_and_update each),
                 # doubling the batch while a backlog fills it (a batch costs three commands);
@@ -423,7 +430,7 @@ class Worker:
                     limit,
                     queue=name,
                     spread=spread,
-                    due_before=now - self._grace() if stale else None,
+                    due_before=now - grace if grace is not None else None,
                 )
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 for doc in claimed:
@@ -518,7 +525,8 @@ class Worker:
                 return longest, True
             fired = 0 if self.waker is None else self.waker.timers_fired
             self._due = (time.monotonic(), fired, tuple(open_queues), due)
-        wait = tick if due is None else (due + self._grace() - self.clock.now()).total_seconds()
+        grace = self._grace()
+        wait = tick if due is None or grace is None else (due + grace - self.clock.now()).total_seconds()
         if wait < tick:  # at least 5 ms: a due workflow that admission holds back must not make the loop spin
             return max(0.005, wait), True
         return tick, blocked
@@ -538,7 +546,8 @@ class Worker:
             return False
         if fired != self.waker.timers_fired:  # a due time the stream reported came: it may have moved since
             return False
-        if due is not None and due + self._grace() <= self.clock.now():
+        grace = self._grace()
+        if due is not None and grace is not None and due + grace <= self.clock.now():
             return False
         return due
 
@@ -569,6 +578,8 @@ class Worker:
     # -- one workflow ----------------------------------------------------------------
 
     def _spawn(self, doc: Doc) -> None:
+        if self.peers is not None:
+            self.peers.note_claim()
         spec = self.handlers[doc["handler"]]
         execution = Execution(
             doc,

@@ -368,6 +368,33 @@ MUTANTS = [
         ("tests/test_peers.py::test_the_heartbeat_goes_on_for_ever_through_any_error",),
     ),
     Mutant(
+        "p10",
+        "followers rescue the backlog of an owner that is claiming (the deep-backlog regression of issue 15)",
+        "bluestreak/peers.py",
+        "        return self.claiming.get(first, False) and first != self.worker_id\n",
+        "        return False\n",
+        (
+            "tests/test_peers.py::test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_waits",
+            "tests/test_peers.py::test_the_work_of_an_owner_that_is_claiming_waits_for_it_and_is_rescued_once_it_stops",
+        ),
+    ),
+    Mutant(
+        "p11",
+        "a heartbeat never says the worker claimed since the one before",
+        "bluestreak/peers.py",
+        "        claiming = self._claims > 0\n",
+        "        claiming = False\n",
+        ("tests/test_peers.py::test_heartbeats_say_whether_a_worker_claimed_since_its_last_one",),
+    ),
+    Mutant(
+        "p12",
+        "the worker does not tell its peers' view when it claims",
+        "bluestreak/worker.py",
+        "            self.peers.note_claim()\n",
+        "            pass\n",
+        ("tests/test_peers.py::test_a_worker_that_claimed_says_so_in_its_next_heartbeat_and_not_in_the_one_after",),
+    ),
+    Mutant(
         "q01",
         "queue slots freed when an execution ends, even if its lease was not released",
         "bluestreak/worker.py",

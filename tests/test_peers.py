@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
-from bluestreak import Bluestreak, WorkflowContext
+from bluestreak import Bluestreak, Status, WorkflowContext
 from bluestreak.peers import LAG, SPILL, Peers, active, group_key, heartbeat_interval, owner, preference
 
 from .conftest import FAST, eventually, register_h_and_waits, running
@@ -81,6 +81,39 @@ def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_t
         views[w].busy[leader] = True
     assert sorted(views[w].spill_after("x") for w in followers) == [SPILL, 2 * SPILL]
     assert all(views[w].grace() == SPILL for w in followers)
+
+
+def test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_waits() -> None:
+    """A leader that is neither busy nor late but has claimed since its last heartbeat is slow only because the
+    database is: its followers leave its backlog to it (``None``) until it stops claiming (then the rescue
+    wait applies) or becomes busy (then the spill)."""
+    workers = ("a", "b", "c")
+    views = {}
+    for me in workers:
+        p = Peers(None, None, me, "g", 30.0)  # type: ignore[arg-type]
+        p.workers, p._read_at = workers, time.monotonic()
+        p.busy = dict.fromkeys(workers, False)
+        p.claiming = dict.fromkeys(workers, True)
+        p.active = active("g", p.busy)
+        views[me] = p
+    leader = views["a"].active[0]
+    followers = [w for w in workers if w != leader]
+    assert views[leader].spill_after("x") == 0.0 and views[leader].grace() == 0.0  # it claims as if alone
+    assert all(views[w].spill_after("x") is None and views[w].grace() is None for w in followers)
+    rescue = 3 * heartbeat_interval(30.0)
+    for w in followers:
+        views[w].claiming[leader] = False  # stuck (or nothing was due): what waited the rescue wait is taken
+    assert sorted(views[w].spill_after("x") for w in followers) == [rescue, rescue + SPILL]
+    assert all(views[w].grace() == rescue for w in followers)
+    for w in followers:
+        views[w].claiming[leader] = True
+        views[w].busy[leader] = True  # busy and claiming: its peers help after the spill
+        views[w].active = active("g", views[w].busy)
+    second = views[followers[0]].active[1]
+    third = next(w for w in followers if w != second)
+    assert views[third].grace() == SPILL
+    mine = next(f"m{i}" for i in range(1000) if owner(f"m{i}", (leader, second)) == leader)
+    assert views[third].spill_after(mine) in (SPILL, 2 * SPILL)
 
 
 async def test_a_worker_whose_event_loop_runs_late_reports_itself_busy() -> None:
@@ -213,6 +246,24 @@ async def test_heartbeats_carry_whether_a_worker_is_busy_and_a_busy_leader_bring
     await peers[order[0]].beat()
     await peers[order[2]].beat()
     assert not peers[order[2]].busy[order[0]] and peers[order[2]].active == (order[0],)
+
+
+async def test_heartbeats_say_whether_a_worker_claimed_since_its_last_one(engine: Bluestreak) -> None:
+    clock = engine.settings.clock
+    a, b = (Peers(engine.store, clock, w, "g", 30.0) for w in ("a", "b"))
+    await a.beat()
+    await b.beat()
+    assert b.claiming == {"a": False, "b": False}
+    a.note_claim()
+    await a.beat()
+    await b.beat()
+    assert b.claiming["a"] and a.claiming["a"]
+    await a.beat()  # nothing claimed since
+    await b.beat()
+    assert not b.claiming["a"]
+    now = clock.now()
+    reports = await engine.store.live_workers("g", now)
+    assert reports["a"].claiming is False and reports["a"].busy is False
 
 
 # -- with real change streams: several worker engines on one server ------------------------------------------
@@ -394,6 +445,49 @@ async def test_a_workflow_of_a_dead_owner_is_taken_by_a_live_worker_after_the_re
         assert [d["_id"] async for d in client[server_db]["workers"].find({}, {"_id": 1})] == [ghost]
     finally:
         await client.close()
+
+
+@pytest.mark.server
+async def test_the_work_of_an_owner_that_is_claiming_waits_for_it_and_is_rescued_once_it_stops(
+    server_url: str, server_db: str
+) -> None:
+    """A deep backlog behind a live leader that keeps claiming is the database's limit: the follower leaves
+    it alone past the rescue wait (more claimers would load the database more). Once the leader reports that
+    it claimed nothing since its last heartbeat, the follower takes what waited the rescue wait."""
+    async with _cluster(server_url, server_db, 1) as cluster:
+        group = cluster.peers().group
+        ghost = next(f"k-{i}" for i in range(1000) if preference(group, [f"k-{i}", "worker-0"])[0] != "worker-0")
+        store, clock = cluster.submitter.store, cluster.submitter.settings.clock
+        now = clock.now()
+        await store.heartbeat(ghost, group, now, now + timedelta(minutes=5), claiming=True)
+        peers = cluster.peers()
+        await eventually(lambda: _true(peers.claiming.get(ghost, False)), timeout=15)
+        await asyncio.sleep(0.3)
+        claims = cluster.claims.count
+        await cluster.submitter.start("k", "h")
+        await asyncio.sleep(RESCUE + 1.5)
+        assert (await cluster.submitter.get_workflow("k")).status == Status.IDLE  # left to the claiming leader
+        assert cluster.claims.count == claims  # not even tried
+        started = time.monotonic()
+        now = clock.now()
+        await store.heartbeat(ghost, group, now, now + timedelta(minutes=5), claiming=False)  # stuck
+        assert await cluster.submitter.wait("k", timeout=20) == "ok"
+        took = time.monotonic() - started
+    assert took < heartbeat_interval(FAST["lease_duration"]) + RESCUE + 2, took  # its next beat reads it
+
+
+@pytest.mark.server
+async def test_a_worker_that_claimed_says_so_in_its_next_heartbeat_and_not_in_the_one_after(
+    server_url: str, server_db: str
+) -> None:
+    async with _cluster(server_url, server_db, 2) as cluster:
+        leader = cluster.peers().active[0]
+        follower = cluster.peers(1 - int(leader.rsplit("-", 1)[1]))
+        await cluster.submitter.start("c1", "h")
+        assert await cluster.submitter.wait("c1", timeout=15) == "ok"
+        assert cluster.each[int(leader.rsplit("-", 1)[1])].own >= 1  # the leader claimed it
+        await eventually(lambda: _true(follower.claiming.get(leader, False)), timeout=15)
+        await eventually(lambda: _true(not follower.claiming.get(leader, True)), timeout=15)  # nothing since
 
 
 @pytest.mark.server

@@ -48,6 +48,7 @@ from .records import ErrorInfo, EventRecord, NapRecord, ScheduleRecord, Stats, S
 from .schedules import Schedule, Schedules, make_schedule
 from .starting import OnDuplicate, Starter, spec_items
 from .store import Store
+from .tracing import active as tracing_enabled
 from .tracing import client_span
 from .transactional import check_deployment
 from .worker import Worker
@@ -425,7 +426,8 @@ class Bluestreak:
         commits (see docs/transactions.md).
         """
         handler_id = handler_id_of(handler)
-        with client_span(f"start {handler_id}", str(workflow_id), handler=handler_id):
+        traced = tracing_enabled()  # once, for the span and the document's trace
+        with client_span(f"start {handler_id}", str(workflow_id), traced, handler=handler_id):
             doc = self._starter.new_doc(  # its trace: this span
                 workflow_id,
                 handler_id,
@@ -437,6 +439,7 @@ class Bluestreak:
                 partition=partition,
                 deduplication_id=deduplication_id,
                 timeout=timeout,
+                traced=traced,
             )
             started = await self._starter.insert(doc, on_duplicate, session=session)
         if started.created:

@@ -89,11 +89,15 @@ class Starter:
         partition: Any = None,
         deduplication_id: Any = None,
         timeout: Any = None,
+        traced: bool | None = None,
     ) -> Doc:
-        """Validate one start and build its document (nothing is written)."""
+        """Validate one start and build its document (nothing is written).
+
+        ``traced``: whether tracing is on, if the caller just asked (:func:`bluestreak.tracing.active`)."""
         check_id(workflow_id, "workflow id")
         check_id(handler_id, "handler id")
-        if self._handlers and handler_id not in self._handlers:
+        spec = self._handlers.get(handler_id)
+        if spec is None and self._handlers:
             known = ", ".join(sorted(self._handlers))
             raise HandlerNotFound(
                 f"no handler {handler_id!r} is registered (known: {known}); "
@@ -102,7 +106,7 @@ class Starter:
             )
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 2**31:
             raise InvalidArgument(f"priority of workflow {workflow_id!r} must be an int, got {priority!r}")
-        queue_name = self._queue_name(queue, workflow_id)
+        queue_name = None if queue is None else self._queue_name(queue, workflow_id)
         if partition is not None:
             partition = check_partition(partition)
             if queue_name is None:
@@ -122,7 +126,6 @@ class Starter:
             due = max(now, run_at.astimezone(UTC))
         elif delay is not None:
             due = now + parse_duration(delay, name="delay")
-        spec = self._handlers.get(handler_id)
         where = f"the input of workflow {workflow_id!r}"
         if spec is not None and spec.input_adapter is not None:
             stored, tag = prepare_stored(spec.dump_input(spec.validate_input(input, workflow_id)), where)
@@ -149,7 +152,7 @@ class Starter:
             "result": None,
             "result_type": None,
             "error": None,
-            "trace": carrier(),
+            "trace": carrier(traced),
             "created_at": now,
             "updated_at": now,
             "finished_at": None,
@@ -242,7 +245,8 @@ class Starter:
             if on_duplicate == "existing" and holder_id is not None:
                 return Started(holder_id, False)
             raise DuplicateWorkflow(doc["queue"], doc["dedup"], holder_id)
-        await self._place(doc)
+        if doc.get("partition") is not None:
+            await self._place(doc)
         for _ in range(5):
             outcome = await store.insert_workflow(doc)
             if outcome != "duplicate":

@@ -22,16 +22,19 @@ except ImportError:  # pragma: no cover - depends on the install
     propagate = None  # type: ignore[assignment]
 
 
-def _enabled() -> bool:
+def active() -> bool:
     """Tracing costs nothing until an application installs a real tracer provider."""
     if trace is None:
         return False
     return not isinstance(trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
 
 
-def carrier() -> dict[str, str] | None:
-    """The current trace context as a dict to store on a new workflow, or ``None``."""
-    if not _enabled():
+def carrier(enabled: bool | None = None) -> dict[str, str] | None:
+    """The current trace context as a dict to store on a new workflow, or ``None``.
+
+    ``enabled``: what :func:`active` just said, if the caller asked it (``start()`` asks once for its span and
+    its document)."""
+    if not (active() if enabled is None else enabled):
         return None
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -55,11 +58,14 @@ class RunSpan:
 _NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 
 
-def client_span(name: str, workflow_id: str, **attributes: str) -> contextlib.AbstractContextManager[None]:
+def client_span(
+    name: str, workflow_id: str, enabled: bool | None = None, **attributes: str
+) -> contextlib.AbstractContextManager[None]:
     """A span around a client call (``start``, ``send_event``): the runs it causes join or link to it.
 
-    Without tracing, a shared no-op context (``start()`` calls this on every start)."""
-    if not _enabled():
+    Without tracing, a shared no-op context (``start()`` calls this on every start). ``enabled``: as for
+    :func:`carrier`."""
+    if not (active() if enabled is None else enabled):
         return _NO_SPAN
     return _client_span(name, workflow_id, attributes)
 
@@ -75,7 +81,7 @@ def _client_span(name: str, workflow_id: str, attributes: dict[str, str]) -> Ite
 @contextlib.contextmanager
 def event_span(workflow_id: str, event: dict[str, Any]) -> Iterator[None]:
     """A short span where a wait received an event, linked to the ``send_event`` that sent it."""
-    if not _enabled():
+    if not active():
         yield
         return
     sender = trace.get_current_span(propagate.extract(event.get("trace") or {})).get_span_context()
@@ -89,7 +95,7 @@ def event_span(workflow_id: str, event: dict[str, Any]) -> Iterator[None]:
 @contextlib.contextmanager
 def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[RunSpan]:
     """A span around one run of a workflow, parented by the context stored at ``start``."""
-    if not _enabled():
+    if not active():
         yield RunSpan()
         return
     parent = propagate.extract(doc.get("trace") or {})
@@ -108,7 +114,7 @@ def workflow_span(doc: dict[str, Any], worker_id: str) -> Iterator[RunSpan]:
 @contextlib.contextmanager
 def step_span(workflow_id: str, step_id: str, attempt: int) -> Iterator[None]:
     """A span around one attempt of a step's function."""
-    if not _enabled():
+    if not active():
         yield
         return
     tracer = trace.get_tracer("bluestreak")

@@ -3,7 +3,7 @@
     python -m benchmarks.start_cost [-n 300] [--rounds 5] [--concurrency 16] [--profile] [--url mongodb://...]
 
 Without ``--url`` it starts one SecantusDB server (``secantusd-py``, as the
-tests do) and measures everything against it. Three ways of creating one
+tests do) and measures everything against it. Four ways of creating one
 workflow document, on one server, interleaved:
 
 ``start``          ``await engine.start(id, "ref", input)`` on a client-only engine (the handler
@@ -13,6 +13,9 @@ workflow document, on one server, interleaved:
                    very document ``start()`` builds (same fields, same BSON size) with a fresh ``_id``
                    and the same write concern (``majority``).
 ``insert_plain``   the same bare insert into a collection with no index but ``_id``.
+``insert_same``    the bare insert of ``insert``, sent through the engine's own ``AsyncMongoClient``
+                   (``engine.client``): the same connection and pool objects as ``start``, so that
+                   which client the CPU's caches hold favours neither side.
 
 Two shapes, each ``n`` calls per mode and round: ``seq``, one call at a time,
 the three modes taking turns call by call; ``conc``, ``--concurrency`` tasks,
@@ -60,7 +63,8 @@ from bluestreak import Bluestreak, WorkflowContext
 from .common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = ("start", "insert", "insert_plain")
+MODES = ("start", "insert", "insert_plain", "insert_same")
+OTHERS = ("insert", "insert_plain", "insert_same")
 
 
 def sample_input(i: int) -> dict[str, Any]:
@@ -90,11 +94,13 @@ class Bench:
         majority = WriteConcern(w="majority")
         self.same = self.bare[db].get_collection("workflows", write_concern=majority)
         self.plain = self.bare[db].get_collection("plain", write_concern=majority)
+        self.own: Any = None  # the engine's client's, after init()
         self.template: dict[str, Any] = {}
         self.counter = 0
 
     async def init(self) -> None:
         await self.engine.init()
+        self.own = self.engine.client[self.db].get_collection("workflows", write_concern=WriteConcern(w="majority"))
         # The document start() inserts, as its template: built by the library itself, so the bare insert
         # carries the very same fields and size.
         self.template = self.engine._starter.new_doc("template", "ref", sample_input(0))
@@ -113,7 +119,7 @@ class Bench:
                 return await engine.start(wid, "ref", sample_input(0))
 
             return start
-        coll = self.same if mode == "insert" else self.plain
+        coll = {"insert": self.same, "insert_plain": self.plain, "insert_same": self.own}[mode]
         template = self.template
 
         async def insert(wid: str) -> Any:
@@ -199,7 +205,7 @@ async def measure(bench: Bench, n: int, rounds: int, concurrency: int) -> dict[s
                 "wall_ms_per_call": spread([w for w, _ in raw[shape][mode]]),
                 "cpu_ms_per_call": spread([c for _, c in raw[shape][mode]]),
             }
-        for other in ("insert", "insert_plain"):
+        for other in OTHERS:
             per[f"start/{other}"] = {
                 "wall": spread([s[0] / o[0] for s, o in zip(raw[shape]["start"], raw[shape][other], strict=True)]),
                 "cpu": spread([s[1] / o[1] for s, o in zip(raw[shape]["start"], raw[shape][other], strict=True)]),
@@ -370,7 +376,7 @@ def report(result: dict[str, Any]) -> None:
                 f"  {mode:>12}: wall {w['median']:.3f} [{w['min']:.3f}-{w['max']:.3f}] ms/call, "
                 f"client CPU {c['median']:.4f} [{c['min']:.4f}-{c['max']:.4f}] ms/call"
             )
-        for other in ("insert", "insert_plain"):
+        for other in OTHERS:
             r = per[f"start/{other}"]
             print(
                 f"  start/{other}: wall {r['wall']['median']:.3f}x [{r['wall']['min']:.3f}-{r['wall']['max']:.3f}], "

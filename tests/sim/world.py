@@ -27,6 +27,7 @@ import bson
 from pymongo.errors import PyMongoError
 
 from bluestreak import Bluestreak, BluestreakError
+from bluestreak.children import RECHECK
 from bluestreak.memory import memory_database, reset_memory
 
 from .compose import Composer
@@ -59,7 +60,10 @@ class Config:
     operator: bool = True
     skew: float = 30.0
     """Worker clocks are off by up to this many seconds (the engine corrects them to the database's)."""
-    settle_limit: float = 240.0
+    settle_limit: float = RECHECK.total_seconds() + 60.0
+    """Every workflow must end within this after the faults stop. A parent whose child ended in a worker that
+    died before it woke the parent looks at its children again within ``children.RECHECK`` (5 minutes, the
+    documented bound: docs/composition.md), so the settle phase waits that long and then some."""
 
 
 @dataclass

@@ -15,7 +15,10 @@ otherwise the parent is *suspended* (status ``waiting``, no lease) until the
 child ends. The child's end makes the parent due now, with the counter
 ``send_event`` uses (``inbox``), so a parent deciding to wait at that moment
 runs again at once instead of missing it. Should the child's worker die
-between its end and that wake-up, the parent looks again after
+between its end and that wake-up, the child still carries the
+``wake_parent`` mark it was inserted with (the wake-up removes it), and the
+next janitor round of any worker (:func:`report_lost_ends`, every
+``purge_interval``) wakes the parent; and the parent looks again after
 :data:`RECHECK` at the latest.
 
 When a workflow ends (finished, aborted, cancelled, terminated), its children
@@ -27,6 +30,7 @@ on).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ from .errors import ChildWorkflowFailed, InvalidArgument, InvalidTransition, Wor
 from .handlers import check_id, handler_id_of
 from .records import FINAL_STATUSES, Status
 from .store import Doc, Store, expiry, is_transient
-from .transitions import NOTIFY, NOTIFY_WAITING, START_CHILD, TERMINATE, WAKE_WAITING
+from .transitions import NOTIFY, NOTIFY_WAITING, PARENT_WOKEN, START_CHILD, TERMINATE, WAKE_WAITING
 from .unwind import Stop, Suspension
 
 if TYPE_CHECKING:
@@ -110,7 +114,9 @@ async def start_child(
             raise InvalidArgument(f"{ctx._where(step_id)}: child workflows need the engine's worker (engine.poll())")
         cid = wanted or child_id(ctx, step_id)
         doc = starter.child_doc(cid, handler_id, input, queue=queue, priority=priority, timeout=timeout)
-        doc.update(parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close)
+        doc.update(
+            parent=ctx.workflow_id, parent_run=ctx.run, parent_step=step_id, parent_close=parent_close, wake_parent=True
+        )
         if "deadline" not in doc and ctx.deadline is not None:
             doc["deadline"] = ctx.deadline
         # Fenced: a zombie (an execution whose lease is gone) starts no child; the mark it sets makes the
@@ -232,12 +238,31 @@ async def workflow_ended(
     ``children`` or the document's mark). Never raises; costs nothing for a workflow with neither."""
     now = settings.clock.now()
     try:
-        if doc.get("parent") and await notify_parent(store, doc["parent"], now, settings) and wake is not None:
-            wake()
+        if doc.get("parent"):
+            if await notify_parent(store, doc["parent"], now, settings) and wake is not None:
+                wake()
+            if doc.get("wake_parent"):
+                await _retrying(settings, lambda: store.apply_quiet(PARENT_WOKEN, doc["_id"]))
         if children or doc.get("children"):
             await close_children(store, settings, doc["_id"], depth)
     except Exception as exc:  # the parent's recheck and a later end find what this missed
         log.warning("workflow %r: could not notify its parent or close its children (%s)", doc["_id"], exc)
+
+
+async def report_lost_ends(store: Store, settings: Settings, wake: Callable[[], None] | None = None) -> int:
+    """Wake the parents of children that ended at least a lease ago but whose end never reached the parent
+    (the worker that ended them died between that end and the wake-up); how many. A janitor's round: one
+    read on a small partial index, and two writes per such child. Waking a parent twice is harmless (it
+    looks at its children and waits again), so workers that do this at once need no coordination."""
+    before = settings.clock.now() - timedelta(seconds=settings.lease_duration)
+    docs = await store.unreported_ends(before)
+    for doc in docs:
+        if doc.get("parent") and await notify_parent(store, doc["parent"], settings.clock.now(), settings):
+            log.info("workflow %r: woke parent %r, which its end had not reached", doc["_id"], doc["parent"])
+            if wake is not None:
+                wake()
+        await _retrying(settings, functools.partial(store.apply_quiet, PARENT_WOKEN, doc["_id"]))
+    return len(docs)
 
 
 async def closed_by_parent(store: Store, settings: Settings, doc: Doc) -> Doc | None:

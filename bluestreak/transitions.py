@@ -449,6 +449,18 @@ KEEP_CHILD = Transition(
     "or a zombie of the parent, would run it a second time).",
 )
 
+PARENT_WOKEN = Transition(
+    "parent_woken",
+    FINAL_STATUSES,
+    None,
+    fenced=False,
+    guard=lambda a: {"wake_parent": True},
+    update=lambda a: {"$unset": {"wake_parent": ""}},
+    doc="An ended child's end reached its parent (made due or counted, or the parent is gone). A child carries "
+    "``wake_parent`` from its insert until then, so that an end whose worker died before it woke the parent is "
+    "found by any worker's janitor (children.report_lost_ends) instead of waiting for the parent's recheck.",
+)
+
 # -- cancellation (bluestreak/cancellation.py) ---------------------------------------------
 # ``cancel`` ({reason, by, requested_at}) marks a workflow whose cancellation was asked for: it stays until
 # the workflow ends (a restart removes it). A running execution learns of it through ``control: "cancel"``
@@ -597,6 +609,7 @@ OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     HISTORY_COLLECTED,
     PURGE,
     KEEP_CHILD,
+    PARENT_WOKEN,
     CANCEL,
     CANCEL_PAUSED,
     REQUEST_CANCEL,

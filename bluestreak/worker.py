@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import PyMongoError
 
+from .children import report_lost_ends
 from .clock import ServerClock
 from .config import Settings
 from .errors import InvalidArgument
@@ -637,7 +638,8 @@ class Worker:
     # -- helpers beside the loop ---------------------------------------------------------
 
     async def _janitor_loop(self) -> None:
-        """Every ``purge_interval``: measure the clock's offset to the database's; purge expired workflows."""
+        """Every ``purge_interval``: measure the clock's offset to the database's; purge expired workflows; wake
+        the parents of children whose end did not reach them (:func:`~bluestreak.children.report_lost_ends`)."""
         retention = self.settings.retention_finished is not None or self.settings.retention_failed is not None
         while True:
             if isinstance(self.clock, ServerClock):
@@ -651,6 +653,10 @@ class Worker:
                         pass
                 except PyMongoError as exc:
                     log.warning("purging expired workflows failed (%s); will retry", type(exc).__name__)
+            try:
+                await report_lost_ends(self.store, self.settings, self.wake)
+            except PyMongoError as exc:
+                log.warning("could not look for children whose end missed their parent (%s)", type(exc).__name__)
             await self.clock.sleep(self.settings.purge_interval)
 
     # -- leases --------------------------------------------------------------------

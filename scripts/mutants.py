@@ -561,6 +561,25 @@ MUTANTS = [
         "        if False and doc.get(\"parent\"):",
         ("tests/test_children.py::test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim",),
     ),
+    Mutant(
+        "c10",
+        "no janitor looks for children whose end never reached their parent (it waits for its 5-minute recheck)",
+        "bluestreak/worker.py",
+        "                await report_lost_ends(self.store, self.settings, self.wake)\n",
+        "                pass\n",
+        (
+            "tests/test_children.py::"
+            "test_a_child_end_that_never_reached_its_parent_is_reported_by_a_janitor_not_after_the_recheck",
+        ),
+    ),
+    Mutant(
+        "c11",
+        "the wake-up mark is left on a child after its end reached the parent (the janitor's index grows)",
+        "bluestreak/children.py",
+        "            if doc.get(\"wake_parent\"):\n",
+        "            if False:\n",
+        ("tests/test_children.py::test_a_child_carries_its_wake_up_mark_until_its_end_reaches_the_parent",),
+    ),
 ]
 
 

@@ -592,3 +592,64 @@ async def test_a_child_of_a_running_parent_runs_as_usual(make_engine: EngineFact
     async with running(engine):
         assert await engine.wait("p", timeout=10) == "done"
     assert (await engine.get_workflow("p/a")).status is Status.FINISHED
+
+
+async def test_a_child_end_that_never_reached_its_parent_is_reported_by_a_janitor_not_after_the_recheck(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that ended a child died between that end and the parent's wake-up (modelled: the wake-up
+    raises, and nothing after it runs). The child still carries ``wake_parent``, so a janitor round wakes the
+    parent a lease later — not ``RECHECK`` (5 minutes) later — and then removes the mark."""
+    import bluestreak.children as children
+
+    engine = await make_engine()
+    engine.settings.purge_interval = 0.2  # the janitor's round (60 s by default)
+    real = children.notify_parent
+    lost: list[str] = []
+
+    async def dies_first(store: Any, parent_id: str, now: Any, settings: Any) -> bool:
+        if not lost:
+            lost.append(parent_id)
+            raise ConnectionError("the worker died here")
+        return await real(store, parent_id, now, settings)
+
+    monkeypatch.setattr(children, "notify_parent", dies_first)
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, n: int) -> int:
+        return n * 2
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> int:
+        return int(await ctx.run_child("double", "child", 21)) + 1
+
+    async with running(engine):
+        await engine.start("p", "parent")
+        assert await engine.wait("p", timeout=20) == 43
+    assert lost == ["p"]
+    doc = await engine.store.workflows.find_one({"_id": "p/double"})
+    assert doc is not None and "wake_parent" not in doc  # reported: off the janitor's index
+
+
+async def test_a_child_carries_its_wake_up_mark_until_its_end_reaches_the_parent(engine: Bluestreak) -> None:
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return "done"
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    async with running(engine):
+        await engine.start("p2", "parent")
+        await eventually(_is(engine, "p2/c", Status.RUNNING))
+        running_doc = await engine.store.workflows.find_one({"_id": "p2/c"})
+        assert running_doc is not None and running_doc.get("wake_parent") is True
+        release.set()
+        assert await engine.wait("p2", timeout=10) == "done"
+    doc = await engine.store.workflows.find_one({"_id": "p2/c"})
+    assert doc is not None and "wake_parent" not in doc
+    assert await engine.store.unreported_ends(engine.settings.clock.now()) == []

@@ -172,6 +172,11 @@ class Collections:
             name="children",
             partialFilterExpression={"parent": {"$exists": True}},
         )
+        await self.workflows.create_index(
+            [("wake_parent", ASCENDING)],
+            name="unreported",
+            partialFilterExpression={"wake_parent": {"$exists": True}},
+        )
         await self.workflows.create_index([("status", ASCENDING), ("handler", ASCENDING)], name="status_handler")
         await self.workflows.create_index([("created_at", DESCENDING), ("_id", ASCENDING)], name="created")
         await self.workflows.create_index(

@@ -428,6 +428,20 @@ class WorkflowQueries(Collections):
         )
         return docs
 
+    async def unreported_ends(self, before: datetime, limit: int = 100) -> list[Doc]:
+        """Children that ended before ``before`` and still carry ``wake_parent`` (:data:`~bluestreak.transitions.
+        PARENT_WOKEN` never came: the worker that ended them died first), oldest first (one read, on the
+        partial index ``unreported``, which holds only children not yet reported)."""
+        docs: list[Doc] = (
+            await self.workflows.find(
+                {"wake_parent": True, "status": {"$in": FINAL}, "updated_at": {"$lt": before}},
+                {"_id": 1, "parent": 1},
+            )
+            .limit(limit)
+            .to_list(None)
+        )
+        return docs
+
     async def keep_children(self, ids: list[str], now: datetime, until: datetime) -> None:
         """Move the expiry of these ended children to ``until`` (:data:`~bluestreak.transitions.KEEP_CHILD`)."""
         args = {"now": now, "until": until}

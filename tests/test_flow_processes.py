@@ -213,3 +213,34 @@ def test_children_survive_their_parents_workers_being_killed(flow: Cluster) -> N
     assert len(flow.killed) == 3
     done = [e for e in flow.ledger() if e["kind"] == "parent-done"]
     assert {e["wf"] for e in done} == set(ids) and all(e["total"] == expected for e in done)
+
+
+def test_a_killed_active_worker_is_replaced_and_what_was_started_after_it_runs_once(flow: Cluster) -> None:
+    """Three worker processes with change streams: one is the group's active worker; it claims everything
+    and keeps claiming, so the others leave its work to it however long that work waits. SIGKILL it: its
+    registry entry expires three heartbeats (2 s here) after its last one, the next in the order takes its
+    place at its own next heartbeat, and every workflow started after the kill runs once, soon."""
+    workers = [flow.spawn() for _ in range(3)]
+    flow.wait_ready(*workers)
+    deadline = time.monotonic() + 20
+    while flow.db["workers"].count_documents({}) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert flow.db["workers"].count_documents({}) == 3, flow.logs()
+    time.sleep(2.5)  # heartbeats at 0.5 s, 1 s, 2 s...: every worker has read the others
+    warm = [f"warm-{i}" for i in range(6)]
+    flow.start([(w, "job", {"d": 0.05}) for w in warm])
+    flow.wait_finished(warm, timeout=30)
+    ran = Counter(flow.workflow(w)["worker"] for w in warm)
+    leader = ran.most_common(1)[0][0]
+    flow.kill(leader)
+    killed_at = datetime.now(UTC)
+    after = [f"after-{i}" for i in range(10)]
+    flow.start([(w, "job", {"d": 0.05}) for w in after])
+    flow.wait_finished(after, timeout=40)
+    docs = [flow.workflow(w) for w in after]
+    assert all(d["worker"] != leader and d["attempt"] == 1 for d in docs), [(d["worker"], d["attempt"]) for d in docs]
+    waited = max((d["attempt_log"][0]["claimed_at"] - killed_at).total_seconds() for d in docs)
+    # 2 s of expiry, one heartbeat (0.67 s) to read it, a dormant worker's next look; far below any poll here
+    assert waited < 12, waited
+    begins = Counter(e["wf"] for e in flow.ledger() if e["kind"] == "begin" and e["wf"] in after)
+    assert begins == dict.fromkeys(after, 1)

@@ -9,6 +9,7 @@ runs on virtual time, so a seed replays exactly (:attr:`Report.trace_hash`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import hashlib
@@ -137,6 +138,7 @@ class World:
         self.known: set[str] = set()  # workflow ids a snapshot has seen
         self.gone: set[str] = set()  # ... and a later one no longer found (purged)
         self.reborn = 0  # purged ids started again (signal_with_start creates one anew)
+        self.reborn_ids: collections.Counter[str] = collections.Counter()
         self.counts: dict[str, int] = {
             "kills": 0,
             "freezes": 0,
@@ -413,6 +415,7 @@ class World:
             if d["_id"] in self.gone:  # a new workflow of a purged id: its records are its own
                 self.gone.discard(d["_id"])
                 self.reborn += 1
+                self.reborn_ids[d["_id"]] += 1
                 self.records = {k: v for k, v in self.records.items() if k[0] != d["_id"]}
                 if d.get("parent"):  # its parent started it again (replaying a start it had not recorded)
                     self.violations.append(f"child_started_once: {d['_id']} was started again after its purge")

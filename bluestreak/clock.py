@@ -33,7 +33,7 @@ class Clock(Protocol):
 def _millis(when: datetime) -> datetime:
     """Truncated to milliseconds, as BSON stores it."""
     micro = when.microsecond % 1000
-    return when.replace(microsecond=when.microsecond - micro) if micro else when
+    return when - timedelta(microseconds=micro) if micro else when  # cheaper than replace(microsecond=...)
 
 
 class SystemClock:
@@ -57,12 +57,25 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
+HOLD = timedelta(seconds=1)
+"""The largest step back of :meth:`ServerClock.now` that it holds instead of taking (see :class:`ServerClock`)."""
+
+
 class ServerClock:
     """A local clock corrected to the database server's time.
 
     ``offset`` is what to add to ``local.now()`` to get the server's time; it
     is measured by :meth:`synchronize` (once at ``engine.init()``, then every
     minute by a running worker) and is zero until then.
+
+    It does not go back by a measurement's error: a measurement that moves
+    the offset back by up to :data:`HOLD` (the one before had a slow reply,
+    so a larger error) holds the clock at the last time it gave until the
+    estimate catches up. The times one process stamps on a run's records
+    (``started_at``) are then in the order it made them, which a fork's
+    "records before this step" relies on. A larger step back (the first
+    measurement of a machine whose clock is far ahead) is taken at once:
+    holding the clock for that long would stop every lease and due time.
     """
 
     def __init__(self, local: Clock) -> None:
@@ -71,11 +84,22 @@ class ServerClock:
         self.uncertainty: float | None = None
         """Half the round trip of the last measurement, in seconds (``None`` before the first)."""
         self.synchronized_at: float | None = None
+        self._last: datetime | None = None
 
     def now(self) -> datetime:
-        """The server's time as estimated from the local clock."""
-        local = self.local.now()
-        return _millis(local + self.offset if self.offset else local)
+        """The server's time as estimated from the local clock, never earlier than a time it returned before
+        by up to :data:`HOLD`."""
+        local = self.local
+        if type(local) is SystemClock:  # one reading and one truncation: every write the engine makes stamps one
+            when = _millis(datetime.now(UTC) + (local.skew + self.offset))
+        else:
+            reading = local.now()
+            when = _millis(reading + self.offset if self.offset else reading)
+        last = self._last
+        if last is not None and when < last and last - when <= HOLD:
+            return last
+        self._last = when
+        return when
 
     async def sleep(self, seconds: float) -> None:
         """Sleep on the local clock (durations do not depend on the offset)."""

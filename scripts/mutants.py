@@ -562,6 +562,25 @@ MUTANTS = [
         ("tests/test_children.py::test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim",),
     ),
     Mutant(
+        "k01",
+        "the server clock steps back when a re-measurement lowers the offset (a fork copies the wrong records)",
+        "bluestreak/clock.py",
+        "        if last is not None and when < last and last - when <= HOLD:\n",
+        "        if False:\n",
+        (
+            "tests/test_clock.py::test_a_correction_back_by_a_measurement_error_holds_the_clock_instead_of_stepping_back",
+            "tests/test_clock.py::test_records_keep_their_order_across_a_correction_and_a_fork_copies_what_came_before",
+        ),
+    ),
+    Mutant(
+        "k02",
+        "the server clock holds through any step back (30 s of a frozen clock after a first measurement)",
+        "bluestreak/clock.py",
+        "        if last is not None and when < last and last - when <= HOLD:\n",
+        "        if last is not None and when < last:\n",
+        ("tests/test_clock.py::test_a_large_step_back_is_taken_at_once",),
+    ),
+    Mutant(
         "c10",
         "no janitor looks for children whose end never reached their parent (it waits for its 5-minute recheck)",
         "bluestreak/worker.py",

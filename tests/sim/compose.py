@@ -82,6 +82,7 @@ class Composer:
         self.versions: dict[tuple[Any, ...], dict[tuple[str, Any], dict[str, Any]]] = {}  # published docs seen
         self.aimed: set[str] = set()
         self.orphans: set[tuple[Any, ...]] = set()  # published versions first seen after their workflow's purge
+        self.restart_orphans: set[tuple[Any, ...]] = set()  # ...or after a restart moved it past their run
         self.counts: dict[str, int] = {
             "parents": 0,
             "parent_cancels": 0,
@@ -93,6 +94,7 @@ class Composer:
             "close_excused": 0,
             "aimed_freezes": 0,
             "orphans_after_purge": 0,
+            "orphans_after_restart": 0,
         }
 
     # -- hooks the world calls ----------------------------------------------------------------
@@ -321,9 +323,9 @@ class Composer:
                 *(i for f in self.forks for i in (f.source, f.new_id)),
             }
             query = {"$or": [{"parent": {"$exists": True}}, {"_id": {"$in": sorted(tracked)}}]}
-            present = set()
+            present: dict[str, int] = {}
             for doc in await shared["workflows"].find(query).to_list(None):
-                present.add(doc["_id"])
+                present[doc["_id"]] = int(doc.get("run", 0))
                 self.seen[doc["_id"]] = doc
                 if doc.get("parent"):
                     self.world.started.setdefault(doc["_id"], doc["handler"])
@@ -333,18 +335,25 @@ class Composer:
                     self._aim(name, engine)
             await asyncio.sleep(0.2)
 
-    def _versions(self, docs: list[dict[str, Any]], present: set[str]) -> None:
+    def _versions(self, docs: list[dict[str, Any]], present: dict[str, int]) -> None:
         """Keep every version of every published document, except those first seen after their workflow was
-        purged (read after ``present``, the workflows found just before): a zombie that passed its fence before
-        the workflow ended wrote them after the purge — garbage of a workflow that is gone, like the records a
-        zombie of a restarted run leaves (docs/composition.md, "Limits")."""
+        purged (read after ``present``, the workflows found just before, with their runs): a zombie that passed
+        its fence before the workflow ended wrote them after the purge — garbage of a workflow that is gone —
+        or after a restart moved the workflow to a later run (the restart's clean-up had deleted that run's
+        published state), like the records a zombie of a restarted run leaves (docs/composition.md,
+        "Limits"). Readers of the new run never see them: they read its own run."""
         for d in docs:
             key = (d["workflow_id"], d["run"], d["kind"], d["key"], d["index"])
             version = (repr(d.get("value")), d.get("seq"))
-            if d["workflow_id"] in self.seen and d["workflow_id"] not in present:
+            wid = d["workflow_id"]
+            if wid in self.seen and wid not in present:
                 if version not in self.versions.get(key, {}):
                     self.orphans.add((key, version))
                     self.counts["orphans_after_purge"] = len(self.orphans)
+                continue
+            if wid in present and d["run"] < present[wid] and version not in self.versions.get(key, {}):
+                self.restart_orphans.add((key, version))
+                self.counts["orphans_after_restart"] = len(self.restart_orphans)
                 continue
             self.versions.setdefault(key, {}).setdefault(version, d)
 
@@ -418,7 +427,8 @@ class Composer:
             records[(d["workflow_id"], d["run"], d["step_id"])] = d
         naps = await shared["naps"].find({}).to_list(None)
         nap_records = {(d["workflow_id"], d["run"], d["nap_id"]): d for d in naps}
-        present = {d["_id"] for d in await shared["workflows"].find({}, {"_id": 1}).to_list(None)}
+        runs = await shared["workflows"].find({}, {"_id": 1, "run": 1}).to_list(None)
+        present = {d["_id"]: int(d.get("run", 0)) for d in runs}
         self._versions(await shared["published"].find({}).to_list(None), present)
         published = [d for versions in self.versions.values() for d in versions.values()]
         slack = timedelta(seconds=2 * TOLERANCE)

@@ -843,9 +843,16 @@ class WorkflowContext:
         return self._replay(existing if existing is not None else {"status": "failed", "error": info})
 
     def _exhausted(self, step_id: str, attempts: int, last: Doc | None, lost: bool = False) -> StepRetriesExceededError:
+        """``lost``: the last attempt began and its execution lost its lease before it ended (its worker died or
+        froze): that, not an earlier attempt's recorded error, is the last error."""
         last = last or {}
-        etype = last.get("type", "WorkerLost" if lost else "")
-        emsg = last.get("message", "the worker running the last attempt was lost" if lost else "")
+        if lost:
+            etype = "WorkerLost"
+            emsg = f"the worker running attempt {attempts} was lost"
+            if last.get("type"):
+                emsg += f" (the error before it: {last.get('type')}: {last.get('message', '')})"
+        else:
+            etype, emsg = last.get("type", ""), last.get("message", "")
         return StepRetriesExceededError(
             f"{self._where(step_id)} failed after {attempts} attempts; last error {etype}: {emsg}",
             attempts=attempts,

@@ -562,6 +562,17 @@ MUTANTS = [
         ("tests/test_children.py::test_a_child_inserted_after_its_parent_ended_gets_the_policy_at_its_first_claim",),
     ),
     Mutant(
+        "r01",
+        "a step whose last attempt was lost with its worker reports an earlier attempt's error as its last",
+        "bluestreak/context.py",
+        "        if lost:\n",
+        "        if lost and not last.get(\"type\"):\n",
+        (
+            "tests/test_features.py::"
+            "test_a_step_whose_last_attempt_was_lost_with_its_worker_fails_with_worker_lost_not_an_older_error",
+        ),
+    ),
+    Mutant(
         "k01",
         "the server clock steps back when a re-measurement lowers the offset (a fork copies the wrong records)",
         "bluestreak/clock.py",

@@ -699,3 +699,43 @@ async def test_recorded_step_errors_keep_their_attributes_on_replay(make_engine:
         assert await engine.wait("e", timeout=15) == "ok"
     expected = {"timeout": ("charge", 0.05), "refuse": "refund", "retry": "retry", "event": ("approval", 0.5)}
     assert seen == [expected, expected]
+
+
+async def test_a_step_whose_last_attempt_was_lost_with_its_worker_fails_with_worker_lost_not_an_older_error(
+    engine: Bluestreak,
+) -> None:
+    """The record says attempt 2 began (``retry_at`` unset) after attempt 1 failed with ``ValueError``; its
+    execution then lost its lease (the worker died). With one retry allowed, the step has run out: the last
+    error is the lost worker, not attempt 1's ``ValueError``, which the message still names."""
+    ran: list[int] = []
+    now = engine.settings.clock.now()
+    await engine.store.steps.insert_one(
+        {
+            "workflow_id": "lw",
+            "run": 0,
+            "step_id": "r",
+            "parent": None,
+            "status": "pending",
+            "attempts": 2,
+            "retry_at": None,
+            "error": {"type": "ValueError", "message": "first try failed"},
+            "started_at": now,
+            "updated_at": now,
+        }
+    )
+
+    @engine.handler("lossy")
+    async def lossy(ctx: WorkflowContext, _input: Any) -> list[str]:
+        await ctx.sleep("nap", 0.5)  # suspended: the next claim loads the history, with the record above
+        try:
+            await ctx.step("r", lambda: ran.append(1), retries=RetryPolicy(limit=1))
+        except StepRetriesExceededError as exc:
+            return [exc.error_type, exc.error_message, str(exc.attempts)]
+        return ["ran"]
+
+    async with running(engine):
+        await engine.start("lw", "lossy")
+        etype, message, attempts = await engine.wait("lw", timeout=10)
+    assert not ran
+    assert (etype, attempts) == ("WorkerLost", "2")
+    assert "attempt 2 was lost" in message and "ValueError: first try failed" in message

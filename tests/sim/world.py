@@ -139,6 +139,7 @@ class World:
         self.gone: set[str] = set()  # ... and a later one no longer found (purged)
         self.reborn = 0  # purged ids started again (signal_with_start creates one anew)
         self.reborn_ids: collections.Counter[str] = collections.Counter()
+        self.born: dict[str, Any] = {}  # each workflow's created_at as last seen (another one: a new workflow)
         self.counts: dict[str, int] = {
             "kills": 0,
             "freezes": 0,
@@ -407,13 +408,19 @@ class World:
 
     async def _snapshot_records(self) -> None:
         docs = await self.shared["steps"].find({"status": {"$in": ["done", "failed"]}}).to_list(None)
-        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1, "parent": 1}
+        fields = {"run": 1, "purging": 1, "schedule": 1, "scheduled_at": 1, "parent": 1, "created_at": 1}
         wf = await self.shared["workflows"].find({}, fields).to_list(None)
         ids = {d["_id"] for d in wf}
         self.gone |= self.known - ids
+        new_born: set[str] = set()
         for d in wf:
+            born = self.born.setdefault(d["_id"], d.get("created_at"))
+            if born != d.get("created_at"):  # purged and inserted again between two snapshots
+                self.born[d["_id"]] = d.get("created_at")
+                self.gone.add(d["_id"])
             if d["_id"] in self.gone:  # a new workflow of a purged id: its records are its own
                 self.gone.discard(d["_id"])
+                new_born.add(d["_id"])
                 self.reborn += 1
                 self.reborn_ids[d["_id"]] += 1
                 self.records = {k: v for k, v in self.records.items() if k[0] != d["_id"]}
@@ -433,8 +440,8 @@ class World:
         self.last_read = self.scheduler.now()
         for wid, keys in self.live_keys.items():
             run = runs.get(wid)
-            if run is None:
-                continue  # purged: everything went, together
+            if run is None or wid in new_born:
+                continue  # purged: everything went, together (and a new workflow of that id has its own)
             gone = {k for k in keys if k[1] == run} - present.get(wid, set())
             if gone:
                 self.violations.append(f"history_kept: {wid} lives on (run {run}) but lost its records {sorted(gone)}")

@@ -261,7 +261,8 @@ async def report_lost_ends(store: Store, settings: Settings, wake: Callable[[], 
             log.info("workflow %r: woke parent %r, which its end had not reached", doc["_id"], doc["parent"])
             if wake is not None:
                 wake()
-        await _retrying(settings, functools.partial(store.apply_quiet, PARENT_WOKEN, doc["_id"]))
+        woken = functools.partial(store.apply_quiet, PARENT_WOKEN, doc["_id"], updated_at=doc["updated_at"])
+        await _retrying(settings, woken)
     return len(docs)
 
 
@@ -312,6 +313,8 @@ async def _close_child(
         return await store.apply(TERMINATE, cid, now=now, fields={**expiry(now, settings.retention_failed)})
 
     ended = await _retrying(settings, terminate)
+    if ended is not None and ended.get("wake_parent"):  # its parent is the one ending: nothing to report to it
+        await _retrying(settings, lambda: store.apply_quiet(PARENT_WOKEN, cid))
     if ended is None and child.get("children"):  # a try whose reply was lost may have terminated it
         ended = await _retrying(settings, lambda: store.get_workflow(cid, {"status": 1, "children": 1}))
         ended = ended if ended is not None and ended.get("status") == Status.TERMINATED.value else None

@@ -848,7 +848,7 @@ class WorkflowContext:
         last = last or {}
         if lost:
             etype = "WorkerLost"
-            emsg = f"the worker running attempt {attempts} was lost"
+            emsg = f"the worker running attempt {attempts} was lost (or stopped) before it ended"
             if last.get("type"):
                 emsg += f" (the error before it: {last.get('type')}: {last.get('message', '')})"
         else:

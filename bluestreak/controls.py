@@ -24,6 +24,7 @@ from .tracing import carrier
 from .transactional import check_session
 from .transitions import (
     HISTORY_COLLECTED,
+    MARK_WAKE_PARENT,
     NOTIFY,
     NOTIFY_WAITING,
     PAUSE,
@@ -153,6 +154,7 @@ class Controls:
         # If this process dies here, the mark (history_gc) stays and the next claim deletes these.
         await self.store.delete_history(workflow_id, before_run=doc["run"])
         await self.store.apply_quiet(HISTORY_COLLECTED, workflow_id, history_gc=doc["history_gc"])
+        await self._mark_child(doc)
         self._wake(doc["handler"])
 
     async def retry(self, workflow_id: str) -> None:
@@ -161,7 +163,14 @@ class Controls:
         doc = await self.store.apply(RETRY, workflow_id, now=self.settings.clock.now())
         if doc is None:
             raise InvalidTransition(workflow_id, "retry", await self.status(workflow_id))
+        await self._mark_child(doc)
         self._wake(doc["handler"])
+
+    async def _mark_child(self, doc: dict[str, Any]) -> None:
+        """A child restarted or retried ends again: mark it, so that a lost end reaches its parent (one write;
+        should this process die first, the parent's recheck still finds the end)."""
+        if doc.get("parent") and not doc.get("wake_parent"):
+            await self.store.apply_quiet(MARK_WAKE_PARENT, str(doc["_id"]))
 
     async def send_event(self, workflow_id: str, event_type: str, payload: Any, *, session: Any = None) -> str | None:
         """See :meth:`Bluestreak.send_event`; the handler id of the workflow it woke, if any.

@@ -29,9 +29,11 @@ smaller batches. So work goes to as few workers as keep up with it:
 - An owner that is neither full nor late but slow to claim is waiting for
   the database, which more workers would only load more. So while it reports
   that it claimed something since its heartbeat before (it is *claiming*),
-  nobody rescues its work, however long a backlog waits for it: the others
-  wait until it stops claiming (stuck: they rescue after :attr:`Peers.rescue`)
-  or its registry entry expires (dead: the next worker takes its place).
+  the others leave a backlog to it for :attr:`Peers.patience` (ten rescue
+  waits: 150 s by default) — a bound, so that work the owner does not reach
+  while it claims other work (another queue, a lower priority) still reaches
+  a live worker — and rescue after :attr:`Peers.rescue` once it stops
+  claiming (stuck), or take its place once its registry entry expires (dead).
 
 Membership and who is busy come from the worker registry
 (:mod:`bluestreak.store.workers`): each worker with a live change stream
@@ -186,16 +188,22 @@ class Peers:
             return True
         return self.worker_id in self.active and owner(workflow_id, self.active) == self.worker_id
 
+    @property
+    def patience(self) -> float:
+        """Seconds this worker leaves a runnable workflow to an owner that is claiming (ten rescue waits)."""
+        return 10 * self.rescue
+
     def _leaves(self, first: str) -> bool:
         """Whether this worker leaves the work of ``first`` (an owner that is neither busy nor this worker) to it
-        for good: it is claiming (see the module docstring)."""
+        for :attr:`patience`: it is claiming (see the module docstring)."""
         return self.claiming.get(first, False) and first != self.worker_id
 
     def spill_after(self, workflow_id: str) -> float | None:
         """How long this worker leaves a runnable workflow it does not own to the others: :data:`SPILL` if its
         owner reported itself busy, else :attr:`rescue`; and :data:`SPILL` more for each non-owner ranked before
         this one for that workflow (rendezvous order), so that one of them claims first, not all at once.
-        ``None``: for as long as this view holds (its owner is not busy but claiming)."""
+        ``None`` if its owner is not busy but claiming: not tracked (a read of the claim order takes it after
+        :attr:`patience`)."""
         if self.sole:
             return 0.0
         first = owner(workflow_id, self.active)
@@ -205,17 +213,16 @@ class Peers:
         rank = others.index(self.worker_id) if self.worker_id in others else 0
         return (SPILL if self.busy.get(first, False) else self.rescue) + SPILL * rank
 
-    def grace(self) -> float | None:
+    def grace(self) -> float:
         """How long a runnable workflow is its owners' alone before this worker's reads of the claim order take
         it (0 when this worker owns everything): :data:`SPILL` if an active worker reported itself busy, else
-        :attr:`rescue`; ``None`` (for as long as this view holds) if no active worker is busy and every one of
-        them but this one is claiming."""
+        :attr:`patience` if every one of them but this one is claiming, else :attr:`rescue`."""
         if self.sole:
             return 0.0
         if any(self.busy.get(w, False) for w in self.active):
             return SPILL
         if all(self._leaves(w) for w in self.active if w != self.worker_id) and self.worker_id not in self.active:
-            return None
+            return self.patience
         return self.rescue
 
     def note(self, load: float) -> None:

@@ -454,11 +454,22 @@ PARENT_WOKEN = Transition(
     FINAL_STATUSES,
     None,
     fenced=False,
-    guard=lambda a: {"wake_parent": True},
+    guard=lambda a: {"wake_parent": True, **({"updated_at": a["updated_at"]} if "updated_at" in a else {})},
     update=lambda a: {"$unset": {"wake_parent": ""}},
     doc="An ended child's end reached its parent (made due or counted, or the parent is gone). A child carries "
     "``wake_parent`` from its insert until then, so that an end whose worker died before it woke the parent is "
-    "found by any worker's janitor (children.report_lost_ends) instead of waiting for the parent's recheck.",
+    "found by any worker's janitor (children.report_lost_ends) instead of waiting for the parent's recheck. "
+    "The janitor guards on the end it read (``updated_at``): a child retried and ended again meanwhile keeps "
+    "its mark for that end.",
+)
+
+MARK_WAKE_PARENT = Transition(
+    "mark_wake_parent",
+    NON_FINAL,
+    None,
+    fenced=False,
+    update=lambda a: {"$set": {"wake_parent": True}},
+    doc="A child restarted or retried will end again: its next end must reach its parent too (see PARENT_WOKEN).",
 )
 
 # -- cancellation (bluestreak/cancellation.py) ---------------------------------------------
@@ -610,6 +621,7 @@ OPERATOR_TRANSITIONS: tuple[Transition, ...] = (
     PURGE,
     KEEP_CHILD,
     PARENT_WOKEN,
+    MARK_WAKE_PARENT,
     CANCEL,
     CANCEL_PAUSED,
     REQUEST_CANCEL,

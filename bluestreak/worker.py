@@ -141,6 +141,7 @@ class Worker:
         """Ids a peer owns, with when this worker may claim them itself (``time.monotonic()``)."""
         self._spill_timer: asyncio.TimerHandle | None = None
         self._stale_timer: asyncio.TimerHandle | None = None
+        self._rounds = 0
         self._scan = True
         """The next round reads the claim order (a start here, a slot freed, a due time came...)."""
         self._fresh = True
@@ -169,13 +170,11 @@ class Worker:
         """Routing with a live stream: what became due in the last ``SPILL`` is left to its owner."""
         return self.routing() and self.waker is not None and (self.waker.live or self.waker.dormant)
 
-    def _grace(self) -> timedelta | None:
-        """How long a due workflow is its owner's alone before this worker's reads of the claim order take it
-        (``None``: for now, for good; its owner is claiming, see :mod:`bluestreak.peers`)."""
+    def _grace(self) -> timedelta:
+        """How long a due workflow is its owner's alone before this worker's reads of the claim order take it."""
         if not self._directing() or self.peers is None:
             return timedelta(0)
-        grace = self.peers.grace()
-        return None if grace is None else timedelta(seconds=grace)
+        return timedelta(seconds=self.peers.grace())
 
     def owns(self, workflow_id: str) -> bool:
         """Whether this worker claims ``workflow_id`` first (every workflow, when it knows no peers)."""
@@ -392,7 +391,11 @@ class Worker:
         stale = not fresh and self._directing()
         grace = self._grace() if stale else None
         busy = False
-        for name in self.listen:
+        # Each round starts at the next queue: a worker whose slots a backlog in one queue keeps full (it returns
+        # as soon as none is free) still claims from the others in turn.
+        first = self._rounds % len(self.listen) if self.listen else 0
+        self._rounds += 1
+        for name in [*self.listen[first:], *self.listen[:first]]:
             free = self.settings.max_concurrency - len(self._running)
             if free <= 0:
                 return True
@@ -411,8 +414,6 @@ class Worker:
                     self._slots[(item.doc["_id"], item.doc["lease"])] = item.slots
                     self._spawn(item.doc)
                 docs_count = len(got)
-            elif stale and grace is None:  # what is due is its owners' (they are claiming): not this worker's
-                continue
             else:
                 # Claim one at a time while work trickles in (one find_one_and_update each),
                 # doubling the batch while a backlog fills it (a batch costs three commands);
@@ -431,7 +432,7 @@ class Worker:
                     limit,
                     queue=name,
                     spread=spread,
-                    due_before=now - grace if grace is not None else None,
+                    due_before=now - grace if grace is not None else None,  # stale: only what waited the grace
                 )
                 self.metrics.observe_claim(time.perf_counter() - started, len(claimed))
                 for doc in claimed:
@@ -526,8 +527,7 @@ class Worker:
                 return longest, True
             fired = 0 if self.waker is None else self.waker.timers_fired
             self._due = (time.monotonic(), fired, tuple(open_queues), due)
-        grace = self._grace()
-        wait = tick if due is None or grace is None else (due + grace - self.clock.now()).total_seconds()
+        wait = tick if due is None else (due + self._grace() - self.clock.now()).total_seconds()
         if wait < tick:  # at least 5 ms: a due workflow that admission holds back must not make the loop spin
             return max(0.005, wait), True
         return tick, blocked
@@ -547,8 +547,7 @@ class Worker:
             return False
         if fired != self.waker.timers_fired:  # a due time the stream reported came: it may have moved since
             return False
-        grace = self._grace()
-        if due is not None and grace is not None and due + grace <= self.clock.now():
+        if due is not None and due + self._grace() <= self.clock.now():
             return False
         return due
 
@@ -657,6 +656,8 @@ class Worker:
                 await report_lost_ends(self.store, self.settings, self.wake)
             except PyMongoError as exc:
                 log.warning("could not look for children whose end missed their parent (%s)", type(exc).__name__)
+            except Exception:  # never end this loop: the clock's measurements and the purge go on in it
+                log.exception("looking for children whose end missed their parent failed")
             await self.clock.sleep(self.settings.purge_interval)
 
     # -- leases --------------------------------------------------------------------

@@ -573,6 +573,36 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "q04",
+        "every claim round starts at the first queue (a backlog in it keeps a full worker from the others)",
+        "bluestreak/worker.py",
+        "        for name in [*self.listen[first:], *self.listen[:first]]:\n",
+        "        for name in self.listen:\n",
+        ("tests/test_queues.py::test_a_worker_kept_full_by_one_queue_still_claims_from_the_others_in_turn",),
+    ),
+    Mutant(
+        "c12",
+        "a child its ending parent terminates keeps its wake-up mark (the janitor reads them for nothing)",
+        "bluestreak/children.py",
+        "    if ended is not None and ended.get(\"wake_parent\"):  # its parent is the one ending",
+        "    if False:  # its parent is the one ending",
+        (
+            "tests/test_children.py::"
+            "test_a_child_closed_by_its_ending_parent_and_a_restarted_child_keep_the_wake_up_mark_right",
+        ),
+    ),
+    Mutant(
+        "c13",
+        "a restarted child is not marked again (its next lost end waits for the parent's recheck)",
+        "bluestreak/controls.py",
+        "        if doc.get(\"parent\") and not doc.get(\"wake_parent\"):\n",
+        "        if False:\n",
+        (
+            "tests/test_children.py::"
+            "test_a_child_closed_by_its_ending_parent_and_a_restarted_child_keep_the_wake_up_mark_right",
+        ),
+    ),
+    Mutant(
         "k01",
         "the server clock steps back when a re-measurement lowers the offset (a fork copies the wrong records)",
         "bluestreak/clock.py",

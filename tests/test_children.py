@@ -653,3 +653,42 @@ async def test_a_child_carries_its_wake_up_mark_until_its_end_reaches_the_parent
     doc = await engine.store.workflows.find_one({"_id": "p2/c"})
     assert doc is not None and "wake_parent" not in doc
     assert await engine.store.unreported_ends(engine.settings.clock.now()) == []
+
+
+async def test_a_child_closed_by_its_ending_parent_and_a_restarted_child_keep_the_wake_up_mark_right(
+    engine: Bluestreak,
+) -> None:
+    """A child its ending parent terminates has nothing to report to it: no mark left for the janitor. A
+    child restarted after its end will end again: it carries the mark again."""
+    hold = asyncio.Event()
+
+    @engine.handler("kid")
+    async def kid(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", hold.wait)
+        return "kid"
+
+    @engine.handler("mom")
+    async def mom(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.start_child("c", "kid")
+        await ctx.sleep("nap", 30)
+        return "mom"
+
+    @engine.handler("solo")
+    async def solo(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "kid"))
+
+    async with running(engine):
+        await engine.start("m", "mom")
+        await eventually(_is(engine, "m/c", Status.RUNNING))
+        await engine.terminate("m")
+        await eventually(_is(engine, "m/c", Status.TERMINATED))
+        closed = await engine.store.workflows.find_one({"_id": "m/c"})
+        assert closed is not None and "wake_parent" not in closed
+        hold.set()
+        await engine.start("s", "solo")
+        assert await engine.wait("s", timeout=10) == "kid"
+        ended = await engine.store.workflows.find_one({"_id": "s/c"})
+        assert ended is not None and "wake_parent" not in ended
+        await engine.restart("s/c")
+        again = await engine.store.workflows.find_one({"_id": "s/c"})
+        assert again is not None and again.get("wake_parent") is True

@@ -85,8 +85,9 @@ def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_t
 
 def test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_waits() -> None:
     """A leader that is neither busy nor late but has claimed since its last heartbeat is slow only because the
-    database is: its followers leave its backlog to it (``None``) until it stops claiming (then the rescue
-    wait applies) or becomes busy (then the spill)."""
+    database is: its followers leave its backlog to it for ten rescue waits (not tracked one by one: ``None``),
+    a bound for work it does not reach while it claims other work; the rescue wait once it stops claiming,
+    the spill once it is busy."""
     workers = ("a", "b", "c")
     views = {}
     for me in workers:
@@ -99,8 +100,8 @@ def test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_wa
     leader = views["a"].active[0]
     followers = [w for w in workers if w != leader]
     assert views[leader].spill_after("x") == 0.0 and views[leader].grace() == 0.0  # it claims as if alone
-    assert all(views[w].spill_after("x") is None and views[w].grace() is None for w in followers)
     rescue = 3 * heartbeat_interval(30.0)
+    assert all(views[w].spill_after("x") is None and views[w].grace() == 10 * rescue for w in followers)
     for w in followers:
         views[w].claiming[leader] = False  # stuck (or nothing was due): what waited the rescue wait is taken
     assert sorted(views[w].spill_after("x") for w in followers) == [rescue, rescue + SPILL]
@@ -452,8 +453,9 @@ async def test_the_work_of_an_owner_that_is_claiming_waits_for_it_and_is_rescued
     server_url: str, server_db: str
 ) -> None:
     """A deep backlog behind a live leader that keeps claiming is the database's limit: the follower leaves
-    it alone past the rescue wait (more claimers would load the database more). Once the leader reports that
-    it claimed nothing since its last heartbeat, the follower takes what waited the rescue wait."""
+    it alone past the rescue wait (for ten of them: more claimers would load the database more). Once the
+    leader reports that it claimed nothing since its last heartbeat, the follower takes what waited the
+    rescue wait."""
     async with _cluster(server_url, server_db, 1) as cluster:
         group = cluster.peers().group
         ghost = next(f"k-{i}" for i in range(1000) if preference(group, [f"k-{i}", "worker-0"])[0] != "worker-0")
@@ -467,7 +469,7 @@ async def test_the_work_of_an_owner_that_is_claiming_waits_for_it_and_is_rescued
         await cluster.submitter.start("k", "h")
         await asyncio.sleep(RESCUE + 1.5)
         assert (await cluster.submitter.get_workflow("k")).status == Status.IDLE  # left to the claiming leader
-        assert cluster.claims.count == claims  # not even tried
+        assert cluster.claims.count - claims <= 2  # at most a read of the claim order for what waited 10 rescues
         started = time.monotonic()
         now = clock.now()
         await store.heartbeat(ghost, group, now, now + timedelta(minutes=5), claiming=False)  # stuck

@@ -731,3 +731,30 @@ async def _true_async(engine: Bluestreak, wid: str, status: str) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_worker_kept_full_by_one_queue_still_claims_from_the_others_in_turn(make_engine: EngineFactory) -> None:
+    """Each claim round starts at the next queue listened to: a worker whose only slot a backlog in queue
+    ``a`` would keep full (a round returns once no slot is free) still takes ``b``'s work in turn, instead of
+    after all of ``a``'s."""
+    engine = await make_engine(max_concurrency=1)
+    engine.queue("a")
+    engine.queue("b")
+    order: list[str] = []
+
+    @engine.handler("t")
+    async def t(ctx: WorkflowContext, input: str) -> None:
+        order.append(input)
+        await asyncio.sleep(0.05)
+
+    for i in range(8):
+        await engine.start(f"a{i}", t, f"a{i}", queue="a")
+    await engine.start("b0", t, "b0", queue="b")
+    task = asyncio.create_task(engine.poll(queues=["a", "b"]))
+    try:
+        for wid in [*(f"a{i}" for i in range(8)), "b0"]:
+            await engine.wait(wid, timeout=20)
+    finally:
+        engine.stop()
+        await task
+    assert order.index("b0") <= 2, order  # among the first rounds, not after a's backlog

@@ -173,7 +173,7 @@ class Collections:
             partialFilterExpression={"parent": {"$exists": True}},
         )
         await self.workflows.create_index(
-            [("wake_parent", ASCENDING)],
+            [("wake_parent", ASCENDING), ("updated_at", ASCENDING)],
             name="unreported",
             partialFilterExpression={"wake_parent": {"$exists": True}},
         )

@@ -431,12 +431,13 @@ class WorkflowQueries(Collections):
     async def unreported_ends(self, before: datetime, limit: int = 100) -> list[Doc]:
         """Children that ended before ``before`` and still carry ``wake_parent`` (:data:`~bluestreak.transitions.
         PARENT_WOKEN` never came: the worker that ended them died first), oldest first (one read, on the
-        partial index ``unreported``, which holds only children not yet reported)."""
+        partial index ``unreported``, which holds the children not yet reported: those running and those lost)."""
         docs: list[Doc] = (
             await self.workflows.find(
-                {"wake_parent": True, "status": {"$in": FINAL}, "updated_at": {"$lt": before}},
-                {"_id": 1, "parent": 1},
+                {"wake_parent": True, "updated_at": {"$lt": before}, "status": {"$in": FINAL}},
+                {"_id": 1, "parent": 1, "updated_at": 1},
             )
+            .sort([("wake_parent", 1), ("updated_at", 1)])
             .limit(limit)
             .to_list(None)
         )

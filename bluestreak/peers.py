@@ -193,11 +193,6 @@ class Peers:
         """Seconds this worker leaves a runnable workflow to an owner that is claiming (ten rescue waits)."""
         return 10 * self.rescue
 
-    def _leaves(self, first: str) -> bool:
-        """Whether this worker leaves the work of ``first`` (an owner that is neither busy nor this worker) to it
-        for :attr:`patience`: it is claiming (see the module docstring)."""
-        return self.claiming.get(first, False) and first != self.worker_id
-
     def spill_after(self, workflow_id: str) -> float | None:
         """How long this worker leaves a runnable workflow it does not own to the others: :data:`SPILL` if its
         owner reported itself busy, else :attr:`rescue`; and :data:`SPILL` more for each non-owner ranked before
@@ -207,7 +202,7 @@ class Peers:
         if self.sole:
             return 0.0
         first = owner(workflow_id, self.active)
-        if not self.busy.get(first, False) and self._leaves(first):
+        if first != self.worker_id and not self.busy.get(first, False) and self.claiming.get(first, False):
             return None
         others = sorted((w for w in self.workers if w != first), key=lambda w: _score(w, workflow_id), reverse=True)
         rank = others.index(self.worker_id) if self.worker_id in others else 0
@@ -221,7 +216,7 @@ class Peers:
             return 0.0
         if any(self.busy.get(w, False) for w in self.active):
             return SPILL
-        if all(self._leaves(w) for w in self.active if w != self.worker_id) and self.worker_id not in self.active:
+        if self.worker_id not in self.active and all(self.claiming.get(w, False) for w in self.active):
             return self.patience
         return self.rescue
 

@@ -199,7 +199,7 @@ class Worker:
                 self._stale_timer = asyncio.get_running_loop().call_later(SPILL, self._stale_due)
             return
         after = SPILL if self.peers is None else self.peers.spill_after(workflow_id)
-        if after is None:  # its owner is claiming: its to take (a read of the claim order finds it if not)
+        if after is None:  # its owner is claiming: its owner's to take (a read of the claim order, if it does not)
             return
         self._arm_spill(self._spilled.setdefault(workflow_id, time.monotonic() + after))
 

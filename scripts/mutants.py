@@ -371,10 +371,10 @@ MUTANTS = [
         "p10",
         "followers rescue the backlog of an owner that is claiming (the deep-backlog regression of issue 15)",
         "bluestreak/peers.py",
-        "        return self.claiming.get(first, False) and first != self.worker_id\n",
-        "        return False\n",
+        "        if self.worker_id not in self.active and all(self.claiming.get(w, False) for w in self.active):\n",
+        "        if False:\n",
         (
-            "tests/test_peers.py::test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_waits",
+            "tests/test_peers.py::test_nobody_rescues_the_work_of_an_owner_that_is_claiming_for_ten_rescue_waits",
             "tests/test_peers.py::test_the_work_of_an_owner_that_is_claiming_waits_for_it_and_is_rescued_once_it_stops",
         ),
     ),

@@ -35,6 +35,23 @@ def _is(engine: Bluestreak, wid: str, status: Status) -> Any:
     return check
 
 
+def _parent_waits_for_child(engine: Bluestreak, result: str) -> asyncio.Event:
+    """Handlers ``parent`` (runs child ``c`` and returns its result) and ``child`` (returns ``result`` once the
+    event returned is set)."""
+    release = asyncio.Event()
+
+    @engine.handler("child")
+    async def child(ctx: WorkflowContext, _input: Any) -> str:
+        await ctx.step("work", release.wait)
+        return result
+
+    @engine.handler("parent")
+    async def parent(ctx: WorkflowContext, _input: Any) -> str:
+        return str(await ctx.run_child("c", "child"))
+
+    return release
+
+
 async def test_run_child_returns_its_result_and_the_parent_waits_suspended(engine: Bluestreak) -> None:
     release = asyncio.Event()
     runs: list[str] = []
@@ -290,16 +307,7 @@ async def test_a_transient_error_while_closing_the_children_does_not_leave_them_
 async def test_a_transient_error_while_waking_the_parent_does_not_leave_it_waiting(engine: Bluestreak) -> None:
     """The child's end wakes its waiting parent at once, even when the first try of that write fails (without
     a retry the parent slept until its five-minute recheck)."""
-    release = asyncio.Event()
-
-    @engine.handler("child")
-    async def child(ctx: WorkflowContext, _input: Any) -> str:
-        await ctx.step("work", release.wait)
-        return "ok"
-
-    @engine.handler("parent")
-    async def parent(ctx: WorkflowContext, _input: Any) -> str:
-        return str(await ctx.run_child("c", "child"))
+    release = _parent_waits_for_child(engine, "ok")
 
     failed = _fail_once(engine, "notify_waiting", "p")
     async with running(engine):
@@ -398,16 +406,7 @@ def _lose_reply_once(engine: Bluestreak, transition: str, workflow_id: str) -> l
 async def test_a_child_whose_finish_reply_was_lost_still_wakes_its_parent(engine: Bluestreak) -> None:
     """Found by the simulator: the child's end was written but its reply lost, so its execution took the write for
     failed; no worker claims an ended workflow, and the parent slept until its five-minute recheck."""
-    release = asyncio.Event()
-
-    @engine.handler("child")
-    async def child(ctx: WorkflowContext, _input: Any) -> str:
-        await ctx.step("work", release.wait)
-        return "ok"
-
-    @engine.handler("parent")
-    async def parent(ctx: WorkflowContext, _input: Any) -> str:
-        return str(await ctx.run_child("c", "child"))
+    release = _parent_waits_for_child(engine, "ok")
 
     lost = _lose_reply_once(engine, "finish", "p/c")
     async with running(engine):
@@ -632,16 +631,7 @@ async def test_a_child_end_that_never_reached_its_parent_is_reported_by_a_janito
 
 
 async def test_a_child_carries_its_wake_up_mark_until_its_end_reaches_the_parent(engine: Bluestreak) -> None:
-    release = asyncio.Event()
-
-    @engine.handler("child")
-    async def child(ctx: WorkflowContext, _input: Any) -> str:
-        await ctx.step("work", release.wait)
-        return "done"
-
-    @engine.handler("parent")
-    async def parent(ctx: WorkflowContext, _input: Any) -> str:
-        return str(await ctx.run_child("c", "child"))
+    release = _parent_waits_for_child(engine, "done")
 
     async with running(engine):
         await engine.start("p2", "parent")

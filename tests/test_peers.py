@@ -60,15 +60,22 @@ def test_the_first_worker_in_the_preference_order_owns_everything_until_it_repor
     assert active("g", dict.fromkeys(workers, True)) == tuple(order)
 
 
-def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_take_turns() -> None:
-    workers = ("a", "b", "c")
+def _views(workers: tuple[str, ...], claiming: bool) -> dict[str, Peers]:
+    """Each worker's view of the same registry: every one live, none busy, each ``claiming`` or not."""
     views = {}
     for me in workers:
         p = Peers(None, None, me, "g", 30.0)  # type: ignore[arg-type]
         p.workers, p._read_at = workers, time.monotonic()
         p.busy = dict.fromkeys(workers, False)
+        p.claiming = dict.fromkeys(workers, claiming)
         p.active = active("g", p.busy)
         views[me] = p
+    return views
+
+
+def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_take_turns() -> None:
+    workers = ("a", "b", "c")
+    views = _views(workers, claiming=False)
     leader = views["a"].active[0]
     assert views[leader].sole and views[leader].owns("x") and views[leader].spill_after("x") == 0.0
     followers = [w for w in workers if w != leader]
@@ -83,20 +90,13 @@ def test_a_non_owner_waits_longer_for_an_owner_that_is_not_busy_and_non_owners_t
     assert all(views[w].grace() == SPILL for w in followers)
 
 
-def test_nobody_rescues_the_work_of_an_owner_that_is_claiming_however_long_it_waits() -> None:
+def test_nobody_rescues_the_work_of_an_owner_that_is_claiming_for_ten_rescue_waits() -> None:
     """A leader that is neither busy nor late but has claimed since its last heartbeat is slow only because the
     database is: its followers leave its backlog to it for ten rescue waits (not tracked one by one: ``None``),
     a bound for work it does not reach while it claims other work; the rescue wait once it stops claiming,
     the spill once it is busy."""
     workers = ("a", "b", "c")
-    views = {}
-    for me in workers:
-        p = Peers(None, None, me, "g", 30.0)  # type: ignore[arg-type]
-        p.workers, p._read_at = workers, time.monotonic()
-        p.busy = dict.fromkeys(workers, False)
-        p.claiming = dict.fromkeys(workers, True)
-        p.active = active("g", p.busy)
-        views[me] = p
+    views = _views(workers, claiming=True)
     leader = views["a"].active[0]
     followers = [w for w in workers if w != leader]
     assert views[leader].spill_after("x") == 0.0 and views[leader].grace() == 0.0  # it claims as if alone
@@ -483,12 +483,18 @@ async def test_a_worker_that_claimed_says_so_in_its_next_heartbeat_and_not_in_th
     server_url: str, server_db: str
 ) -> None:
     async with _cluster(server_url, server_db, 2) as cluster:
+        await eventually(lambda: _true(cluster.peers(0).active == cluster.peers(1).active), timeout=15)
         leader = cluster.peers().active[0]
         follower = cluster.peers(1 - int(leader.rsplit("-", 1)[1]))
-        await cluster.submitter.start("c1", "h")
-        assert await cluster.submitter.wait("c1", timeout=15) == "ok"
-        assert cluster.each[int(leader.rsplit("-", 1)[1])].own >= 1  # the leader claimed it
-        await eventually(lambda: _true(follower.claiming.get(leader, False)), timeout=15)
+        seen = False
+        for i in range(8):  # claims over several heartbeats (0.67 s each), so that the follower reads one
+            await cluster.submitter.start(f"c{i}", "h")
+            assert await cluster.submitter.wait(f"c{i}", timeout=15) == "ok"
+            seen = seen or follower.claiming.get(leader, False)
+            await asyncio.sleep(0.3)
+        assert cluster.each[int(leader.rsplit("-", 1)[1])].own >= 1  # the leader claimed them
+        if not seen:
+            await eventually(lambda: _true(follower.claiming.get(leader, False)), timeout=5)
         await eventually(lambda: _true(not follower.claiming.get(leader, True)), timeout=15)  # nothing since
 
 

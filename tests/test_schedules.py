@@ -170,7 +170,9 @@ async def test_overlap_policies(make_engine: EngineFactory, backend: str, overla
     clock = ManualClock(T0)
     runs: list[str] = []
     hold = asyncio.Event()
-    engines = await _workers(make_engine, 2, _engine_with(runs, hold), clock=clock)
+    # The manual clock jumps a minute at a time while the first run holds its lease: a lease
+    # longer than the three jumps keeps the other worker from rescuing a run it thinks abandoned.
+    engines = await _workers(make_engine, 2, _engine_with(runs, hold), clock=clock, lease_duration="1 hour")
     for e in engines:
         e.schedule("slow", "report", cron="* * * * *", overlap=overlap, catch_up="1 hour")
         await e.init()
